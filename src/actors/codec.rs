@@ -1,0 +1,45 @@
+//! Turns domain events into stored events and back.
+//!
+//! Domain events serialize adjacently tagged (`{"type": ..., "data": ...}`); the store keeps
+//! the type name and the data in separate columns, so the type can be filtered and upcast
+//! without parsing the body.
+
+use super::ActorError;
+use crate::store::{EventData, Metadata, RecordedEvent};
+use neulbi_domain::DomainEvent;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Encodes one domain event with a fresh UUIDv7 id and the given metadata.
+pub fn encode<E: DomainEvent>(event: &E, metadata: &Metadata) -> Result<EventData, ActorError> {
+    let value = serde_json::to_value(event).map_err(|e| ActorError::Decode {
+        event_type: event.event_type().to_owned(),
+        position: 0,
+        reason: format!("cannot encode: {e}"),
+    })?;
+    let data = match value {
+        Value::Object(mut map) => map.remove("data").unwrap_or(Value::Null),
+        other => other,
+    };
+    Ok(EventData {
+        event_id: Uuid::now_v7(),
+        event_type: event.event_type().to_owned(),
+        schema_version: event.schema_version(),
+        data,
+        metadata: metadata.clone(),
+    })
+}
+
+/// Decodes a stored event into the domain type.
+pub fn decode<E: DomainEvent>(recorded: &RecordedEvent) -> Result<E, ActorError> {
+    let mut map = serde_json::Map::with_capacity(2);
+    map.insert("type".into(), Value::String(recorded.event_type.clone()));
+    if !recorded.data.is_null() {
+        map.insert("data".into(), recorded.data.clone());
+    }
+    serde_json::from_value(Value::Object(map)).map_err(|e| ActorError::Decode {
+        event_type: recorded.event_type.clone(),
+        position: recorded.position,
+        reason: e.to_string(),
+    })
+}

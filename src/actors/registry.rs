@@ -1,0 +1,126 @@
+//! Finds or starts the actor of an aggregate, and delivers commands to it with a bounded
+//! mailbox.
+
+use super::ActorError;
+use super::aggregate::{AggregateActor, CommandOutcome, Execute};
+use crate::store::{Metadata, SharedStore};
+use actix::prelude::*;
+use neulbi_domain::{Context as CommandContext, Decider, StreamName};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// Tuning of the actor runtime; defaults suit a single node.
+#[derive(Debug, Clone, Copy)]
+pub struct RegistryConfig {
+    /// Commands that may wait in one aggregate's mailbox before callers get "busy".
+    pub mailbox_capacity: usize,
+    /// An aggregate with no command for this long is stopped to free memory.
+    pub idle_timeout: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            mailbox_capacity: 64,
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// All live actors of one aggregate kind on this node.
+pub struct Registry<D: Decider> {
+    store: SharedStore,
+    config: RegistryConfig,
+    actors: Mutex<HashMap<Uuid, Addr<AggregateActor<D>>>>,
+}
+
+impl<D: Decider> Registry<D>
+where
+    D::Command: Clone,
+{
+    /// A registry whose actors read and append through `store`.
+    pub fn new(store: SharedStore, config: RegistryConfig) -> Self {
+        Self {
+            store,
+            config,
+            actors: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sends `command` to aggregate `id` and waits for the outcome. Must run inside an actix
+    /// system (the actor is started on the current arbiter).
+    pub async fn execute(
+        &self,
+        id: Uuid,
+        command: D::Command,
+        ctx: CommandContext,
+        metadata: Metadata,
+    ) -> Result<CommandOutcome<D>, ActorError> {
+        // A passivated actor may stop between lookup and delivery; one fresh start covers it.
+        for _ in 0..2 {
+            let addr = self.address(id);
+            let (reply, answer) = oneshot::channel();
+            let msg = Execute {
+                command: command.clone(),
+                ctx,
+                metadata: metadata.clone(),
+                reply,
+                span: tracing::Span::current(),
+            };
+            match addr.try_send(msg) {
+                Ok(()) => match answer.await {
+                    Ok(result) => return result,
+                    Err(_) => self.forget(id, &addr),
+                },
+                Err(SendError::Full(_)) => return Err(ActorError::Busy),
+                Err(SendError::Closed(_)) => self.forget(id, &addr),
+            }
+        }
+        Err(ActorError::Unavailable)
+    }
+
+    /// How many actors are alive (not passivated) right now.
+    pub fn live_actors(&self) -> usize {
+        let mut actors = self.lock();
+        actors.retain(|_, a| a.connected());
+        actors.len()
+    }
+
+    fn address(&self, id: Uuid) -> Addr<AggregateActor<D>> {
+        let mut actors = self.lock();
+        if let Some(addr) = actors.get(&id).filter(|a| a.connected()) {
+            return addr.clone();
+        }
+        if actors.len() >= 1024 && actors.len().is_power_of_two() {
+            actors.retain(|_, a| a.connected());
+        }
+        let stream = StreamName::new(D::KIND, id);
+        let store = self.store.clone();
+        let RegistryConfig {
+            mailbox_capacity,
+            idle_timeout,
+        } = self.config;
+        let addr = AggregateActor::<D>::create(move |ctx| {
+            ctx.set_mailbox_capacity(mailbox_capacity);
+            AggregateActor::new(store, stream, idle_timeout)
+        });
+        actors.insert(id, addr.clone());
+        addr
+    }
+
+    fn forget(&self, id: Uuid, addr: &Addr<AggregateActor<D>>) {
+        let mut actors = self.lock();
+        if actors.get(&id).is_some_and(|a| a == addr) {
+            actors.remove(&id);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Addr<AggregateActor<D>>>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single inserts
+        // and removals), so a poisoned lock is still usable.
+        self.actors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

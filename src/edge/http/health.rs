@@ -1,0 +1,20 @@
+//! Liveness and readiness probes for orchestrators and load balancers.
+
+use super::ApiError;
+use crate::startup::AppState;
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+
+/// 200 as soon as the process serves HTTP: "do not restart me".
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// 200 once the event store answers: "send me traffic".
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state.store.ping().await.map_err(|e| {
+        tracing::warn!(error = %e, "readiness check failed");
+        ApiError::unavailable("the event store is not reachable")
+    })?;
+    Ok(HttpResponse::Ok().json(json!({ "status": "ready" })))
+}

@@ -1,0 +1,30 @@
+//! The HTTP edge (actix-web): routes, the JSON error shape, and the request span.
+
+pub mod error;
+pub mod health;
+pub mod trace;
+
+use actix_web::{HttpResponse, web};
+
+pub use error::ApiError;
+
+/// The index page of the web client; the full client lands with the chat and call features.
+const INDEX_HTML: &str = include_str!("../../../web/index.html");
+
+/// Registers every route of the HTTP API.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .route("/", web::get().to(index));
+}
+
+async fn index() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(INDEX_HTML)
+}
+
+/// The answer for every unknown route: the JSON error shape, not an empty 404.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found("no such route"))
+}

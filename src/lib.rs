@@ -1,0 +1,13 @@
+//! Neulbi: a real-time counseling service built as an event-sourced actor system.
+//!
+//! Every user, chat room and call session is an actor owning one stream of an append-only
+//! event log ([`store`]); the [`actors`] runtime routes commands to them; the [`edge`] speaks
+//! HTTP (and, as features land, STOMP and WebRTC signaling). See `docs/architecture.md`.
+
+pub mod actors;
+pub mod cli;
+pub mod config;
+pub mod edge;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,113 @@
+//! Builds a node from its configuration: store, actor registries, HTTP server. Tests use the
+//! same path (`Application::build` on port 0) as `neulbi serve`.
+
+use crate::actors::Registry;
+use crate::config::Config;
+use crate::edge::http;
+use crate::store::{self, SharedStore};
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use anyhow::Context as _;
+use neulbi_domain::call_session::CallSessionDecider;
+use neulbi_domain::chat_room::ChatRoomDecider;
+use neulbi_domain::user::UserDecider;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What every request handler can reach: the store and the actor registries.
+pub struct AppState {
+    /// The event log.
+    pub store: SharedStore,
+    /// User aggregates.
+    pub users: Registry<UserDecider>,
+    /// Chat-room aggregates.
+    pub rooms: Registry<ChatRoomDecider>,
+    /// Call-session aggregates.
+    pub calls: Registry<CallSessionDecider>,
+    /// The URL browsers use to reach this node.
+    pub public_url: String,
+}
+
+impl AppState {
+    /// Registries over `store` with the configured actor settings.
+    pub fn new(store: SharedStore, config: &Config, public_url: String) -> Self {
+        let rc = config.registry_config();
+        Self {
+            users: Registry::new(store.clone(), rc),
+            rooms: Registry::new(store.clone(), rc),
+            calls: Registry::new(store.clone(), rc),
+            store,
+            public_url,
+        }
+    }
+}
+
+/// A node that is bound and ready to run.
+pub struct Application {
+    server: Server,
+    addr: SocketAddr,
+    store: SharedStore,
+    public_url: String,
+}
+
+impl Application {
+    /// Opens the store (migrating if configured), binds the listener and builds the server.
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let url = config.database_url();
+        let store = store::open(&url, config.store_limits(), config.store.auto_migrate)
+            .await
+            .with_context(|| format!("opening the event store at {}", store::redact_url(&url)))?;
+        let listener = TcpListener::bind(config.listen)
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let public_url = config.public_url(addr);
+        let state = web::Data::from(Arc::new(AppState::new(
+            store.clone(),
+            config,
+            public_url.clone(),
+        )));
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(from_fn(http::trace::request_span))
+                .configure(http::configure)
+                .default_service(web::to(http::not_found))
+        })
+        .shutdown_timeout(config.shutdown_timeout_secs)
+        .client_request_timeout(Duration::from_secs(10))
+        .listen(listener)?
+        .run();
+        Ok(Self {
+            server,
+            addr,
+            store,
+            public_url,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The URL of the web client.
+    pub fn public_url(&self) -> &str {
+        &self.public_url
+    }
+
+    /// A handle to stop the server from elsewhere (tests, signal handlers).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGTERM/SIGINT (or `handle().stop()`), waits for in-flight requests, then
+    /// closes the store so every acknowledged and queued append is durable before exit.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let result = self.server.await;
+        self.store.close().await;
+        tracing::info!("stopped");
+        result.context("HTTP server failed")
+    }
+}

@@ -1,0 +1,153 @@
+//! The event store: one trait, several backends, one contract test suite.
+//!
+//! Every write in Neulbi is an append to a stream with optimistic concurrency; every read
+//! model, delivery and audit tool reads committed events back in global order. Backends:
+//! [`sqlite`] (embedded default) and [`postgres`] (multi-node). Both batch concurrent appends
+//! into one durable transaction ([`group_commit`]) without weakening per-append
+//! acknowledgement: a caller's `append` returns only after its own events are committed.
+
+pub mod error;
+pub mod group_commit;
+pub mod model;
+pub mod postgres;
+pub mod sqlite;
+pub mod subscription;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use neulbi_domain::StreamName;
+use std::sync::Arc;
+
+pub use error::StoreError;
+pub use model::{AppendResult, Direction, EventData, ExpectedVersion, Metadata, RecordedEvent};
+
+/// Limits every backend enforces on what a client controls.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLimits {
+    /// Largest accepted event (data + metadata, serialized), in bytes.
+    pub max_event_bytes: usize,
+    /// Most events accepted in one append.
+    pub max_events_per_append: usize,
+    /// Most appends folded into one group commit.
+    pub max_group_commit: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self {
+            max_event_bytes: 1024 * 1024,
+            max_events_per_append: 1000,
+            max_group_commit: 512,
+        }
+    }
+}
+
+/// The append-only log every actor writes and every reader follows.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `events` atomically to `stream` if its version matches `expected`.
+    ///
+    /// Repeating an append whose event ids are already stored (a retry after a lost reply)
+    /// succeeds without writing anything and returns the original positions.
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult, StoreError>;
+
+    /// Reads up to `limit` events of one stream starting at `from_version` (inclusive), in
+    /// the given direction.
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from_version: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Reads up to `limit` events in global order from `from_position` (inclusive).
+    async fn read_all(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The position of the last committed event, or `None` for an empty log.
+    async fn head_position(&self) -> Result<Option<u64>, StoreError>;
+
+    /// Follows the log from `from_position` (inclusive): first the stored events, then live
+    /// ones as they commit, never skipping or reordering one. Resume from a checkpoint by
+    /// passing the last seen position plus one.
+    fn subscribe_all(
+        &self,
+        from_position: u64,
+    ) -> BoxStream<'static, Result<RecordedEvent, StoreError>>;
+
+    /// Checks the backend is reachable (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Stops accepting appends, finishes the ones already queued, and waits until they are
+    /// durable. Called on graceful shutdown.
+    async fn close(&self);
+}
+
+/// A shared handle to whichever backend the configuration selected.
+pub type SharedStore = Arc<dyn EventStore>;
+
+/// Opens the store named by a database URL (`sqlite://PATH` or `postgres://...`), running
+/// migrations first when `migrate` is set.
+pub async fn open(
+    url: &str,
+    limits: StoreLimits,
+    migrate: bool,
+) -> Result<SharedStore, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(
+            postgres::PostgresStore::connect(url, limits, migrate).await?,
+        ))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(
+            sqlite::SqliteStore::open(url, limits, migrate).await?,
+        ))
+    } else {
+        Err(StoreError::Config(format!(
+            "unsupported database URL scheme in {:?}: use sqlite://PATH or postgres://...",
+            redact_url(url)
+        )))
+    }
+}
+
+/// Hides a password in a database URL so it can appear in an error message or a log line.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => {
+                    format!("{}://{}:***@{}", &url[..scheme_end], user, &url[at + 1..])
+                }
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redacts_passwords_only() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact_url("sqlite://data/neulbi.db"),
+            "sqlite://data/neulbi.db"
+        );
+    }
+}

@@ -1,0 +1,354 @@
+//! The multi-node backend on PostgreSQL.
+//!
+//! Gap-free visibility: every append transaction first takes one transaction-scoped advisory
+//! lock, then assigns positions after the current maximum. Transactions that write the log
+//! therefore commit one after another in position order, so when a reader sees position n,
+//! every lower position is already visible, and a subscriber that reads "everything after my
+//! checkpoint" can never skip a slow transaction. Group commit keeps the lock cheap: one node
+//! folds all its concurrent appends into a single transaction. Commits are announced with
+//! `NOTIFY`, so other nodes' subscribers wake without waiting for their poll.
+
+use super::group_commit::{self, AppendRequest, Committer, GroupCommit, Plan, StoredId};
+use super::model::RawRow;
+use super::subscription::{self, ReadPage};
+use super::{
+    AppendResult, Direction, EventData, EventStore, ExpectedVersion, RecordedEvent, StoreError,
+    StoreLimits,
+};
+use async_trait::async_trait;
+use chrono::Utc;
+use futures::FutureExt;
+use futures::stream::BoxStream;
+use neulbi_domain::StreamName;
+use sqlx::Row;
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+use uuid::Uuid;
+
+/// Embedded migrations for PostgreSQL.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The advisory lock key that serializes log writers across all nodes ("neulbi" in ASCII).
+const APPEND_LOCK: i64 = 0x6e65_756c_6269;
+/// The channel on which commits are announced; the payload is the new head position.
+const CHANNEL: &str = "neulbi_events";
+
+/// Builds a static `SELECT` of every event column; sqlx only accepts audited static SQL.
+macro_rules! select_events {
+    ($tail:literal) => {
+        concat!("SELECT position, event_id::text, stream, version, event_type, schema_version, data, metadata, recorded_at FROM events ", $tail)
+    };
+}
+
+/// The PostgreSQL event store. Cheap to clone; all clones share one writer.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    writer: GroupCommit,
+    head: watch::Sender<Option<u64>>,
+    listener: JoinHandle<()>,
+    limits: StoreLimits,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url`, running migrations first when `migrate` is set.
+    pub async fn connect(
+        url: &str,
+        limits: StoreLimits,
+        migrate: bool,
+    ) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        if migrate {
+            MIGRATOR.run(&pool).await?;
+        }
+        let head: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
+            .fetch_one(&pool)
+            .await?;
+        let (head_tx, _) = watch::channel(head.and_then(|h| u64::try_from(h).ok()));
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen(CHANNEL).await?;
+        let listener = tokio::spawn(listen(listener, head_tx.clone()));
+        let writer =
+            GroupCommit::start(PgCommitter { pool: pool.clone() }, limits, head_tx.clone());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                writer,
+                head: head_tx,
+                listener,
+                limits,
+            }),
+        })
+    }
+
+    /// The connection pool, for read models that live in the same database.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    async fn read_all_inner(
+        pool: &PgPool,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = select_events!("WHERE position >= $1 ORDER BY position LIMIT $2");
+        let rows = sqlx::query(sql)
+            .bind(clamp(from))
+            .bind(clamp(limit as u64))
+            .fetch_all(pool)
+            .await?;
+        rows.into_iter().map(|r| raw(&r)?.decode()).collect()
+    }
+}
+
+/// Forwards commit announcements from other nodes (and our own) to local subscribers.
+async fn listen(mut listener: PgListener, head: watch::Sender<Option<u64>>) {
+    loop {
+        match listener.recv().await {
+            Ok(n) => {
+                if let Ok(pos) = n.payload().parse::<u64>() {
+                    group_commit::publish_head(&head, Some(pos));
+                }
+            }
+            Err(e) => {
+                // The listener reconnects on its own; subscribers poll in the meantime.
+                tracing::warn!(error = %e, "LISTEN connection lost; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn raw(row: &PgRow) -> Result<RawRow, StoreError> {
+    let schema_version: i32 = row.try_get(5)?;
+    Ok(RawRow {
+        position: row.try_get(0)?,
+        event_id: row.try_get(1)?,
+        stream: row.try_get(2)?,
+        version: row.try_get(3)?,
+        event_type: row.try_get(4)?,
+        schema_version: i64::from(schema_version),
+        data: row.try_get(6)?,
+        metadata: row.try_get(7)?,
+        recorded_at: row.try_get(8)?,
+    })
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult, StoreError> {
+        let span =
+            tracing::info_span!("append", backend = "postgres", %stream, events = events.len());
+        async {
+            let request = group_commit::prepare(stream, expected, events, &self.inner.limits)?;
+            self.inner.writer.submit(request).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from_version: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = match direction {
+            Direction::Forward => {
+                select_events!("WHERE stream = $1 AND version >= $2 ORDER BY version LIMIT $3")
+            }
+            Direction::Backward => {
+                select_events!("WHERE stream = $1 AND version <= $2 ORDER BY version DESC LIMIT $3")
+            }
+        };
+        let rows = sqlx::query(sql)
+            .bind(stream.to_string())
+            .bind(clamp(from_version))
+            .bind(clamp(limit as u64))
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.into_iter().map(|r| raw(&r)?.decode()).collect()
+    }
+
+    async fn read_all(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        Self::read_all_inner(&self.inner.pool, from_position, limit).await
+    }
+
+    async fn head_position(&self) -> Result<Option<u64>, StoreError> {
+        let head: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
+            .fetch_one(&self.inner.pool)
+            .await?;
+        Ok(head.and_then(|h| u64::try_from(h).ok()))
+    }
+
+    fn subscribe_all(
+        &self,
+        from_position: u64,
+    ) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
+        let pool = self.inner.pool.clone();
+        let read: ReadPage = Arc::new(move |from, limit| {
+            let pool = pool.clone();
+            async move { Self::read_all_inner(&pool, from, limit).await }.boxed()
+        });
+        subscription::follow(
+            read,
+            self.inner.head.subscribe(),
+            from_position,
+            Duration::from_secs(1),
+        )
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.inner.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.inner.writer.close().await;
+    }
+}
+
+struct PgCommitter {
+    pool: PgPool,
+}
+
+#[async_trait]
+impl Committer for PgCommitter {
+    async fn commit(&mut self, batch: &[AppendRequest]) -> Result<Plan, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(APPEND_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let head: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
+            .fetch_one(&mut *tx)
+            .await?;
+        let head = head.map(|h| u64::try_from(h).unwrap_or(0));
+
+        let mut names: Vec<String> = batch.iter().map(|r| r.stream.to_string()).collect();
+        names.sort();
+        names.dedup();
+        let versions: HashMap<String, u64> = sqlx::query(
+            "SELECT stream, MAX(version) FROM events WHERE stream = ANY($1) GROUP BY stream",
+        )
+        .bind(&names)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| -> Result<(String, u64), sqlx::Error> {
+            let v: i64 = r.try_get(1)?;
+            Ok((r.try_get(0)?, u64::try_from(v).unwrap_or(0)))
+        })
+        .collect::<Result<_, _>>()?;
+        let ids: Vec<Uuid> = batch
+            .iter()
+            .flat_map(|r| r.events.iter().map(|e| e.event_id))
+            .collect();
+        let existing: HashMap<Uuid, StoredId> = sqlx::query(
+            "SELECT event_id, stream, version, position FROM events WHERE event_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| -> Result<(Uuid, StoredId), sqlx::Error> {
+            let version: i64 = r.try_get(2)?;
+            let position: i64 = r.try_get(3)?;
+            Ok((
+                r.try_get(0)?,
+                StoredId {
+                    stream: r.try_get(1)?,
+                    version: u64::try_from(version).unwrap_or(0),
+                    position: u64::try_from(position).unwrap_or(0),
+                },
+            ))
+        })
+        .collect::<Result<_, _>>()?;
+
+        let plan = group_commit::plan(batch, head, versions, existing);
+        if plan.rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(plan);
+        }
+        let n = plan.rows.len();
+        let mut positions = Vec::with_capacity(n);
+        let mut event_ids = Vec::with_capacity(n);
+        let mut streams = Vec::with_capacity(n);
+        let mut versions = Vec::with_capacity(n);
+        let mut types = Vec::with_capacity(n);
+        let mut schemas = Vec::with_capacity(n);
+        let mut datas = Vec::with_capacity(n);
+        let mut metas = Vec::with_capacity(n);
+        for row in &plan.rows {
+            let req = &batch[row.req];
+            let e = &req.events[row.ev];
+            positions.push(clamp(row.position));
+            event_ids.push(e.event_id);
+            streams.push(req.stream.to_string());
+            versions.push(clamp(row.version));
+            types.push(e.event_type.as_str());
+            schemas.push(i32::try_from(e.schema_version).unwrap_or(i32::MAX));
+            datas.push(e.data.as_str());
+            metas.push(e.metadata.as_str());
+        }
+        let recorded_at = Utc::now().timestamp_micros();
+        sqlx::query(
+            "INSERT INTO events (position, event_id, stream, version, event_type, schema_version, data, metadata, recorded_at) \
+             SELECT p, i, s, v, t, sv, d, m, $9 FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::text[], $8::text[]) \
+             AS x(p, i, s, v, t, sv, d, m)",
+        )
+        .bind(&positions)
+        .bind(&event_ids)
+        .bind(&streams)
+        .bind(&versions)
+        .bind(&types)
+        .bind(&schemas)
+        .bind(&datas)
+        .bind(&metas)
+        .bind(recorded_at)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(head) = plan.head {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(head.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(plan)
+    }
+}

@@ -1,0 +1,310 @@
+//! The embedded default backend: one SQLite file in WAL mode with `synchronous=FULL`, so an
+//! acknowledged append survives a power cut. One writer connection (fed by group commit) and
+//! a small pool of readers, which WAL lets run alongside the writer.
+
+use super::group_commit::{self, AppendRequest, Committer, GroupCommit, Plan, StoredId};
+use super::model::RawRow;
+use super::subscription::{self, ReadPage};
+use super::{
+    AppendResult, Direction, EventData, EventStore, ExpectedVersion, RecordedEvent, StoreError,
+    StoreLimits,
+};
+use async_trait::async_trait;
+use chrono::Utc;
+use futures::FutureExt;
+use futures::stream::BoxStream;
+use neulbi_domain::StreamName;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{Connection, Executor, Row};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+/// Embedded migrations for SQLite.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Builds a static `SELECT` of every event column; sqlx only accepts audited static SQL.
+macro_rules! select_events {
+    ($tail:literal) => {
+        concat!("SELECT position, event_id, stream, version, event_type, schema_version, data, metadata, recorded_at FROM events ", $tail)
+    };
+}
+
+/// The SQLite event store. Cheap to clone; all clones share one writer.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    readers: SqlitePool,
+    writer: GroupCommit,
+    head: watch::Sender<Option<u64>>,
+    limits: StoreLimits,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` (`sqlite://PATH`).
+    pub async fn open(url: &str, limits: StoreLimits, migrate: bool) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let path = options.get_filename();
+        if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {
+            return Err(StoreError::Config(
+                "an in-memory SQLite database cannot be shared by the writer and readers; give a file path".into(),
+            ));
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Config(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let readers = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.clone())
+            .await?;
+        if migrate {
+            MIGRATOR.run(&readers).await?;
+        }
+        let mut writer = SqliteConnection::connect_with(&options).await?;
+        let head: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
+            .fetch_one(&mut writer)
+            .await?;
+        let head = head.and_then(|h| u64::try_from(h).ok());
+        let (head_tx, _) = watch::channel(head);
+        let committer = SqliteCommitter { conn: writer };
+        let writer = GroupCommit::start(committer, limits, head_tx.clone());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                readers,
+                writer,
+                head: head_tx,
+                limits,
+            }),
+        })
+    }
+
+    /// The reader pool, for read models and tools that share the database file.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.inner.readers
+    }
+
+    async fn read_all_inner(
+        pool: &SqlitePool,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = select_events!("WHERE position >= ? ORDER BY position LIMIT ?");
+        let rows = sqlx::query(sql)
+            .bind(clamp(from))
+            .bind(clamp(limit as u64))
+            .fetch_all(pool)
+            .await?;
+        rows.into_iter().map(|r| raw(&r)?.decode()).collect()
+    }
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn raw(row: &sqlx::sqlite::SqliteRow) -> Result<RawRow, StoreError> {
+    Ok(RawRow {
+        position: row.try_get(0)?,
+        event_id: row.try_get(1)?,
+        stream: row.try_get(2)?,
+        version: row.try_get(3)?,
+        event_type: row.try_get(4)?,
+        schema_version: row.try_get(5)?,
+        data: row.try_get(6)?,
+        metadata: row.try_get(7)?,
+        recorded_at: row.try_get(8)?,
+    })
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult, StoreError> {
+        let span =
+            tracing::info_span!("append", backend = "sqlite", %stream, events = events.len());
+        async {
+            let request = group_commit::prepare(stream, expected, events, &self.inner.limits)?;
+            self.inner.writer.submit(request).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from_version: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = match direction {
+            Direction::Forward => {
+                select_events!("WHERE stream = ? AND version >= ? ORDER BY version LIMIT ?")
+            }
+            Direction::Backward => {
+                select_events!("WHERE stream = ? AND version <= ? ORDER BY version DESC LIMIT ?")
+            }
+        };
+        let rows = sqlx::query(sql)
+            .bind(stream.to_string())
+            .bind(clamp(from_version))
+            .bind(clamp(limit as u64))
+            .fetch_all(&self.inner.readers)
+            .await?;
+        rows.into_iter().map(|r| raw(&r)?.decode()).collect()
+    }
+
+    async fn read_all(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        Self::read_all_inner(&self.inner.readers, from_position, limit).await
+    }
+
+    async fn head_position(&self) -> Result<Option<u64>, StoreError> {
+        let head: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
+            .fetch_one(&self.inner.readers)
+            .await?;
+        Ok(head.and_then(|h| u64::try_from(h).ok()))
+    }
+
+    fn subscribe_all(
+        &self,
+        from_position: u64,
+    ) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
+        let pool = self.inner.readers.clone();
+        let read: ReadPage = Arc::new(move |from, limit| {
+            let pool = pool.clone();
+            async move { Self::read_all_inner(&pool, from, limit).await }.boxed()
+        });
+        // Another process (a CLI, a second server) may write the same file; poll to see it.
+        subscription::follow(
+            read,
+            self.inner.head.subscribe(),
+            from_position,
+            Duration::from_millis(500),
+        )
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.inner.readers).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.inner.writer.close().await;
+    }
+}
+
+struct SqliteCommitter {
+    conn: SqliteConnection,
+}
+
+impl SqliteCommitter {
+    async fn write(&mut self, batch: &[AppendRequest]) -> Result<Plan, StoreError> {
+        let conn = &mut self.conn;
+        let head: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
+            .fetch_one(&mut *conn)
+            .await?;
+        let head = head.map(|h| u64::try_from(h).unwrap_or(0));
+        let mut versions = HashMap::new();
+        let mut existing = HashMap::new();
+        for req in batch {
+            let name = req.stream.to_string();
+            if !versions.contains_key(&name) {
+                let v: Option<i64> =
+                    sqlx::query_scalar("SELECT MAX(version) FROM events WHERE stream = ?")
+                        .bind(&name)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                if let Some(v) = v {
+                    versions.insert(name, u64::try_from(v).unwrap_or(0));
+                }
+            }
+            for e in &req.events {
+                let hit =
+                    sqlx::query("SELECT stream, version, position FROM events WHERE event_id = ?")
+                        .bind(e.event_id.to_string())
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                if let Some(row) = hit {
+                    let version: i64 = row.try_get(1)?;
+                    let position: i64 = row.try_get(2)?;
+                    existing.insert(
+                        e.event_id,
+                        StoredId {
+                            stream: row.try_get(0)?,
+                            version: u64::try_from(version).unwrap_or(0),
+                            position: u64::try_from(position).unwrap_or(0),
+                        },
+                    );
+                }
+            }
+        }
+        let plan = group_commit::plan(batch, head, versions, existing);
+        let recorded_at = Utc::now().timestamp_micros();
+        for row in &plan.rows {
+            let req = &batch[row.req];
+            let e = &req.events[row.ev];
+            sqlx::query(
+                "INSERT INTO events (position, event_id, stream, version, event_type, schema_version, data, metadata, recorded_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(clamp(row.position))
+            .bind(e.event_id.to_string())
+            .bind(req.stream.to_string())
+            .bind(clamp(row.version))
+            .bind(&e.event_type)
+            .bind(i64::from(e.schema_version))
+            .bind(&e.data)
+            .bind(&e.metadata)
+            .bind(recorded_at)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(plan)
+    }
+}
+
+#[async_trait]
+impl Committer for SqliteCommitter {
+    async fn commit(&mut self, batch: &[AppendRequest]) -> Result<Plan, StoreError> {
+        self.conn.execute("BEGIN IMMEDIATE").await?;
+        match self.write(batch).await {
+            Ok(plan) if plan.rows.is_empty() => {
+                self.conn.execute("ROLLBACK").await?;
+                Ok(plan)
+            }
+            Ok(plan) => match self.conn.execute("COMMIT").await {
+                Ok(_) => Ok(plan),
+                Err(e) => {
+                    let _ = self.conn.execute("ROLLBACK").await;
+                    Err(e.into())
+                }
+            },
+            Err(e) => {
+                let _ = self.conn.execute("ROLLBACK").await;
+                Err(e)
+            }
+        }
+    }
+}

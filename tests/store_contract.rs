@@ -1,0 +1,544 @@
+//! The event-store contract: every backend runs every case below against a real database.
+
+mod support;
+
+use futures::StreamExt;
+use neulbi::store::{Direction, EventData, ExpectedVersion, Metadata, StoreError};
+use neulbi_domain::{StreamKind, StreamName};
+use serde_json::json;
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+use support::Backend;
+use uuid::Uuid;
+
+fn room() -> StreamName {
+    StreamName::new(StreamKind::Room, Uuid::now_v7())
+}
+
+fn ev(n: u64) -> EventData {
+    EventData::new("MessagePosted", json!({ "n": n }))
+}
+
+/// Collects `count` events from a subscription, failing after `secs` seconds.
+async fn collect(
+    mut sub: futures::stream::BoxStream<'static, Result<neulbi::store::RecordedEvent, StoreError>>,
+    count: usize,
+    secs: u64,
+) -> Vec<neulbi::store::RecordedEvent> {
+    let mut out = Vec::with_capacity(count);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while out.len() < count {
+        match tokio::time::timeout_at(deadline, sub.next()).await {
+            Ok(Some(Ok(e))) => out.push(e),
+            Ok(Some(Err(e))) => panic!("subscription failed: {e}"),
+            Ok(None) => panic!("subscription ended after {} events", out.len()),
+            Err(_) => panic!("timed out with {} of {count} events", out.len()),
+        }
+    }
+    out
+}
+
+mod cases {
+    use super::*;
+
+    pub async fn append_and_read_back(b: &Backend) {
+        let s = room();
+        let meta = Metadata {
+            correlation_id: Some(Uuid::now_v7()),
+            causation_id: None,
+            user_id: Some(Uuid::now_v7()),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        };
+        let events = vec![ev(0).with_metadata(meta.clone()), ev(1), ev(2)];
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let r = b
+            .store
+            .append(&s, ExpectedVersion::NoStream, events)
+            .await
+            .expect("append");
+        assert_eq!(
+            (r.first_position, r.last_position, r.next_expected_version),
+            (0, 2, 2)
+        );
+
+        let read = b
+            .store
+            .read_stream(&s, 0, Direction::Forward, 100)
+            .await
+            .expect("read");
+        assert_eq!(read.len(), 3);
+        for (i, e) in read.iter().enumerate() {
+            assert_eq!(e.version, i as u64);
+            assert_eq!(e.position, i as u64);
+            assert_eq!(e.stream, s);
+            assert_eq!(e.event_id, ids[i]);
+            assert_eq!(e.event_type, "MessagePosted");
+            assert_eq!(e.data, json!({ "n": i }));
+        }
+        assert_eq!(read[0].metadata, meta);
+        assert_eq!(read[1].metadata, Metadata::default());
+
+        let back = b
+            .store
+            .read_stream(&s, u64::MAX, Direction::Backward, 2)
+            .await
+            .expect("read back");
+        assert_eq!(
+            back.iter().map(|e| e.version).collect::<Vec<_>>(),
+            vec![2, 1]
+        );
+        let page = b
+            .store
+            .read_stream(&s, 1, Direction::Forward, 1)
+            .await
+            .expect("page");
+        assert_eq!(page.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1]);
+        assert!(
+            b.store
+                .read_stream(&room(), 0, Direction::Forward, 10)
+                .await
+                .expect("empty")
+                .is_empty()
+        );
+        assert_eq!(b.store.head_position().await.expect("head"), Some(2));
+    }
+
+    pub async fn expected_version_is_enforced(b: &Backend) {
+        let s = room();
+        b.store
+            .append(&s, ExpectedVersion::NoStream, vec![ev(0)])
+            .await
+            .expect("first");
+        let err = b
+            .store
+            .append(&s, ExpectedVersion::NoStream, vec![ev(1)])
+            .await
+            .expect_err("no stream");
+        assert!(
+            matches!(
+                err,
+                StoreError::WrongExpectedVersion {
+                    actual: Some(0),
+                    expected: ExpectedVersion::NoStream,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = b
+            .store
+            .append(&s, ExpectedVersion::Exact(5), vec![ev(1)])
+            .await
+            .expect_err("exact");
+        assert!(
+            matches!(
+                err,
+                StoreError::WrongExpectedVersion {
+                    actual: Some(0),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = b
+            .store
+            .append(&room(), ExpectedVersion::Exact(0), vec![ev(1)])
+            .await
+            .expect_err("missing stream");
+        assert!(
+            matches!(err, StoreError::WrongExpectedVersion { actual: None, .. }),
+            "{err}"
+        );
+        // Failed appends left nothing behind.
+        assert_eq!(b.store.head_position().await.expect("head"), Some(0));
+        let r = b
+            .store
+            .append(&s, ExpectedVersion::Exact(0), vec![ev(1)])
+            .await
+            .expect("exact ok");
+        assert_eq!(r.next_expected_version, 1);
+        let r = b
+            .store
+            .append(&s, ExpectedVersion::Any, vec![ev(2)])
+            .await
+            .expect("any ok");
+        assert_eq!((r.next_expected_version, r.last_position), (2, 2));
+    }
+
+    pub async fn retried_appends_are_idempotent(b: &Backend) {
+        let s = room();
+        let events = vec![ev(0), ev(1)];
+        let first = b
+            .store
+            .append(&s, ExpectedVersion::NoStream, events.clone())
+            .await
+            .expect("append");
+        // The same append again (a client retry after a lost reply) succeeds with the same
+        // answer, even though the expected version no longer holds.
+        let again = b
+            .store
+            .append(&s, ExpectedVersion::NoStream, events.clone())
+            .await
+            .expect("retry");
+        assert_eq!(first, again);
+        assert_eq!(
+            b.store
+                .read_stream(&s, 0, Direction::Forward, 10)
+                .await
+                .expect("read")
+                .len(),
+            2
+        );
+        // Reusing one id in a different append is an error, not a silent duplicate.
+        let mixed = vec![events[1].clone(), ev(9)];
+        let err = b
+            .store
+            .append(&s, ExpectedVersion::Any, mixed)
+            .await
+            .expect_err("mixed");
+        assert!(matches!(err, StoreError::DuplicateEventId { .. }), "{err}");
+        let elsewhere = b
+            .store
+            .append(&room(), ExpectedVersion::Any, events)
+            .await
+            .expect_err("other stream");
+        assert!(
+            matches!(elsewhere, StoreError::DuplicateEventId { .. }),
+            "{elsewhere}"
+        );
+        let one = ev(5);
+        let twice = b
+            .store
+            .append(&room(), ExpectedVersion::Any, vec![one.clone(), one])
+            .await
+            .expect_err("id twice in one append");
+        assert!(
+            matches!(twice, StoreError::DuplicateEventId { .. }),
+            "{twice}"
+        );
+        assert_eq!(b.store.head_position().await.expect("head"), Some(1));
+    }
+
+    pub async fn batches_are_atomic_and_bounded(b: &Backend) {
+        let s = room();
+        let big = EventData::new("Big", json!({ "blob": "x".repeat(2 * 1024 * 1024) }));
+        let err = b
+            .store
+            .append(&s, ExpectedVersion::Any, vec![ev(0), big, ev(2)])
+            .await
+            .expect_err("too large");
+        assert!(matches!(err, StoreError::EventTooLarge { .. }), "{err}");
+        let err = b
+            .store
+            .append(&s, ExpectedVersion::Any, vec![])
+            .await
+            .expect_err("empty");
+        assert!(matches!(err, StoreError::InvalidAppend(_)), "{err}");
+        let many: Vec<EventData> = (0..1001).map(ev).collect();
+        let err = b
+            .store
+            .append(&s, ExpectedVersion::Any, many)
+            .await
+            .expect_err("too many");
+        assert!(matches!(err, StoreError::InvalidAppend(_)), "{err}");
+        let bad_type = EventData::new("", json!({}));
+        let err = b
+            .store
+            .append(&s, ExpectedVersion::Any, vec![bad_type])
+            .await
+            .expect_err("type");
+        assert!(matches!(err, StoreError::InvalidAppend(_)), "{err}");
+        assert_eq!(b.store.head_position().await.expect("head"), None);
+        let r = b
+            .store
+            .append(&s, ExpectedVersion::NoStream, (0..100).map(ev).collect())
+            .await
+            .expect("batch");
+        assert_eq!((r.first_position, r.last_position), (0, 99));
+    }
+
+    pub async fn global_order_is_gap_free(b: &Backend) {
+        let streams: Vec<StreamName> = (0..5).map(|_| room()).collect();
+        for round in 0..4 {
+            for s in &streams {
+                b.store
+                    .append(s, ExpectedVersion::Any, vec![ev(round)])
+                    .await
+                    .expect("append");
+            }
+        }
+        let all = b.store.read_all(0, 1000).await.expect("read all");
+        assert_eq!(
+            all.iter().map(|e| e.position).collect::<Vec<_>>(),
+            (0..20).collect::<Vec<_>>()
+        );
+        let tail = b.store.read_all(15, 3).await.expect("page");
+        assert_eq!(
+            tail.iter().map(|e| e.position).collect::<Vec<_>>(),
+            vec![15, 16, 17]
+        );
+        for s in &streams {
+            let versions: Vec<u64> = all
+                .iter()
+                .filter(|e| e.stream == *s)
+                .map(|e| e.version)
+                .collect();
+            assert_eq!(versions, vec![0, 1, 2, 3]);
+        }
+    }
+
+    pub async fn concurrent_writers_and_a_live_subscriber(b: &Backend) {
+        const WRITERS: u64 = 8;
+        const APPENDS: u64 = 40;
+        let shared = room();
+        let sub = b.store.subscribe_all(0);
+        let mut tasks = Vec::new();
+        for w in 0..WRITERS {
+            let store = b.store.clone();
+            tasks.push(tokio::spawn(async move {
+                let own = room();
+                for i in 0..APPENDS {
+                    let expected = if i == 0 {
+                        ExpectedVersion::NoStream
+                    } else {
+                        ExpectedVersion::Exact(i - 1)
+                    };
+                    store
+                        .append(&own, expected, vec![ev(w * 1000 + i)])
+                        .await
+                        .expect("own stream");
+                    if i % 4 == 0 {
+                        store
+                            .append(&shared, ExpectedVersion::Any, vec![ev(i)])
+                            .await
+                            .expect("shared");
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("writer");
+        }
+        let total = (WRITERS * (APPENDS + APPENDS / 4)) as usize;
+        let seen = collect(sub, total, 60).await;
+        let positions: Vec<u64> = seen.iter().map(|e| e.position).collect();
+        assert_eq!(
+            positions,
+            (0..total as u64).collect::<Vec<_>>(),
+            "every position exactly once, in order"
+        );
+        let mut per_stream: BTreeMap<StreamName, Vec<u64>> = BTreeMap::new();
+        for e in &seen {
+            per_stream.entry(e.stream).or_default().push(e.version);
+        }
+        for versions in per_stream.values() {
+            assert_eq!(*versions, (0..versions.len() as u64).collect::<Vec<_>>());
+        }
+        assert_eq!(per_stream.len(), WRITERS as usize + 1);
+    }
+
+    pub async fn concurrent_conflicting_appends_admit_one(b: &Backend) {
+        let s = room();
+        b.store
+            .append(&s, ExpectedVersion::NoStream, vec![ev(0)])
+            .await
+            .expect("first");
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let store = b.store.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .append(&s, ExpectedVersion::Exact(0), vec![ev(i)])
+                    .await
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.expect("task") {
+                Ok(_) => ok += 1,
+                Err(e) => assert!(e.is_conflict(), "{e}"),
+            }
+        }
+        assert_eq!(ok, 1);
+        assert_eq!(
+            b.store
+                .read_stream(&s, 0, Direction::Forward, 10)
+                .await
+                .expect("read")
+                .len(),
+            2
+        );
+    }
+
+    pub async fn subscription_resumes_from_a_checkpoint(b: &Backend) {
+        let s = room();
+        b.store
+            .append(&s, ExpectedVersion::Any, (0..10).map(ev).collect())
+            .await
+            .expect("append");
+        let sub = b.store.subscribe_all(4);
+        let store = b.store.clone();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            store
+                .append(&s, ExpectedVersion::Exact(9), vec![ev(10)])
+                .await
+                .expect("live")
+        });
+        let seen = collect(sub, 7, 30).await;
+        assert_eq!(
+            seen.iter().map(|e| e.position).collect::<Vec<_>>(),
+            (4..11).collect::<Vec<_>>()
+        );
+        writer.await.expect("writer");
+    }
+
+    pub async fn another_instance_sees_commits(b: &Backend) {
+        // Two store instances on one database behave as two nodes.
+        let other = b.open_again().await;
+        let sub = other.subscribe_all(0);
+        let s = room();
+        b.store
+            .append(&s, ExpectedVersion::NoStream, vec![ev(0)])
+            .await
+            .expect("node a");
+        other
+            .append(&s, ExpectedVersion::Exact(0), vec![ev(1)])
+            .await
+            .expect("node b");
+        let err = b
+            .store
+            .append(&s, ExpectedVersion::Exact(0), vec![ev(2)])
+            .await
+            .expect_err("stale");
+        assert!(err.is_conflict(), "{err}");
+        b.store
+            .append(&s, ExpectedVersion::Exact(1), vec![ev(2)])
+            .await
+            .expect("node a again");
+        let seen = collect(sub, 3, 30).await;
+        assert_eq!(
+            seen.iter().map(|e| e.version).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        other.close().await;
+    }
+
+    pub async fn corrupted_rows_are_typed_errors(b: &Backend) {
+        let s = room();
+        b.store
+            .append(&s, ExpectedVersion::NoStream, vec![ev(0), ev(1)])
+            .await
+            .expect("append");
+        b.execute_raw("UPDATE events SET data = '{not json' WHERE position = 1")
+            .await;
+        let err = b.store.read_all(0, 10).await.expect_err("corrupt");
+        assert!(
+            matches!(err, StoreError::Corrupt { position: 1, .. }),
+            "{err}"
+        );
+        let err = b
+            .store
+            .read_stream(&s, 0, Direction::Forward, 10)
+            .await
+            .expect_err("corrupt");
+        assert!(
+            matches!(err, StoreError::Corrupt { position: 1, .. }),
+            "{err}"
+        );
+        b.execute_raw("UPDATE events SET data = '{}', stream = 'bogus' WHERE position = 1")
+            .await;
+        let err = b.store.read_all(1, 10).await.expect_err("bad stream");
+        assert!(
+            matches!(err, StoreError::Corrupt { position: 1, .. }),
+            "{err}"
+        );
+        // The healthy row before it still reads.
+        assert_eq!(b.store.read_all(0, 1).await.expect("healthy").len(), 1);
+    }
+
+    pub async fn close_finishes_queued_appends(b: &Backend) {
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let store = b.store.clone();
+            tasks.push(tokio::spawn(async move {
+                let s = room();
+                let e = ev(i);
+                let id = e.event_id;
+                (
+                    id,
+                    store.append(&s, ExpectedVersion::NoStream, vec![e]).await,
+                )
+            }));
+        }
+        tokio::task::yield_now().await;
+        b.store.close().await;
+        let mut acknowledged = HashSet::new();
+        for t in tasks {
+            let (id, result) = t.await.expect("task");
+            match result {
+                Ok(_) => {
+                    acknowledged.insert(id);
+                }
+                Err(StoreError::Closed) => {}
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        let err = b
+            .store
+            .append(&room(), ExpectedVersion::Any, vec![ev(0)])
+            .await
+            .expect_err("closed");
+        assert!(matches!(err, StoreError::Closed), "{err}");
+        let reopened = b.open_again().await;
+        let stored: HashSet<Uuid> = reopened
+            .read_all(0, 1000)
+            .await
+            .expect("read")
+            .iter()
+            .map(|e| e.event_id)
+            .collect();
+        assert_eq!(
+            stored, acknowledged,
+            "exactly the acknowledged appends are durable"
+        );
+        reopened.close().await;
+    }
+}
+
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let b = crate::support::Backend::sqlite().await;
+                    crate::cases::$case(&b).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let b = crate::support::Backend::postgres().await;
+                    crate::cases::$case(&b).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    append_and_read_back,
+    expected_version_is_enforced,
+    retried_appends_are_idempotent,
+    batches_are_atomic_and_bounded,
+    global_order_is_gap_free,
+    concurrent_writers_and_a_live_subscriber,
+    concurrent_conflicting_appends_admit_one,
+    subscription_resumes_from_a_checkpoint,
+    another_instance_sees_commits,
+    corrupted_rows_are_typed_errors,
+    close_finishes_queued_appends,
+);
