@@ -5,6 +5,8 @@ use super::{ActorError, codec};
 use crate::store::{Direction, ExpectedVersion, Metadata, SharedStore};
 use actix::prelude::*;
 use neulbi_domain::{Context as CommandContext, Decider, StreamName};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tracing::Instrument;
@@ -13,7 +15,6 @@ use tracing::Instrument;
 const HYDRATE_PAGE: usize = 512;
 
 /// What a successful command produced.
-#[derive(Debug)]
 pub struct CommandOutcome<D: Decider> {
     /// The events appended (empty when the command changed nothing).
     pub events: Vec<D::Event>,
@@ -23,6 +24,18 @@ pub struct CommandOutcome<D: Decider> {
     pub last_position: Option<u64>,
     /// The aggregate's state after the command.
     pub state: D::State,
+}
+
+// Written by hand: a derive would demand `D: Debug` of the marker type.
+impl<D: Decider> std::fmt::Debug for CommandOutcome<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandOutcome")
+            .field("events", &self.events)
+            .field("version", &self.version)
+            .field("last_position", &self.last_position)
+            .field("state", &self.state)
+            .finish()
+    }
 }
 
 /// The message that carries a command to its aggregate. The reply travels on a oneshot so
@@ -53,12 +66,20 @@ pub struct AggregateActor<D: Decider> {
     hydrated: bool,
     last_active: Instant,
     idle_timeout: Duration,
+    depth: Arc<AtomicUsize>,
 }
 
 impl<D: Decider> AggregateActor<D> {
-    /// An actor for `stream`; it hydrates lazily on its first command.
-    pub fn new(store: SharedStore, stream: StreamName, idle_timeout: Duration) -> Self {
+    /// An actor for `stream`; it hydrates lazily on its first command. `depth` counts the
+    /// commands sent to it and not yet answered; the actor lowers it after each answer.
+    pub fn new(
+        store: SharedStore,
+        stream: StreamName,
+        idle_timeout: Duration,
+        depth: Arc<AtomicUsize>,
+    ) -> Self {
         Self {
+            depth,
             store,
             stream,
             state: D::State::default(),
@@ -122,6 +143,7 @@ where
                 act.version = loaded.version;
                 act.hydrated = loaded.hydrated;
                 act.last_active = Instant::now();
+                act.depth.fetch_sub(1, Ordering::AcqRel);
                 let _ = reply.send(result);
             },
         )))

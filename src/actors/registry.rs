@@ -7,7 +7,8 @@ use crate::store::{Metadata, SharedStore};
 use actix::prelude::*;
 use neulbi_domain::{Context as CommandContext, Decider, StreamName};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -34,7 +35,23 @@ impl Default for RegistryConfig {
 pub struct Registry<D: Decider> {
     store: SharedStore,
     config: RegistryConfig,
-    actors: Mutex<HashMap<Uuid, Addr<AggregateActor<D>>>>,
+    actors: Mutex<HashMap<Uuid, Entry<D>>>,
+}
+
+/// A live actor and its mailbox depth. actix bounds a mailbox per *sender*, and every caller
+/// holds its own sender, so the registry keeps the one count that bounds them all.
+struct Entry<D: Decider> {
+    addr: Addr<AggregateActor<D>>,
+    depth: Arc<AtomicUsize>,
+}
+
+impl<D: Decider> Clone for Entry<D> {
+    fn clone(&self) -> Self {
+        Self {
+            addr: self.addr.clone(),
+            depth: self.depth.clone(),
+        }
+    }
 }
 
 impl<D: Decider> Registry<D>
@@ -61,7 +78,11 @@ where
     ) -> Result<CommandOutcome<D>, ActorError> {
         // A passivated actor may stop between lookup and delivery; one fresh start covers it.
         for _ in 0..2 {
-            let addr = self.address(id);
+            let Entry { addr, depth } = self.address(id);
+            if depth.fetch_add(1, Ordering::AcqRel) >= self.config.mailbox_capacity {
+                depth.fetch_sub(1, Ordering::AcqRel);
+                return Err(ActorError::Busy);
+            }
             let (reply, answer) = oneshot::channel();
             let msg = Execute {
                 command: command.clone(),
@@ -75,7 +96,10 @@ where
                     Ok(result) => return result,
                     Err(_) => self.forget(id, &addr),
                 },
-                Err(SendError::Full(_)) => return Err(ActorError::Busy),
+                Err(SendError::Full(_)) => {
+                    depth.fetch_sub(1, Ordering::AcqRel);
+                    return Err(ActorError::Busy);
+                }
                 Err(SendError::Closed(_)) => self.forget(id, &addr),
             }
         }
@@ -85,17 +109,17 @@ where
     /// How many actors are alive (not passivated) right now.
     pub fn live_actors(&self) -> usize {
         let mut actors = self.lock();
-        actors.retain(|_, a| a.connected());
+        actors.retain(|_, a| a.addr.connected());
         actors.len()
     }
 
-    fn address(&self, id: Uuid) -> Addr<AggregateActor<D>> {
+    fn address(&self, id: Uuid) -> Entry<D> {
         let mut actors = self.lock();
-        if let Some(addr) = actors.get(&id).filter(|a| a.connected()) {
-            return addr.clone();
+        if let Some(entry) = actors.get(&id).filter(|a| a.addr.connected()) {
+            return entry.clone();
         }
         if actors.len() >= 1024 && actors.len().is_power_of_two() {
-            actors.retain(|_, a| a.connected());
+            actors.retain(|_, a| a.addr.connected());
         }
         let stream = StreamName::new(D::KIND, id);
         let store = self.store.clone();
@@ -103,22 +127,25 @@ where
             mailbox_capacity,
             idle_timeout,
         } = self.config;
+        let depth = Arc::new(AtomicUsize::new(0));
+        let actor_depth = depth.clone();
         let addr = AggregateActor::<D>::create(move |ctx| {
             ctx.set_mailbox_capacity(mailbox_capacity);
-            AggregateActor::new(store, stream, idle_timeout)
+            AggregateActor::new(store, stream, idle_timeout, actor_depth)
         });
-        actors.insert(id, addr.clone());
-        addr
+        let entry = Entry { addr, depth };
+        actors.insert(id, entry.clone());
+        entry
     }
 
     fn forget(&self, id: Uuid, addr: &Addr<AggregateActor<D>>) {
         let mut actors = self.lock();
-        if actors.get(&id).is_some_and(|a| a == addr) {
+        if actors.get(&id).is_some_and(|a| a.addr == *addr) {
             actors.remove(&id);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Addr<AggregateActor<D>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Entry<D>>> {
         // A panic while holding this lock cannot leave the map inconsistent (single inserts
         // and removals), so a poisoned lock is still usable.
         self.actors.lock().unwrap_or_else(|p| p.into_inner())

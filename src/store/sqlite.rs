@@ -19,7 +19,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Connection, Executor, Row};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -228,9 +228,10 @@ impl SqliteCommitter {
         let head = head.map(|h| u64::try_from(h).unwrap_or(0));
         let mut versions = HashMap::new();
         let mut existing = HashMap::new();
+        let mut queried = HashSet::new();
         for req in batch {
             let name = req.stream.to_string();
-            if !versions.contains_key(&name) {
+            if queried.insert(name.clone()) {
                 let v: Option<i64> =
                     sqlx::query_scalar("SELECT MAX(version) FROM events WHERE stream = ?")
                         .bind(&name)

@@ -1,6 +1,7 @@
 //! Shared helpers of the integration tests: real backends started per test.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod pg;
 
 use neulbi::store::{self, SharedStore, StoreLimits};

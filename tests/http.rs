@@ -1,0 +1,75 @@
+//! The HTTP edge, black-box: a real server on a loopback port, talked to over TCP.
+
+mod support;
+
+use neulbi::config::Config;
+use neulbi::startup::Application;
+use support::http::get;
+
+async fn spawn_app() -> (
+    std::net::SocketAddr,
+    actix_web::dev::ServerHandle,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir.path().to_owned(),
+        ..Config::default()
+    };
+    let app = Application::build(&config).await.expect("build app");
+    let addr = app.local_addr();
+    let handle = app.handle();
+    actix_rt::spawn(app.run_until_stopped());
+    (addr, handle, dir)
+}
+
+#[actix_rt::test]
+async fn health_and_readiness_answer_json() {
+    let (addr, handle, dir) = spawn_app().await;
+    let r = get(addr, "/healthz").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "ok");
+    let r = get(addr, "/readyz").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["status"], "ready");
+    assert!(
+        dir.path().join("neulbi.db").exists(),
+        "the embedded default is a SQLite file in the data dir"
+    );
+    handle.stop(true).await;
+}
+
+#[actix_rt::test]
+async fn unknown_routes_get_the_json_error_shape() {
+    let (addr, handle, _dir) = spawn_app().await;
+    let r = get(addr, "/no/such/thing?token=secret").await;
+    assert_eq!(r.status, 404);
+    let body = r.json();
+    assert_eq!(body["error"]["code"], "not_found");
+    assert!(body["error"]["message"].is_string());
+    let r = get(addr, "/").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.headers
+            .to_ascii_lowercase()
+            .contains("content-type: text/html")
+    );
+    handle.stop(true).await;
+}
+
+#[actix_rt::test]
+async fn a_bad_database_url_is_a_clear_startup_error() {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        database_url: Some("mysql://user:hunter2@localhost/db".into()),
+        ..Config::default()
+    };
+    let err = Application::build(&config).await.err().expect("must fail");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("unsupported database URL"), "{msg}");
+    assert!(
+        !msg.contains("hunter2"),
+        "passwords never appear in errors: {msg}"
+    );
+}
