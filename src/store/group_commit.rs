@@ -441,4 +441,62 @@ mod tests {
             Err(StoreError::DuplicateEventId { .. })
         ));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::BTreeMap;
+
+        fn arb_request() -> impl Strategy<Value = (u128, u8, Vec<u128>)> {
+            // A few streams, a few expectations, and ids drawn from a small pool so that
+            // retries and collisions happen often.
+            (0u128..3, 0u8..4, proptest::collection::vec(0u128..12, 1..4))
+        }
+
+        proptest! {
+            #[test]
+            fn plans_are_gap_free_and_reject_without_writing(
+                head in proptest::option::of(0u64..5),
+                reqs in proptest::collection::vec(arb_request(), 1..12),
+            ) {
+                let batch: Vec<AppendRequest> = reqs
+                    .iter()
+                    .map(|(s, e, ids)| {
+                        let stream = StreamName::new(StreamKind::Room, Uuid::from_u128(*s));
+                        let expected = match e {
+                            0 => ExpectedVersion::Any,
+                            1 => ExpectedVersion::NoStream,
+                            v => ExpectedVersion::Exact(u64::from(*v) - 2),
+                        };
+                        req(stream, expected, ids)
+                    })
+                    .collect();
+                let plan = plan(&batch, head, HashMap::new(), HashMap::new());
+                let first = head.map_or(0, |h| h + 1);
+                let positions: Vec<u64> = plan.rows.iter().map(|r| r.position).collect();
+                prop_assert_eq!(positions, (first..first + plan.rows.len() as u64).collect::<Vec<_>>());
+                prop_assert_eq!(plan.head, (first + plan.rows.len() as u64).checked_sub(1));
+                let mut versions: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+                let mut ids = HashSet::new();
+                for row in &plan.rows {
+                    versions.entry(batch[row.req].stream.to_string()).or_default().push(row.version);
+                    prop_assert!(ids.insert(batch[row.req].events[row.ev].event_id), "an id is written once");
+                }
+                for v in versions.values() {
+                    prop_assert_eq!(v.clone(), (0..v.len() as u64).collect::<Vec<_>>());
+                }
+                for (i, result) in plan.results.iter().enumerate() {
+                    let written = plan.rows.iter().filter(|r| r.req == i).count();
+                    match result {
+                        Ok(r) if written > 0 => {
+                            prop_assert_eq!(written, batch[i].events.len());
+                            prop_assert_eq!(r.last_position - r.first_position + 1, written as u64);
+                        }
+                        Ok(_) => {} // an idempotent repeat of an earlier request
+                        Err(_) => prop_assert_eq!(written, 0),
+                    }
+                }
+            }
+        }
+    }
 }

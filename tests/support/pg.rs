@@ -55,8 +55,14 @@ fn free_port() -> u16 {
 }
 
 impl TempPostgres {
-    /// Starts a new server; panics with the server log if it does not come up.
+    /// Starts a new server tuned for tests (no fsync); panics with the server log if it does
+    /// not come up.
     pub fn start() -> Self {
+        Self::start_with("-c fsync=off")
+    }
+
+    /// Starts a new server with extra `postgres` options (e.g. `-c fsync=on` for benchmarks).
+    pub fn start_with(extra_options: &str) -> Self {
         let bin = find_bin_dir();
         let as_postgres = is_root();
         let dir = tempfile::Builder::new()
@@ -93,7 +99,7 @@ impl TempPostgres {
         for attempt in 0..5 {
             pg.port = free_port();
             let opts = format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100",
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=100 {extra_options}",
                 pg.port,
                 path_str(pg.dir.path())
             );
