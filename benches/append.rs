@@ -152,11 +152,20 @@ async fn read_all_rate(store: &SharedStore) -> (u64, f64) {
     (n, start.elapsed().as_secs_f64())
 }
 
-async fn run_neulbi(name: &str, url: &str, o: &Options, cells: &mut Vec<Cell>, reads: &mut Vec<(String, u64, f64)>) {
+async fn run_neulbi(
+    name: &str,
+    url: &str,
+    o: &Options,
+    cells: &mut Vec<Cell>,
+    reads: &mut Vec<(String, u64, f64)>,
+) {
     for &writers in &o.writers {
         // A fresh store per cell would hide warm-up; one store per backend is what a node runs.
-        let store = store::open(url, StoreLimits::default(), true).await.expect("open store");
-        let (events, secs, lat) = load(neulbi_append(store.clone(), writers), writers, o.secs).await;
+        let store = store::open(url, StoreLimits::default(), true)
+            .await
+            .expect("open store");
+        let (events, secs, lat) =
+            load(neulbi_append(store.clone(), writers), writers, o.secs).await;
         cells.push(Cell {
             backend: name.to_owned(),
             writers,
@@ -166,7 +175,9 @@ async fn run_neulbi(name: &str, url: &str, o: &Options, cells: &mut Vec<Cell>, r
         });
         store.close().await;
     }
-    let store = store::open(url, StoreLimits::default(), false).await.expect("open store");
+    let store = store::open(url, StoreLimits::default(), false)
+        .await
+        .expect("open store");
     let (n, secs) = read_all_rate(&store).await;
     reads.push((name.to_owned(), n, secs));
     store.close().await;
@@ -191,7 +202,8 @@ fn main() {
                 }
                 "postgres" => {
                     // Durable settings: fsync and synchronous_commit on (the defaults).
-                    let server = pg::TempPostgres::start_with("-c fsync=on -c synchronous_commit=on");
+                    let server =
+                        pg::TempPostgres::start_with("-c fsync=on -c synchronous_commit=on");
                     run_neulbi("postgres", &server.url(), &o, &mut cells, &mut reads).await;
                 }
                 "umadb" => run_umadb(&o, &mut cells).await,
@@ -220,7 +232,9 @@ async fn run_umadb(o: &Options, cells: &mut Vec<Cell>) {
 
 #[cfg(not(feature = "bench-umadb"))]
 async fn run_umadb(_: &Options, _: &mut Vec<Cell>) {
-    panic!("the UmaDB peer needs `--features bench-umadb` (and the `umadb` server: benches/peers/install-umadb.sh)");
+    panic!(
+        "the UmaDB peer needs `--features bench-umadb` (and the `umadb` server: benches/peers/install-umadb.sh)"
+    );
 }
 
 fn print_report(o: &Options, cells: &[Cell], reads: &[(String, u64, f64)]) {
@@ -238,7 +252,10 @@ fn print_report(o: &Options, cells: &[Cell], reads: &[(String, u64, f64)]) {
             .find(|p| p.backend == "umadb" && p.writers == c.writers);
         let (rate, p99) = match peer {
             Some(p) if c.backend != "umadb" => (
-                format!("{:.2}", c.events_per_sec / p.events_per_sec.max(f64::MIN_POSITIVE)),
+                format!(
+                    "{:.2}",
+                    c.events_per_sec / p.events_per_sec.max(f64::MIN_POSITIVE)
+                ),
                 format!("{:.2}", c.p99_us as f64 / (p.p99_us.max(1)) as f64),
             ),
             _ => ("-".into(), "-".into()),
@@ -251,8 +268,16 @@ fn print_report(o: &Options, cells: &[Cell], reads: &[(String, u64, f64)]) {
     println!("\nread_all: pages of 4096 over the whole log");
     println!("{:<10} {:>10} {:>12}", "backend", "events", "events/s");
     for (name, n, secs) in reads {
-        println!("{:<10} {:>10} {:>12.0}", name, n, *n as f64 / secs.max(f64::MIN_POSITIVE));
+        println!(
+            "{:<10} {:>10} {:>12.0}",
+            name,
+            n,
+            *n as f64 / secs.max(f64::MIN_POSITIVE)
+        );
     }
     // A smoke run must have done real work, or it proves nothing.
-    assert!(cells.iter().all(|c| c.events_per_sec > 0.0), "a cell appended nothing");
+    assert!(
+        cells.iter().all(|c| c.events_per_sec > 0.0),
+        "a cell appended nothing"
+    );
 }

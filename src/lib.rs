@@ -8,6 +8,7 @@ pub mod actors;
 pub mod cli;
 pub mod config;
 pub mod edge;
+pub mod privacy;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -1,6 +1,12 @@
 //! The ChatRoom aggregate (`room-{uuid}`): a conversation between one client and one counselor.
+//!
+//! A message body is [`Personal`] data of its author, so erasing the author makes their bodies
+//! unreadable while the room still replays: members, counts, read positions and resend
+//! detection never depend on a body.
 
-use crate::{Context, Decider, DomainError, DomainEvent, MessageId, RoomId, StreamKind, UserId};
+use crate::{
+    Context, Decider, DomainError, DomainEvent, MessageId, Personal, RoomId, StreamKind, UserId,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -67,9 +73,10 @@ pub enum RoomEvent {
         message_id: MessageId,
         /// The member who wrote it.
         author: UserId,
-        /// The text (trimmed).
-        body: String,
-        /// The client-chosen deduplication id, if one was sent.
+        /// The text (trimmed), personal data of the author.
+        body: Personal<String>,
+        /// The client-chosen deduplication id, if one was sent. Not personal: a random token
+        /// the client made up, kept readable so resends are still recognised after an erasure.
         client_message_id: Option<String>,
         /// When it was posted.
         at: DateTime<Utc>,
@@ -349,7 +356,7 @@ impl Decider for ChatRoomDecider {
                 Ok(vec![RoomEvent::MessagePosted {
                     message_id,
                     author,
-                    body,
+                    body: Personal::new(author, body),
                     client_message_id,
                     at: now,
                 }])
@@ -496,7 +503,7 @@ fn validate_client_message_id(id: &str) -> Result<(), DomainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{Spec, at, system_ctx, user_ctx, user_id};
+    use crate::testing::{Spec, at, erase_personal_data, system_ctx, user_ctx, user_id};
     use crate::{Actor, Role};
     use uuid::Uuid;
 
@@ -538,7 +545,7 @@ mod tests {
         RoomEvent::MessagePosted {
             message_id: msg(n),
             author,
-            body: format!("message {n}"),
+            body: Personal::new(author, format!("message {n}")),
             client_message_id: client_id.map(str::to_owned),
             at: at(n as i64),
         }
@@ -698,7 +705,7 @@ mod tests {
             .then(vec![RoomEvent::MessagePosted {
                 message_id: msg(1),
                 author: CLIENT,
-                body: "말".repeat(4000),
+                body: Personal::new(CLIENT, "말".repeat(4000)),
                 client_message_id: None,
                 at: at(1),
             }]);
@@ -947,6 +954,104 @@ mod tests {
         assert_eq!(json["type"], "MessagePosted");
         assert_eq!(json["data"]["author"], CLIENT.to_string());
         assert_eq!(json["data"]["client_message_id"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn message_body_carries_the_personal_wrapper_of_its_author() {
+        let json = serde_json::to_value(posted(1, COUNSELOR, Some("c-1"))).expect("serialize");
+        assert_eq!(
+            json["data"]["body"],
+            serde_json::json!({ "$personal": { "owner": COUNSELOR, "value": "message 1" } })
+        );
+        // The dedup token stays clear, so it still works after the author is erased.
+        assert_eq!(json["data"]["client_message_id"], "c-1");
+    }
+
+    #[test]
+    fn an_erased_body_deserializes() {
+        let json = serde_json::json!({
+            "type": "MessagePosted",
+            "data": {
+                "message_id": msg(1),
+                "author": CLIENT,
+                "body": { "$personal": { "owner": CLIENT, "erased": true } },
+                "client_message_id": "c-1",
+                "at": at(1),
+            }
+        });
+        let event: RoomEvent = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(
+            event,
+            RoomEvent::MessagePosted {
+                message_id: msg(1),
+                author: CLIENT,
+                body: Personal::Erased { owner: CLIENT },
+                client_message_id: Some("c-1".into()),
+                at: at(1),
+            }
+        );
+    }
+
+    #[test]
+    fn debug_of_a_message_does_not_reveal_its_body() {
+        let event = RoomEvent::MessagePosted {
+            message_id: msg(1),
+            author: CLIENT,
+            body: Personal::new(CLIENT, "I have not slept in a week".into()),
+            client_message_id: None,
+            at: at(1),
+        };
+        let debug = format!("{event:?}");
+        assert!(!debug.contains("slept"), "{debug}");
+        assert!(debug.contains(&CLIENT.to_string()), "{debug}");
+        let state = ChatRoomDecider::fold(&[opened(), event]);
+        assert!(!format!("{state:?}").contains("slept"));
+    }
+
+    #[test]
+    fn a_room_whose_bodies_were_erased_still_folds() {
+        let mut history = conversation();
+        history.push(RoomEvent::MessageRead {
+            reader: COUNSELOR,
+            up_to: msg(1),
+            at: at(4),
+        });
+        history.push(posted(5, CLIENT, Some("c-5")));
+        // The client was erased: their bodies read back as erased, the counselor's do not.
+        let replayed = erase_personal_data(&history, CLIENT);
+        let bodies: Vec<_> = replayed
+            .iter()
+            .filter_map(|e| match e {
+                RoomEvent::MessagePosted { author, body, .. } => Some((*author, body.is_erased())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            bodies,
+            vec![
+                (CLIENT, true),
+                (COUNSELOR, false),
+                (CLIENT, true),
+                (CLIENT, true)
+            ]
+        );
+        let state = ChatRoomDecider::fold(&replayed);
+        assert_eq!(state.message_count(), 4);
+        assert_eq!(state.message_seq(msg(5)), Some(4));
+        assert_eq!(state.message_author(msg(3)), Some(CLIENT));
+        assert_eq!(state.last_message_id(), Some(msg(5)));
+        assert_eq!(state.read_seq(COUNSELOR), 1);
+        assert_eq!(state.unread_for(COUNSELOR), 2);
+        assert_eq!(state.unread_for(CLIENT), 1);
+        assert_eq!(state.opened_at(), Some(at(0)));
+        assert!(state.has_client_message_id(CLIENT, "c-5"));
+        // Decisions keep working: a resend is still absorbed, a new message still posts.
+        Spec::<ChatRoomDecider>::given(replayed.clone())
+            .when(post(6, "again", Some("c-5")), &client(6))
+            .then_nothing();
+        Spec::<ChatRoomDecider>::given(replayed)
+            .when(post(6, "message 6", None), &counselor(6))
+            .then(vec![posted(6, COUNSELOR, None)]);
     }
 
     #[test]

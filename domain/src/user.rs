@@ -1,6 +1,10 @@
 //! The User aggregate (`user-{uuid}`): one person's account, profile, role and sign-ins.
+//!
+//! Every personal field of a user event is a [`Personal`] owned by the user whose stream it
+//! is, so erasing that user (crypto-shredding their key) leaves a stream that still replays:
+//! the state keeps ids, roles, counts and timestamps, and reports the personal values as gone.
 
-use crate::{Context, Decider, DomainError, DomainEvent, Role, StreamKind, UserId};
+use crate::{Context, Decider, DomainError, DomainEvent, Personal, Role, StreamKind, UserId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +70,11 @@ pub enum UserCommand {
     },
     /// Closes the account for good. The user themself or a privileged actor only.
     Deactivate,
+    /// Forgets the person (right to erasure): records `Erased`, after which the store destroys
+    /// the user's data key so every personal field of theirs reads back as erased. The user
+    /// themself or a privileged actor only; works on a deactivated account too; repeating it
+    /// changes nothing. Every later command on the account is a conflict.
+    Erase,
 }
 
 /// The facts recorded in a `user-{uuid}` stream.
@@ -76,14 +85,14 @@ pub enum UserEvent {
     Registered {
         /// The user's id.
         user_id: UserId,
-        /// The identity provider that vouched for the user.
+        /// The identity provider that vouched for the user (not personal: a handful of names).
         provider: String,
-        /// The user's subject identifier at that provider.
-        subject: String,
+        /// The user's subject identifier at that provider; it identifies the person.
+        subject: Personal<String>,
         /// The user's e-mail address.
-        email: String,
+        email: Personal<String>,
         /// The display name (trimmed).
-        nickname: String,
+        nickname: Personal<String>,
         /// The initial role.
         role: Role,
         /// When the account was created.
@@ -92,7 +101,7 @@ pub enum UserEvent {
     /// The display name changed.
     ProfileUpdated {
         /// The new display name (trimmed).
-        nickname: String,
+        nickname: Personal<String>,
         /// When it changed.
         at: DateTime<Utc>,
     },
@@ -106,9 +115,9 @@ pub enum UserEvent {
     /// A counselor published or replaced their directory profile.
     CounselorProfilePublished {
         /// The one-line summary (trimmed).
-        headline: String,
+        headline: Personal<String>,
         /// The longer description (trimmed).
-        bio: String,
+        bio: Personal<String>,
         /// When it was published.
         at: DateTime<Utc>,
     },
@@ -117,15 +126,20 @@ pub enum UserEvent {
         /// The identity provider used.
         provider: String,
         /// The client's address, if known.
-        ip: Option<String>,
+        ip: Option<Personal<String>>,
         /// The client's user agent, if known (cut to 512 characters).
-        user_agent: Option<String>,
+        user_agent: Option<Personal<String>>,
         /// When the sign-in happened.
         at: DateTime<Utc>,
     },
     /// The account was closed.
     Deactivated {
         /// When it was closed.
+        at: DateTime<Utc>,
+    },
+    /// The person was forgotten; their personal fields are unreadable from now on.
+    Erased {
+        /// When the erasure was decided.
         at: DateTime<Utc>,
     },
 }
@@ -139,11 +153,15 @@ impl DomainEvent for UserEvent {
             Self::CounselorProfilePublished { .. } => "CounselorProfilePublished",
             Self::LoggedIn { .. } => "LoggedIn",
             Self::Deactivated { .. } => "Deactivated",
+            Self::Erased { .. } => "Erased",
         }
     }
 }
 
 /// A counselor's published directory entry, as folded from `CounselorProfilePublished`.
+///
+/// It exists only while its text is readable: once the counselor is erased the state holds
+/// no profile at all, rather than a profile with holes in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CounselorProfile {
     /// The one-line summary.
@@ -161,19 +179,42 @@ pub struct UserState {
 }
 
 /// Everything known about a registered account; kept private so the state stays read-only.
+///
+/// Personal values stay wrapped in [`Personal`] (whose `Debug` redacts them), so dumping a
+/// state into a log line cannot leak them either.
 #[derive(Debug, Clone)]
 struct Account {
     user_id: UserId,
     provider: String,
-    subject: String,
-    email: String,
-    nickname: String,
+    subject: Personal<String>,
+    email: Personal<String>,
+    nickname: Personal<String>,
     role: Role,
     registered_at: DateTime<Utc>,
-    counselor_profile: Option<CounselorProfile>,
+    counselor_profile: Option<Personal<CounselorProfile>>,
     last_login_at: Option<DateTime<Utc>>,
+    last_login_ip: Option<Personal<String>>,
+    last_login_user_agent: Option<Personal<String>>,
     login_count: u64,
     deactivated_at: Option<DateTime<Utc>>,
+    erased_at: Option<DateTime<Utc>>,
+}
+
+impl Account {
+    /// Drops every personal value, keeping only the markers that they existed.
+    fn forget_personal_data(&mut self, at: DateTime<Utc>) {
+        let owner = self.user_id;
+        self.subject = Personal::Erased { owner };
+        self.email = Personal::Erased { owner };
+        self.nickname = Personal::Erased { owner };
+        self.counselor_profile = self
+            .counselor_profile
+            .as_ref()
+            .map(|_| Personal::Erased { owner });
+        self.last_login_ip = None;
+        self.last_login_user_agent = None;
+        self.erased_at = Some(at);
+    }
 }
 
 impl UserState {
@@ -182,16 +223,22 @@ impl UserState {
         self.account.is_some()
     }
 
-    /// True if the account exists and has not been deactivated.
+    /// True if the account exists and has been neither deactivated nor erased.
     pub fn is_active(&self) -> bool {
         self.account
             .as_ref()
-            .is_some_and(|a| a.deactivated_at.is_none())
+            .is_some_and(|a| a.deactivated_at.is_none() && a.erased_at.is_none())
     }
 
     /// True if the account has been deactivated.
     pub fn is_deactivated(&self) -> bool {
         self.deactivated_at().is_some()
+    }
+
+    /// True once the person has been erased: the account is a tombstone that keeps its id,
+    /// role and timestamps but no personal value, and accepts no further command.
+    pub fn is_erased(&self) -> bool {
+        self.erased_at().is_some()
     }
 
     /// The user's id, once registered.
@@ -204,19 +251,19 @@ impl UserState {
         self.account.as_ref().map(|a| a.provider.as_str())
     }
 
-    /// The subject identifier at the registering provider.
+    /// The subject identifier at the registering provider; `None` once erased.
     pub fn subject(&self) -> Option<&str> {
-        self.account.as_ref().map(|a| a.subject.as_str())
+        self.account.as_ref().and_then(|a| known_str(&a.subject))
     }
 
-    /// The e-mail address.
+    /// The e-mail address; `None` once erased.
     pub fn email(&self) -> Option<&str> {
-        self.account.as_ref().map(|a| a.email.as_str())
+        self.account.as_ref().and_then(|a| known_str(&a.email))
     }
 
-    /// The current display name.
+    /// The current display name; `None` once erased.
     pub fn nickname(&self) -> Option<&str> {
-        self.account.as_ref().map(|a| a.nickname.as_str())
+        self.account.as_ref().and_then(|a| known_str(&a.nickname))
     }
 
     /// The current role.
@@ -229,11 +276,12 @@ impl UserState {
         self.role() == Some(Role::Counselor)
     }
 
-    /// The published counselor profile, if any.
+    /// The published counselor profile, if any and still readable (`None` once erased).
     pub fn counselor_profile(&self) -> Option<&CounselorProfile> {
         self.account
             .as_ref()
             .and_then(|a| a.counselor_profile.as_ref())
+            .and_then(Personal::value)
     }
 
     /// When the account was registered.
@@ -246,6 +294,22 @@ impl UserState {
         self.account.as_ref().and_then(|a| a.last_login_at)
     }
 
+    /// The client address of the last sign-in, if it was known and is still readable.
+    pub fn last_login_ip(&self) -> Option<&str> {
+        self.account
+            .as_ref()
+            .and_then(|a| a.last_login_ip.as_ref())
+            .and_then(known_str)
+    }
+
+    /// The user agent of the last sign-in, if it was known and is still readable.
+    pub fn last_login_user_agent(&self) -> Option<&str> {
+        self.account
+            .as_ref()
+            .and_then(|a| a.last_login_user_agent.as_ref())
+            .and_then(known_str)
+    }
+
     /// How many sign-ins have been recorded.
     pub fn login_count(&self) -> u64 {
         self.account.as_ref().map_or(0, |a| a.login_count)
@@ -255,6 +319,16 @@ impl UserState {
     pub fn deactivated_at(&self) -> Option<DateTime<Utc>> {
         self.account.as_ref().and_then(|a| a.deactivated_at)
     }
+
+    /// When the person was erased.
+    pub fn erased_at(&self) -> Option<DateTime<Utc>> {
+        self.account.as_ref().and_then(|a| a.erased_at)
+    }
+}
+
+/// The text of a personal string, or `None` if it was erased.
+fn known_str(value: &Personal<String>) -> Option<&str> {
+    value.value().map(String::as_str)
 }
 
 impl Decider for UserDecider {
@@ -289,6 +363,7 @@ impl Decider for UserDecider {
                         "only the sign-in flow registers users",
                     ));
                 }
+                // An erased account still exists (as a tombstone), so its id is never reused.
                 if state.is_registered() {
                     return Err(DomainError::AlreadyExists("user"));
                 }
@@ -305,9 +380,9 @@ impl Decider for UserDecider {
                 Ok(vec![UserEvent::Registered {
                     user_id,
                     provider,
-                    subject,
-                    email,
-                    nickname,
+                    subject: Personal::new(user_id, subject),
+                    email: Personal::new(user_id, email),
+                    nickname: Personal::new(user_id, nickname),
                     role,
                     at: now,
                 }])
@@ -319,23 +394,23 @@ impl Decider for UserDecider {
                         "only the user may edit their profile",
                     ));
                 }
-                if account.deactivated_at.is_some() {
-                    return Err(DomainError::Conflict("user is deactivated"));
-                }
+                ensure_active(account)?;
                 let nickname = validate_nickname(&nickname)?;
-                if nickname == account.nickname {
+                // An erased current nickname equals nothing, so a new one is always recorded.
+                if account.nickname.value() == Some(&nickname) {
                     return Ok(vec![]);
                 }
-                Ok(vec![UserEvent::ProfileUpdated { nickname, at: now }])
+                Ok(vec![UserEvent::ProfileUpdated {
+                    nickname: Personal::new(account.user_id, nickname),
+                    at: now,
+                }])
             }
             UserCommand::GrantCounselorRole => {
                 let account = existing()?;
                 if !actor.is_privileged() {
                     return Err(DomainError::Forbidden("only operators grant roles"));
                 }
-                if account.deactivated_at.is_some() {
-                    return Err(DomainError::Conflict("user is deactivated"));
-                }
+                ensure_active(account)?;
                 if account.role == Role::Counselor {
                     return Ok(vec![]);
                 }
@@ -351,9 +426,7 @@ impl Decider for UserDecider {
                         "only the counselor may publish their profile",
                     ));
                 }
-                if account.deactivated_at.is_some() {
-                    return Err(DomainError::Conflict("user is deactivated"));
-                }
+                ensure_active(account)?;
                 if account.role != Role::Counselor {
                     return Err(DomainError::Forbidden("only counselors publish a profile"));
                 }
@@ -362,13 +435,14 @@ impl Decider for UserDecider {
                 if account
                     .counselor_profile
                     .as_ref()
+                    .and_then(Personal::value)
                     .is_some_and(|p| p.headline == headline && p.bio == bio)
                 {
                     return Ok(vec![]);
                 }
                 Ok(vec![UserEvent::CounselorProfilePublished {
-                    headline,
-                    bio,
+                    headline: Personal::new(account.user_id, headline),
+                    bio: Personal::new(account.user_id, bio),
                     at: now,
                 }])
             }
@@ -383,14 +457,15 @@ impl Decider for UserDecider {
                         "only the sign-in flow records logins",
                     ));
                 }
-                if account.deactivated_at.is_some() {
-                    return Err(DomainError::Conflict("user is deactivated"));
-                }
+                ensure_active(account)?;
                 let provider = identity("provider", &provider)?;
+                let owner = account.user_id;
                 Ok(vec![UserEvent::LoggedIn {
                     provider,
-                    ip: ip.map(|s| truncate_chars(s.trim(), IP_MAX_CHARS)),
-                    user_agent: user_agent.map(|s| truncate_chars(s.trim(), USER_AGENT_MAX_CHARS)),
+                    ip: ip.map(|s| Personal::new(owner, truncate_chars(s.trim(), IP_MAX_CHARS))),
+                    user_agent: user_agent.map(|s| {
+                        Personal::new(owner, truncate_chars(s.trim(), USER_AGENT_MAX_CHARS))
+                    }),
                     at: now,
                 }])
             }
@@ -401,10 +476,24 @@ impl Decider for UserDecider {
                         "only the user may deactivate their account",
                     ));
                 }
+                ensure_not_erased(account)?;
                 if account.deactivated_at.is_some() {
                     return Ok(vec![]);
                 }
                 Ok(vec![UserEvent::Deactivated { at: now }])
+            }
+            UserCommand::Erase => {
+                let account = existing()?;
+                if !may_act_for(account) {
+                    return Err(DomainError::Forbidden(
+                        "only the user may erase their account",
+                    ));
+                }
+                // A repeated request (a retry, or a second operator) finds the work done.
+                if account.erased_at.is_some() {
+                    return Ok(vec![]);
+                }
+                Ok(vec![UserEvent::Erased { at: now }])
             }
         }
     }
@@ -420,6 +509,11 @@ impl Decider for UserDecider {
             at,
         } = event
         {
+            // A second `Registered` cannot be decided; ignoring it keeps an erased account
+            // from being revived with readable values.
+            if state.account.is_some() {
+                return state;
+            }
             state.account = Some(Account {
                 user_id: *user_id,
                 provider: provider.clone(),
@@ -430,14 +524,17 @@ impl Decider for UserDecider {
                 registered_at: *at,
                 counselor_profile: None,
                 last_login_at: None,
+                last_login_ip: None,
+                last_login_user_agent: None,
                 login_count: 0,
                 deactivated_at: None,
+                erased_at: None,
             });
             return state;
         }
-        // Events other than `Registered` cannot precede it in a valid stream; ignoring them
-        // keeps `evolve` total.
-        let Some(account) = state.account.as_mut() else {
+        // Events other than `Registered` cannot precede it in a valid stream, and none can
+        // follow `Erased`; ignoring them keeps `evolve` total and an erased state clean.
+        let Some(account) = state.account.as_mut().filter(|a| a.erased_at.is_none()) else {
             return state;
         };
         match event {
@@ -445,20 +542,52 @@ impl Decider for UserDecider {
             UserEvent::ProfileUpdated { nickname, .. } => account.nickname = nickname.clone(),
             UserEvent::RoleGranted { role, .. } => account.role = *role,
             UserEvent::CounselorProfilePublished { headline, bio, at } => {
-                account.counselor_profile = Some(CounselorProfile {
-                    headline: headline.clone(),
-                    bio: bio.clone(),
-                    published_at: *at,
+                // The profile is readable only while both texts are; replayed after an
+                // erasure it is kept as an erased marker.
+                account.counselor_profile = Some(match (headline.value(), bio.value()) {
+                    (Some(headline), Some(bio)) => Personal::new(
+                        account.user_id,
+                        CounselorProfile {
+                            headline: headline.clone(),
+                            bio: bio.clone(),
+                            published_at: *at,
+                        },
+                    ),
+                    _ => Personal::Erased {
+                        owner: account.user_id,
+                    },
                 });
             }
-            UserEvent::LoggedIn { at, .. } => {
+            UserEvent::LoggedIn {
+                at, ip, user_agent, ..
+            } => {
                 account.last_login_at = Some(*at);
+                account.last_login_ip = ip.clone();
+                account.last_login_user_agent = user_agent.clone();
                 account.login_count += 1;
             }
             UserEvent::Deactivated { at } => account.deactivated_at = Some(*at),
+            UserEvent::Erased { at } => account.forget_personal_data(*at),
         }
         state
     }
+}
+
+/// Rejects any command on an erased account: nothing about a forgotten person is decidable.
+fn ensure_not_erased(account: &Account) -> Result<(), DomainError> {
+    if account.erased_at.is_some() {
+        return Err(DomainError::Conflict("user erased"));
+    }
+    Ok(())
+}
+
+/// Rejects commands that need a live account (neither erased nor deactivated).
+fn ensure_active(account: &Account) -> Result<(), DomainError> {
+    ensure_not_erased(account)?;
+    if account.deactivated_at.is_some() {
+        return Err(DomainError::Conflict("user is deactivated"));
+    }
+    Ok(())
 }
 
 /// Trims `value` and checks its length in characters is within `min..=max`.
@@ -510,18 +639,23 @@ fn truncate_chars(value: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{Spec, at, system_ctx, user_ctx, user_id};
+    use crate::testing::{Spec, at, erase_personal_data, system_ctx, user_ctx, user_id};
 
     const ME: UserId = user_id(1);
     const OTHER: UserId = user_id(2);
+
+    /// A readable personal value of the user under test.
+    fn p(value: impl Into<String>) -> Personal<String> {
+        Personal::new(ME, value.into())
+    }
 
     fn registered_as(role: Role) -> UserEvent {
         UserEvent::Registered {
             user_id: ME,
             provider: "google".into(),
-            subject: "sub-1".into(),
-            email: "me@example.com".into(),
-            nickname: "Mina".into(),
+            subject: p("sub-1"),
+            email: p("me@example.com"),
+            nickname: p("Mina"),
             role,
             at: at(0),
         }
@@ -608,9 +742,9 @@ mod tests {
             .then(vec![UserEvent::Registered {
                 user_id: ME,
                 provider: "google".into(),
-                subject: "sub-1".into(),
-                email: "me@example.com".into(),
-                nickname: "가".repeat(40),
+                subject: p("sub-1"),
+                email: p("me@example.com"),
+                nickname: p("가".repeat(40)),
                 role: Role::Client,
                 at: at(0),
             }]);
@@ -679,6 +813,7 @@ mod tests {
                 user_agent: None,
             },
             UserCommand::Deactivate,
+            UserCommand::Erase,
         ];
         for command in commands {
             Spec::<UserDecider>::given_nothing()
@@ -723,7 +858,7 @@ mod tests {
                 &me(3),
             )
             .then(vec![UserEvent::ProfileUpdated {
-                nickname: "Minji".into(),
+                nickname: p("Minji"),
                 at: at(3),
             }]);
         assert_eq!(state.nickname(), Some("Minji"));
@@ -739,7 +874,7 @@ mod tests {
                 &operator(3),
             )
             .then(vec![UserEvent::ProfileUpdated {
-                nickname: "Minji".into(),
+                nickname: p("Minji"),
                 at: at(3),
             }]);
     }
@@ -847,8 +982,8 @@ mod tests {
         let state = Spec::<UserDecider>::given(vec![registered_as(Role::Counselor)])
             .when(publish("Family therapist", "Ten years."), &counselor_ctx(5))
             .then(vec![UserEvent::CounselorProfilePublished {
-                headline: "Family therapist".into(),
-                bio: "Ten years.".into(),
+                headline: p("Family therapist"),
+                bio: p("Ten years."),
                 at: at(5),
             }]);
         assert_eq!(
@@ -882,8 +1017,8 @@ mod tests {
         Spec::<UserDecider>::given(vec![
             registered_as(Role::Counselor),
             UserEvent::CounselorProfilePublished {
-                headline: "Family therapist".into(),
-                bio: "Ten years.".into(),
+                headline: p("Family therapist"),
+                bio: p("Ten years."),
                 at: at(5),
             },
         ])
@@ -914,8 +1049,8 @@ mod tests {
                 &counselor_ctx(5),
             )
             .then(vec![UserEvent::CounselorProfilePublished {
-                headline: "h".repeat(120),
-                bio: "b".repeat(4000),
+                headline: p("h".repeat(120)),
+                bio: p("b".repeat(4000)),
                 at: at(5),
             }]);
     }
@@ -935,8 +1070,8 @@ mod tests {
             )
             .then(vec![UserEvent::LoggedIn {
                 provider: "google".into(),
-                ip: Some("127.0.0.1".into()),
-                user_agent: Some("x".repeat(USER_AGENT_MAX_CHARS)),
+                ip: Some(p("127.0.0.1")),
+                user_agent: Some(p("x".repeat(USER_AGENT_MAX_CHARS))),
                 at: at(7),
             }]);
         assert_eq!(state.last_login_at(), Some(at(7)));
@@ -994,6 +1129,250 @@ mod tests {
             .then_nothing();
     }
 
+    // --- Erase --------------------------------------------------------------------------------
+
+    fn erased(secs: i64) -> UserEvent {
+        UserEvent::Erased { at: at(secs) }
+    }
+
+    /// A user with every kind of personal data: profile, counselor profile and a sign-in.
+    fn full_history() -> Vec<UserEvent> {
+        vec![
+            registered_as(Role::Counselor),
+            UserEvent::ProfileUpdated {
+                nickname: p("Minji"),
+                at: at(1),
+            },
+            UserEvent::CounselorProfilePublished {
+                headline: p("Family therapist"),
+                bio: p("Ten years."),
+                at: at(2),
+            },
+            UserEvent::LoggedIn {
+                provider: "google".into(),
+                ip: Some(p("203.0.113.7")),
+                user_agent: Some(p("Firefox")),
+                at: at(3),
+            },
+        ]
+    }
+
+    /// Asserts that `state` keeps the account's structure but no personal value.
+    #[track_caller]
+    fn assert_forgotten(state: &UserState) {
+        assert_eq!(state.email(), None);
+        assert_eq!(state.nickname(), None);
+        assert_eq!(state.subject(), None);
+        assert_eq!(state.counselor_profile(), None);
+        assert_eq!(state.last_login_ip(), None);
+        assert_eq!(state.last_login_user_agent(), None);
+        let dump = format!("{state:?}");
+        for personal in [
+            "me@example.com",
+            "Minji",
+            "sub-1",
+            "Family",
+            "203.0.113.7",
+            "Firefox",
+        ] {
+            assert!(!dump.contains(personal), "{personal} leaked into {dump}");
+        }
+    }
+
+    #[test]
+    fn full_history_is_readable_before_erasure() {
+        let state = UserDecider::fold(&full_history());
+        assert_eq!(state.email(), Some("me@example.com"));
+        assert_eq!(state.nickname(), Some("Minji"));
+        assert_eq!(state.subject(), Some("sub-1"));
+        assert_eq!(state.last_login_ip(), Some("203.0.113.7"));
+        assert_eq!(state.last_login_user_agent(), Some("Firefox"));
+        assert_eq!(
+            state.counselor_profile().map(|p| p.headline.as_str()),
+            Some("Family therapist")
+        );
+        assert!(!state.is_erased());
+    }
+
+    #[test]
+    fn user_erases_themself() {
+        let state = Spec::<UserDecider>::given(full_history())
+            .when(UserCommand::Erase, &counselor_ctx(9))
+            .then(vec![erased(9)]);
+        assert!(state.is_erased());
+        assert_eq!(state.erased_at(), Some(at(9)));
+        assert!(!state.is_active());
+        assert!(state.is_registered());
+    }
+
+    #[test]
+    fn operator_or_system_erases_a_user() {
+        for ctx in [operator(9), system_ctx(at(9))] {
+            Spec::<UserDecider>::given(vec![registered()])
+                .when(UserCommand::Erase, &ctx)
+                .then(vec![erased(9)]);
+        }
+    }
+
+    #[test]
+    fn another_user_cannot_erase() {
+        Spec::<UserDecider>::given(vec![registered()])
+            .when(UserCommand::Erase, &other(9))
+            .then_error(DomainError::Forbidden(
+                "only the user may erase their account",
+            ));
+    }
+
+    #[test]
+    fn a_deactivated_user_can_be_erased() {
+        let state = Spec::<UserDecider>::given(vec![registered(), deactivated()])
+            .when(UserCommand::Erase, &me(9))
+            .then(vec![erased(9)]);
+        assert!(state.is_erased());
+        assert!(state.is_deactivated());
+        assert_eq!(state.deactivated_at(), Some(at(5)));
+    }
+
+    #[test]
+    fn erasing_twice_changes_nothing() {
+        for ctx in [me(10), operator(10)] {
+            Spec::<UserDecider>::given(vec![registered(), erased(9)])
+                .when(UserCommand::Erase, &ctx)
+                .then_nothing();
+        }
+    }
+
+    #[test]
+    fn commands_on_an_erased_user_conflict() {
+        let commands = [
+            UserCommand::UpdateProfile {
+                nickname: "New".into(),
+            },
+            UserCommand::GrantCounselorRole,
+            publish("h", "b"),
+            UserCommand::RecordLogin {
+                provider: "google".into(),
+                ip: None,
+                user_agent: None,
+            },
+            UserCommand::Deactivate,
+        ];
+        for command in commands {
+            // Erased after deactivation too: erasure wins over "deactivated".
+            for history in [
+                vec![registered_as(Role::Counselor), erased(9)],
+                vec![registered_as(Role::Counselor), deactivated(), erased(9)],
+            ] {
+                Spec::<UserDecider>::given(history)
+                    .when(command.clone(), &system_ctx(at(10)))
+                    .then_error(DomainError::Conflict("user erased"));
+            }
+        }
+        // The user themself is told the same.
+        Spec::<UserDecider>::given(vec![registered(), erased(9)])
+            .when(
+                UserCommand::UpdateProfile {
+                    nickname: "New".into(),
+                },
+                &me(10),
+            )
+            .then_error(DomainError::Conflict("user erased"));
+        // Authorization still comes first: a stranger learns nothing new.
+        Spec::<UserDecider>::given(vec![registered(), erased(9)])
+            .when(UserCommand::Deactivate, &other(10))
+            .then_error(DomainError::Forbidden(
+                "only the user may deactivate their account",
+            ));
+    }
+
+    #[test]
+    fn an_erased_user_cannot_be_registered_again() {
+        // The id stays taken by the tombstone; a returning person signs up under a new id.
+        Spec::<UserDecider>::given(vec![registered(), erased(9)])
+            .when(register_cmd("Mina", "me@example.com"), &system_ctx(at(10)))
+            .then_error(DomainError::AlreadyExists("user"));
+    }
+
+    #[test]
+    fn erased_state_holds_no_personal_values() {
+        let mut history = full_history();
+        history.push(erased(9));
+        let state = UserDecider::fold(&history);
+        assert_forgotten(&state);
+        // Everything that is not personal survives.
+        assert_eq!(state.user_id(), Some(ME));
+        assert_eq!(state.provider(), Some("google"));
+        assert_eq!(state.role(), Some(Role::Counselor));
+        assert_eq!(state.registered_at(), Some(at(0)));
+        assert_eq!(state.last_login_at(), Some(at(3)));
+        assert_eq!(state.login_count(), 1);
+        assert!(state.is_erased());
+        assert!(!state.is_active());
+    }
+
+    #[test]
+    fn events_with_erased_fields_still_fold() {
+        // As the store returns the stream after the key was shredded.
+        let mut history = erase_personal_data(&full_history(), ME);
+        assert!(matches!(
+            &history[0],
+            UserEvent::Registered { email, .. } if email.is_erased() && email.owner() == ME
+        ));
+        let state = UserDecider::fold(&history);
+        assert_forgotten(&state);
+        assert_eq!(state.user_id(), Some(ME));
+        assert_eq!(state.role(), Some(Role::Counselor));
+        assert_eq!(state.registered_at(), Some(at(0)));
+        assert_eq!(state.last_login_at(), Some(at(3)));
+        assert_eq!(state.login_count(), 1);
+        // ... and the `Erased` event itself replays on top of them.
+        history.push(erased(9));
+        let state = UserDecider::fold(&history);
+        assert_forgotten(&state);
+        assert!(state.is_erased());
+    }
+
+    #[test]
+    fn an_erased_nickname_never_equals_a_new_one() {
+        // Fields erased without an `Erased` event (not decidable, but the fold must cope).
+        let history = vec![UserEvent::Registered {
+            user_id: ME,
+            provider: "google".into(),
+            subject: Personal::Erased { owner: ME },
+            email: Personal::Erased { owner: ME },
+            nickname: Personal::Erased { owner: ME },
+            role: Role::Client,
+            at: at(0),
+        }];
+        Spec::<UserDecider>::given(history)
+            .when(
+                UserCommand::UpdateProfile {
+                    nickname: "Mina".into(),
+                },
+                &me(1),
+            )
+            .then(vec![UserEvent::ProfileUpdated {
+                nickname: p("Mina"),
+                at: at(1),
+            }]);
+    }
+
+    #[test]
+    fn debug_of_events_and_state_redacts_personal_values() {
+        let history = full_history();
+        let dump = format!("{history:?} {:?}", UserDecider::fold(&history));
+        for personal in [
+            "me@example.com",
+            "Minji",
+            "sub-1",
+            "Family",
+            "203.0.113.7",
+            "Firefox",
+        ] {
+            assert!(!dump.contains(personal), "{personal} leaked into {dump}");
+        }
+    }
+
     // --- Serialization ------------------------------------------------------------------------
 
     #[test]
@@ -1001,7 +1380,7 @@ mod tests {
         let events = vec![
             registered(),
             UserEvent::ProfileUpdated {
-                nickname: "Minji".into(),
+                nickname: p("Minji"),
                 at: at(1),
             },
             UserEvent::RoleGranted {
@@ -1009,17 +1388,18 @@ mod tests {
                 at: at(2),
             },
             UserEvent::CounselorProfilePublished {
-                headline: "h".into(),
-                bio: "b".into(),
+                headline: p("h"),
+                bio: p("b"),
                 at: at(3),
             },
             UserEvent::LoggedIn {
                 provider: "google".into(),
                 ip: None,
-                user_agent: Some("ua".into()),
+                user_agent: Some(p("ua")),
                 at: at(4),
             },
             deactivated(),
+            erased(6),
         ];
         for event in events {
             let json = serde_json::to_value(&event).expect("serialize");
@@ -1031,6 +1411,69 @@ mod tests {
         let json = serde_json::to_value(registered()).expect("serialize");
         assert_eq!(json["data"]["role"], "client");
         assert_eq!(json["data"]["user_id"], ME.to_string());
+        assert_eq!(json["data"]["provider"], "google");
+    }
+
+    #[test]
+    fn personal_fields_carry_the_personal_wrapper_with_their_owner() {
+        let owned =
+            |value: &str| serde_json::json!({ "$personal": { "owner": ME, "value": value } });
+        let json = serde_json::to_value(registered()).expect("serialize");
+        assert_eq!(json["data"]["email"], owned("me@example.com"));
+        assert_eq!(json["data"]["nickname"], owned("Mina"));
+        assert_eq!(json["data"]["subject"], owned("sub-1"));
+        let json = serde_json::to_value(&full_history()[2]).expect("serialize");
+        assert_eq!(json["data"]["headline"], owned("Family therapist"));
+        assert_eq!(json["data"]["bio"], owned("Ten years."));
+        let json = serde_json::to_value(&full_history()[3]).expect("serialize");
+        assert_eq!(json["data"]["ip"], owned("203.0.113.7"));
+        assert_eq!(json["data"]["user_agent"], owned("Firefox"));
+        let json = serde_json::to_value(UserEvent::LoggedIn {
+            provider: "google".into(),
+            ip: None,
+            user_agent: None,
+            at: at(4),
+        })
+        .expect("serialize");
+        assert_eq!(json["data"]["ip"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn erased_personal_fields_deserialize() {
+        let erased_field = serde_json::json!({ "$personal": { "owner": ME, "erased": true } });
+        let json = serde_json::json!({
+            "type": "Registered",
+            "data": {
+                "user_id": ME,
+                "provider": "google",
+                "subject": erased_field,
+                "email": erased_field,
+                "nickname": erased_field,
+                "role": "counselor",
+                "at": at(0),
+            }
+        });
+        let event: UserEvent = serde_json::from_value(json).expect("deserialize");
+        let UserEvent::Registered {
+            email, nickname, ..
+        } = &event
+        else {
+            panic!("expected Registered, got {event:?}");
+        };
+        assert_eq!(email, &Personal::Erased { owner: ME });
+        assert_eq!(nickname, &Personal::Erased { owner: ME });
+        // Written back, the erased form is exactly what was read.
+        let back = serde_json::to_value(&event).expect("serialize");
+        assert_eq!(back["data"]["email"], erased_field);
+        let json = serde_json::json!({
+            "type": "LoggedIn",
+            "data": { "provider": "google", "ip": erased_field, "user_agent": null, "at": at(3) }
+        });
+        let event: UserEvent = serde_json::from_value(json).expect("deserialize");
+        assert!(matches!(
+            event,
+            UserEvent::LoggedIn { ip: Some(ip), user_agent: None, .. } if ip.is_erased()
+        ));
     }
 
     #[test]

@@ -95,27 +95,63 @@ pub trait EventStore: Send + Sync + 'static {
 /// A shared handle to whichever backend the configuration selected.
 pub type SharedStore = Arc<dyn EventStore>;
 
+/// The database behind the store, for what lives beside the log (data keys, read models).
+#[derive(Clone, Debug)]
+pub enum Database {
+    /// The embedded SQLite file (reader pool).
+    Sqlite(sqlx::SqlitePool),
+    /// A PostgreSQL server.
+    Postgres(sqlx::PgPool),
+}
+
+/// Everything opened from one database URL.
+pub struct Storage {
+    /// The event log, with personal fields sealed and opened transparently.
+    pub events: SharedStore,
+    /// The per-user data keys (erasure destroys them).
+    pub keys: Arc<crate::privacy::KeyStore>,
+    /// The database itself.
+    pub database: Database,
+}
+
 /// Opens the store named by a database URL (`sqlite://PATH` or `postgres://...`), running
-/// migrations first when `migrate` is set.
+/// migrations first when `migrate` is set. The result encrypts personal fields.
 pub async fn open(
     url: &str,
     limits: StoreLimits,
     migrate: bool,
 ) -> Result<SharedStore, StoreError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(
-            postgres::PostgresStore::connect(url, limits, migrate).await?,
-        ))
-    } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(
-            sqlite::SqliteStore::open(url, limits, migrate).await?,
-        ))
-    } else {
-        Err(StoreError::Config(format!(
-            "unsupported database URL scheme in {:?}: use sqlite://PATH or postgres://...",
-            redact_url(url)
-        )))
-    }
+    Ok(open_storage(url, limits, migrate).await?.events)
+}
+
+/// Like [`open`], but also returns the key store and the database handle.
+pub async fn open_storage(
+    url: &str,
+    limits: StoreLimits,
+    migrate: bool,
+) -> Result<Storage, StoreError> {
+    let (backend, database): (SharedStore, Database) =
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let s = postgres::PostgresStore::connect(url, limits, migrate).await?;
+            let db = Database::Postgres(s.pool().clone());
+            (Arc::new(s), db)
+        } else if url.starts_with("sqlite:") {
+            let s = sqlite::SqliteStore::open(url, limits, migrate).await?;
+            let db = Database::Sqlite(s.pool().clone());
+            (Arc::new(s), db)
+        } else {
+            return Err(StoreError::Config(format!(
+                "unsupported database URL scheme in {:?}: use sqlite://PATH or postgres://...",
+                redact_url(url)
+            )));
+        };
+    let keys = Arc::new(crate::privacy::KeyStore::new(database.clone()));
+    let events: SharedStore = Arc::new(crate::privacy::CryptoStore::new(backend, keys.clone()));
+    Ok(Storage {
+        events,
+        keys,
+        database,
+    })
 }
 
 /// Hides a password in a database URL so it can appear in an error message or a log line.

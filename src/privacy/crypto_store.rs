@@ -1,0 +1,153 @@
+//! An [`EventStore`] that seals personal fields on append and opens them on read, in front of
+//! any backend. Everything that reads the log (actors, projections, tools, subscriptions)
+//! goes through it, so none of them handles keys, and the backend never sees plaintext.
+
+use super::cipher::{self, CipherError};
+use super::{DataKey, KeyStore};
+use crate::store::{
+    AppendResult, Direction, EventData, EventStore, ExpectedVersion, RecordedEvent, SharedStore,
+    StoreError,
+};
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use neulbi_domain::StreamName;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// The encrypting front of the event store.
+pub struct CryptoStore {
+    inner: SharedStore,
+    keys: Arc<KeyStore>,
+}
+
+impl CryptoStore {
+    /// Wraps `inner`, sealing with keys from `keys`.
+    pub fn new(inner: SharedStore, keys: Arc<KeyStore>) -> Self {
+        Self { inner, keys }
+    }
+}
+
+fn malformed(e: CipherError) -> StoreError {
+    StoreError::InvalidAppend(e.to_string())
+}
+
+async fn read_keys(
+    keys: &KeyStore,
+    owners: BTreeSet<Uuid>,
+) -> Result<HashMap<Uuid, Option<DataKey>>, StoreError> {
+    let mut out = HashMap::with_capacity(owners.len());
+    for owner in owners {
+        out.insert(owner, keys.for_read(owner).await?);
+    }
+    Ok(out)
+}
+
+/// Opens the personal fields of a page of events with one key lookup per owner.
+async fn open_all(
+    keys: &KeyStore,
+    mut events: Vec<RecordedEvent>,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut owners = BTreeSet::new();
+    for e in &events {
+        cipher::owners(&e.data, &mut owners).map_err(|err| corrupt(e, err))?;
+    }
+    if owners.is_empty() {
+        return Ok(events);
+    }
+    let keys = read_keys(keys, owners).await?;
+    for e in &mut events {
+        let position = e.position;
+        cipher::open(&mut e.data, &keys).map_err(|err| StoreError::Corrupt {
+            position: i64::try_from(position).unwrap_or(i64::MAX),
+            reason: err.to_string(),
+        })?;
+    }
+    Ok(events)
+}
+
+fn corrupt(e: &RecordedEvent, err: CipherError) -> StoreError {
+    StoreError::Corrupt {
+        position: i64::try_from(e.position).unwrap_or(i64::MAX),
+        reason: err.to_string(),
+    }
+}
+
+#[async_trait]
+impl EventStore for CryptoStore {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        mut events: Vec<EventData>,
+    ) -> Result<AppendResult, StoreError> {
+        let mut owners = BTreeSet::new();
+        for e in &events {
+            cipher::owners(&e.data, &mut owners).map_err(malformed)?;
+        }
+        if !owners.is_empty() {
+            let mut keys = HashMap::with_capacity(owners.len());
+            for owner in owners {
+                keys.insert(owner, self.keys.for_write(owner).await?);
+            }
+            for e in &mut events {
+                cipher::seal(&mut e.data, &keys).map_err(malformed)?;
+            }
+        }
+        self.inner.append(stream, expected, events).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from_version: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let events = self
+            .inner
+            .read_stream(stream, from_version, direction, limit)
+            .await?;
+        open_all(&self.keys, events).await
+    }
+
+    async fn read_all(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let events = self.inner.read_all(from_position, limit).await?;
+        open_all(&self.keys, events).await
+    }
+
+    async fn head_position(&self) -> Result<Option<u64>, StoreError> {
+        self.inner.head_position().await
+    }
+
+    fn subscribe_all(
+        &self,
+        from_position: u64,
+    ) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
+        let keys = self.keys.clone();
+        self.inner
+            .subscribe_all(from_position)
+            .then(move |item| {
+                let keys = keys.clone();
+                async move {
+                    let event = item?;
+                    let mut opened = open_all(&keys, vec![event]).await?;
+                    opened.pop().ok_or(StoreError::Closed)
+                }
+            })
+            .boxed()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+}
