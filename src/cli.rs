@@ -35,6 +35,22 @@ pub enum Command {
     /// Read the event log.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Operator actions on users.
+    #[command(subcommand)]
+    Users(UsersCommand),
+}
+
+/// Operator actions on users.
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Erase a user (right to be forgotten): their personal data becomes unreadable for good.
+    Erase {
+        /// The user's id (a UUID).
+        user_id: String,
+        /// Confirm: erasure cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// Options of `serve`.
@@ -93,6 +109,48 @@ pub fn format_event(e: &RecordedEvent, json: bool) -> anyhow::Result<String> {
         e.recorded_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
         e.data
     ))
+}
+
+/// `neulbi users erase ID --yes`: runs the erasure as an operator.
+pub async fn users_erase(
+    storage: &crate::store::Storage,
+    user_id: &str,
+    yes: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    use neulbi_domain::{Actor, Context, Role, UserId};
+    let user: UserId = user_id
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid user id {user_id:?}: expected a UUID"))?;
+    if !yes {
+        anyhow::bail!("erasure cannot be undone; pass --yes to erase user {user}");
+    }
+    let users = crate::actors::Registry::new(
+        storage.events.clone(),
+        crate::actors::RegistryConfig::default(),
+    );
+    let ctx = Context::new(
+        Actor {
+            user_id: None,
+            role: Role::Operator,
+        },
+        chrono::Utc::now(),
+    );
+    let report = crate::privacy::erasure::erase_user(
+        &users,
+        &storage.keys,
+        &storage.database,
+        user,
+        ctx,
+        crate::store::Metadata::default(),
+    )
+    .await?;
+    if report.newly_erased {
+        writeln!(out, "user {user} erased")?;
+    } else {
+        writeln!(out, "user {user} was already erased; its key is destroyed")?;
+    }
+    Ok(())
 }
 
 /// `neulbi events read STREAM`.

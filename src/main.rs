@@ -1,7 +1,7 @@
 //! The `neulbi` binary: parses the command line and runs one command.
 
 use clap::Parser;
-use neulbi::cli::{self, Cli, Command, EventsCommand};
+use neulbi::cli::{self, Cli, Command, EventsCommand, UsersCommand};
 use neulbi::config::Config;
 use neulbi::startup::Application;
 use neulbi::{store, telemetry};
@@ -67,6 +67,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             s.close().await;
+            result
+        }
+        Command::Users(UsersCommand::Erase { user_id, yes }) => {
+            let storage =
+                store::open_storage(&config.database_url(), config.store_limits(), true).await?;
+            let mut out = std::io::stdout().lock();
+            let result = cli::users_erase(&storage, &user_id, yes, &mut out).await;
+            storage.events.close().await;
             result
         }
     }

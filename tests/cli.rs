@@ -132,3 +132,24 @@ fn bad_input_exits_non_zero_with_one_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("NEULBI_LISTEN"));
 }
+
+#[test]
+fn users_erase_refuses_without_confirmation_and_for_unknown_users() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let id = Uuid::now_v7().to_string();
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["users", "erase", "not-a-uuid", "--yes"],
+            "invalid user id",
+        ),
+        (&["users", "erase", &id], "pass --yes"),
+        (&["users", "erase", &id, "--yes"], "does not exist"),
+    ];
+    for (args, expected) in cases {
+        let out = neulbi(dir.path()).args(args).output().expect("run");
+        assert!(!out.status.success(), "{args:?} must fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+}

@@ -9,6 +9,7 @@
 
 pub mod cipher;
 pub mod crypto_store;
+pub mod erasure;
 pub mod keys;
 
 pub use crypto_store::CryptoStore;

@@ -56,6 +56,8 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
+            // Erased data (keys, read-model rows) must not survive in free pages.
+            .pragma("secure_delete", "ON")
             .busy_timeout(Duration::from_secs(10));
         let path = options.get_filename();
         if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {

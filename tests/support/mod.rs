@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod pg;
+pub mod scenario;
 
 use neulbi::store::{self, SharedStore, StoreLimits};
 use std::sync::Arc;

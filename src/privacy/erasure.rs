@@ -1,0 +1,60 @@
+//! Erasing a person: the right to be forgotten, in an append-only log.
+//!
+//! The order is chosen so that a crash at any step is repaired by running the erasure again
+//! (every step is idempotent): first the `Erased` event (the durable record that the person
+//! asked, and the point after which the aggregate refuses every command), then the key (after
+//! which every personal field of theirs reads as erased, on every node within the key-cache
+//! time), then the places that held plaintext outside the log.
+
+use super::KeyStore;
+use crate::actors::{ActorError, Registry};
+use crate::store::{Database, Metadata};
+use neulbi_domain::user::{UserCommand, UserDecider};
+use neulbi_domain::{Context, UserId};
+use tracing::Instrument;
+
+/// What an erasure did, for the operator's output and the API response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErasureReport {
+    /// The erased user.
+    pub user_id: UserId,
+    /// False when the user had already been erased (the call repaired or confirmed it).
+    pub newly_erased: bool,
+}
+
+/// Erases `user` on behalf of `ctx.actor` (the user themself, or an operator).
+pub async fn erase_user(
+    users: &Registry<UserDecider>,
+    keys: &KeyStore,
+    database: &Database,
+    user: UserId,
+    ctx: Context,
+    metadata: Metadata,
+) -> Result<ErasureReport, ActorError> {
+    let span = tracing::info_span!("erase_user", user_id = %user);
+    async {
+        let outcome = users
+            .execute(user.as_uuid(), UserCommand::Erase, ctx, metadata)
+            .await?;
+        keys.destroy(user.as_uuid()).await?;
+        scrub_free_space(database).await?;
+        tracing::info!(newly_erased = !outcome.events.is_empty(), "user erased");
+        Ok(ErasureReport {
+            user_id: user,
+            newly_erased: !outcome.events.is_empty(),
+        })
+    }
+    .instrument(span)
+    .await
+}
+
+/// Makes sure deleted bytes do not linger in the database files: SQLite runs with
+/// `secure_delete`, and a truncating checkpoint drops old page images from the WAL.
+async fn scrub_free_space(database: &Database) -> Result<(), crate::store::StoreError> {
+    if let Database::Sqlite(pool) = database {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
+}
