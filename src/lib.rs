@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod edge;
 pub mod privacy;
+pub mod projections;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

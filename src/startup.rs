@@ -4,6 +4,7 @@
 use crate::actors::Registry;
 use crate::config::Config;
 use crate::edge::http;
+use crate::projections::{self, ReadDb};
 use crate::store::{self, SharedStore};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
@@ -28,11 +29,21 @@ pub struct AppState {
     pub calls: Registry<CallSessionDecider>,
     /// The URL browsers use to reach this node.
     pub public_url: String,
+    /// The read models.
+    pub read: ReadDb,
+    /// The running projectors (readiness).
+    pub projections: Arc<projections::runtime::Running>,
 }
 
 impl AppState {
     /// Registries over `store` with the configured actor settings.
-    pub fn new(store: SharedStore, config: &Config, public_url: String) -> Self {
+    pub fn new(
+        store: SharedStore,
+        config: &Config,
+        public_url: String,
+        read: ReadDb,
+        projections: Arc<projections::runtime::Running>,
+    ) -> Self {
         let rc = config.registry_config();
         Self {
             users: Registry::new(store.clone(), rc),
@@ -40,6 +51,8 @@ impl AppState {
             calls: Registry::new(store.clone(), rc),
             store,
             public_url,
+            read,
+            projections,
         }
     }
 }
@@ -50,6 +63,7 @@ pub struct Application {
     addr: SocketAddr,
     store: SharedStore,
     public_url: String,
+    projections: Arc<projections::runtime::Running>,
 }
 
 impl Application {
@@ -59,6 +73,16 @@ impl Application {
         let store = store::open(&url, config.store_limits(), config.store.auto_migrate)
             .await
             .with_context(|| format!("opening the event store at {}", store::redact_url(&url)))?;
+        let read_url = projections::db::read_model_url(&url);
+        let read = ReadDb::connect(&read_url).await.with_context(|| {
+            format!(
+                "opening the read models at {}",
+                store::redact_url(&read_url)
+            )
+        })?;
+        let running = projections::runtime::Running::start(store.clone(), read.clone())
+            .await
+            .context("starting the projectors")?;
         let listener = TcpListener::bind(config.listen)
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
@@ -67,6 +91,8 @@ impl Application {
             store.clone(),
             config,
             public_url.clone(),
+            read,
+            running.clone(),
         )));
         let server = HttpServer::new(move || {
             App::new()
@@ -84,6 +110,7 @@ impl Application {
             addr,
             store,
             public_url,
+            projections: running,
         })
     }
 
@@ -106,6 +133,7 @@ impl Application {
     /// closes the store so every acknowledged and queued append is durable before exit.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let result = self.server.await;
+        self.projections.stop().await;
         self.store.close().await;
         tracing::info!("stopped");
         result.context("HTTP server failed")

@@ -107,7 +107,14 @@ async fn commands_append_events_and_rejections_append_nothing() {
             .collect::<Vec<_>>(),
         vec!["Opened", "MessagePosted"]
     );
-    assert_eq!(stored[1].metadata, meta, "metadata travels into the log");
+    let expected = Metadata {
+        user_id: Some(CLIENT.as_uuid()),
+        ..meta
+    };
+    assert_eq!(
+        stored[1].metadata, expected,
+        "metadata, with the acting user, travels into the log"
+    );
 
     let err = reg
         .execute(

@@ -7,6 +7,8 @@ mod support;
 use chrono::Utc;
 use neulbi::actors::{ActorError, Registry, RegistryConfig, codec};
 use neulbi::privacy::erasure::erase_user;
+use neulbi::projections::db::read_model_url;
+use neulbi::projections::{ReadDb, runtime};
 use neulbi::store::{self, Direction, Metadata, Storage, StoreLimits};
 use neulbi_domain::chat_room::{ChatRoomDecider, RoomEvent};
 use neulbi_domain::user::{UserCommand, UserDecider};
@@ -20,9 +22,12 @@ async fn database_text(b: &Backend) -> String {
     if b.name == "sqlite" {
         let path = b.url.trim_start_matches("sqlite://");
         let mut text = String::new();
-        for suffix in ["", "-wal", "-shm"] {
-            if let Ok(bytes) = std::fs::read(format!("{path}{suffix}")) {
-                text.push_str(&String::from_utf8_lossy(&bytes));
+        let read = path.strip_suffix(".db").unwrap_or(path).to_owned() + "-read.db";
+        for file in [path, &read] {
+            for suffix in ["", "-wal", "-shm"] {
+                if let Ok(bytes) = std::fs::read(format!("{file}{suffix}")) {
+                    text.push_str(&String::from_utf8_lossy(&bytes));
+                }
             }
         }
         text
@@ -39,7 +44,15 @@ async fn database_text(b: &Backend) -> String {
         .fetch_all(&mut c)
         .await
         .expect("keys");
-        events.join("\n") + &keys.join("\n")
+        let read_models: Vec<String> = sqlx::query_scalar(
+            "SELECT coalesce(string_agg(coalesce(body, ''), ' '), '') FROM rm_messages \
+             UNION ALL SELECT coalesce(string_agg(coalesce(last_message_preview, ''), ' '), '') FROM rm_rooms \
+             UNION ALL SELECT coalesce(string_agg(coalesce(nickname, '') || coalesce(email, ''), ' '), '') FROM rm_users",
+        )
+        .fetch_all(&mut c)
+        .await
+        .expect("read models");
+        events.join("\n") + &keys.join("\n") + &read_models.join("\n")
     }
 }
 
@@ -54,6 +67,15 @@ async fn erasure_leaves_no_personal_data(b: Backend) {
     let users = Registry::<UserDecider>::new(events.clone(), RegistryConfig::default());
     let rooms = Registry::<ChatRoomDecider>::new(events.clone(), RegistryConfig::default());
     let s = seed(&users, &rooms).await;
+    // The read models hold plaintext copies before the erasure.
+    let read = ReadDb::connect(&read_model_url(&b.url))
+        .await
+        .expect("read models");
+    runtime::catch_up(&events, &read).await.expect("project");
+    assert!(
+        database_text(&b).await.contains(SECRETS[1]),
+        "the scan can find plaintext"
+    );
 
     // Bad input first: someone else cannot erase the client, and nothing is appended.
     let head = events.head_position().await.expect("head");
@@ -101,6 +123,9 @@ async fn erasure_leaves_no_personal_data(b: Backend) {
     .expect("erasing twice is fine");
     assert!(!again.newly_erased);
 
+    runtime::catch_up(&events, &read)
+        .await
+        .expect("project the erasure");
     let text = database_text(&b).await;
     for needle in [EMAIL, NICKNAME, IP, SECRETS[0], SECRETS[1], SECRETS[2]] {
         assert!(

@@ -30,7 +30,7 @@ async fn health_and_readiness_answer_json() {
     let r = get(addr, "/healthz").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["status"], "ok");
-    let r = get(addr, "/readyz").await;
+    let r = support::http::wait_ready(addr).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["status"], "ready");
     assert!(
@@ -48,6 +48,12 @@ async fn unknown_routes_get_the_json_error_shape() {
     let body = r.json();
     assert_eq!(body["error"]["code"], "not_found");
     assert!(body["error"]["message"].is_string());
+    let r = get(addr, "/counselors?limit=nope").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], "invalid_query");
+    let r = get(addr, "/counselors").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["items"], serde_json::json!([]));
     let r = get(addr, "/").await;
     assert_eq!(r.status, 200);
     assert!(

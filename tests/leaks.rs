@@ -64,6 +64,7 @@ async fn a_full_scenario_logs_no_personal_data() {
     let addr = app.local_addr();
     let handle = app.handle();
     actix_rt::spawn(app.run_until_stopped());
+    assert_eq!(support::http::wait_ready(addr).await.status, 200);
     let secret_query = format!("/readyz?email={EMAIL}&code=login-code-123");
     assert_eq!(support::http::get(addr, &secret_query).await.status, 200);
     handle.stop(true).await;

@@ -168,6 +168,11 @@ async fn run<D: Decider>(
 where
     D::Command: Clone,
 {
+    // The acting user goes into every event's metadata: the audit trail is built from it.
+    let metadata = Metadata {
+        user_id: metadata.user_id.or(ctx.actor.user_id.map(|u| u.as_uuid())),
+        ..metadata
+    };
     if !loaded.hydrated {
         if let Err(e) = catch_up::<D>(&store, &stream, &mut loaded).await {
             return (loaded, Err(e));

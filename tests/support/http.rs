@@ -42,3 +42,15 @@ pub async fn get(addr: std::net::SocketAddr, path: &str) -> Response {
         .await
         .expect("HTTP request timed out")
 }
+
+/// Polls `/readyz` until it answers 200 (the read models caught up), for at most 10 s.
+pub async fn wait_ready(addr: std::net::SocketAddr) -> Response {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get(addr, "/readyz").await;
+        if r.status == 200 || tokio::time::Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

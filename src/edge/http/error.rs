@@ -94,6 +94,22 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::projections::ProjectionError> for ApiError {
+    fn from(e: crate::projections::ProjectionError) -> Self {
+        use crate::projections::ProjectionError;
+        match e {
+            ProjectionError::InvalidCursor(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_cursor", e.to_string())
+            }
+            ProjectionError::Store(s) => s.into(),
+            other => {
+                tracing::error!(error = %other, "read-model query failed");
+                Self::unavailable("the read models are unavailable; retry later")
+            }
+        }
+    }
+}
+
 impl From<ActorError> for ApiError {
     fn from(e: ActorError) -> Self {
         match e {

@@ -10,11 +10,17 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// 200 once the event store answers: "send me traffic".
+/// 200 once the event store answers and the read models have caught up with the log since
+/// start: "send me traffic".
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state.store.ping().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness check failed");
         ApiError::unavailable("the event store is not reachable")
     })?;
+    if !state.projections.ready() {
+        return Err(ApiError::unavailable(
+            "the read models are still catching up",
+        ));
+    }
     Ok(HttpResponse::Ok().json(json!({ "status": "ready" })))
 }

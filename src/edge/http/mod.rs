@@ -1,5 +1,6 @@
 //! The HTTP edge (actix-web): routes, the JSON error shape, and the request span.
 
+pub mod directory;
 pub mod error;
 pub mod health;
 pub mod trace;
@@ -13,8 +14,30 @@ const INDEX_HTML: &str = include_str!("../../../web/index.html");
 
 /// Registers every route of the HTTP API.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // Malformed query strings and bodies get the JSON error shape too, and bodies are bounded.
+    cfg.app_data(web::QueryConfig::default().error_handler(|err, _| {
+        ApiError::new(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "invalid_query",
+            err.to_string(),
+        )
+        .into()
+    }))
+    .app_data(
+        web::JsonConfig::default()
+            .limit(64 * 1024)
+            .error_handler(|err, _| {
+                ApiError::new(
+                    actix_web::http::StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    err.to_string(),
+                )
+                .into()
+            }),
+    );
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/counselors", web::get().to(directory::list))
         .route("/", web::get().to(index));
 }
 

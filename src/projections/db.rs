@@ -1,0 +1,113 @@
+//! The read-model database: one `sqlx::Any` pool over SQLite or PostgreSQL, so every read
+//! model is written once. Statements use `$1, $2, ...` placeholders, numbered in order of
+//! first appearance, which both SQLite and PostgreSQL accept.
+//!
+//! With the embedded SQLite default the read models live in their own file beside the log
+//! (`neulbi-read.db`): they can be deleted and rebuilt at any time, and projecting never
+//! competes with appends for the log's write lock.
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Executor};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which SQL dialect the read models speak (DDL differs a little).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// The embedded default.
+    Sqlite,
+    /// The multi-node setup.
+    Postgres,
+}
+
+/// A connection pool to the read-model database.
+#[derive(Clone, Debug)]
+pub struct ReadDb {
+    /// The pool.
+    pub pool: AnyPool,
+    /// Its dialect.
+    pub dialect: Dialect,
+}
+
+/// A prebuilt statement: built once per projector instance (table names vary by suffix
+/// during a rebuild), executed many times.
+pub type Sql = Arc<str>;
+
+/// Wraps a prebuilt statement for sqlx, which only takes audited SQL: ours is built from
+/// constant templates and table names we choose, never from input.
+pub fn sql(s: &Sql) -> sqlx::AssertSqlSafe<Arc<str>> {
+    sqlx::AssertSqlSafe(s.clone())
+}
+
+/// The read-model URL for an event-store URL: the same PostgreSQL database, or a sibling
+/// SQLite file (`x.db` → `x-read.db`).
+pub fn read_model_url(store_url: &str) -> String {
+    match store_url.strip_prefix("sqlite://") {
+        Some(path) => {
+            let (path, query) = path.split_once('?').map_or((path, ""), |(p, q)| (p, q));
+            let stem = path.strip_suffix(".db").unwrap_or(path);
+            let q = if query.is_empty() {
+                String::new()
+            } else {
+                format!("&{query}")
+            };
+            format!("sqlite://{stem}-read.db?mode=rwc{q}")
+        }
+        None => store_url.to_owned(),
+    }
+}
+
+impl ReadDb {
+    /// Connects to `url` (as produced by [`read_model_url`]).
+    pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
+        install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else {
+            Dialect::Postgres
+        };
+        let dir = url
+            .trim_start_matches("sqlite://")
+            .split('?')
+            .next()
+            .and_then(|p| std::path::Path::new(p).parent())
+            .filter(|d| !d.as_os_str().is_empty());
+        if let (Dialect::Sqlite, Some(dir)) = (dialect, dir) {
+            std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(if dialect == Dialect::Sqlite { 4 } else { 8 })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        // Read models are rebuildable, so NORMAL sync is enough; secure_delete
+                        // keeps erased plaintext out of free pages.
+                        conn.execute(
+                            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+                             PRAGMA busy_timeout=10000; PRAGMA secure_delete=ON;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+        Ok(Self { pool, dialect })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_model_url;
+
+    #[test]
+    fn read_models_sit_beside_a_sqlite_log_and_share_postgres() {
+        assert_eq!(
+            read_model_url("sqlite://data/neulbi.db"),
+            "sqlite://data/neulbi-read.db?mode=rwc"
+        );
+        assert_eq!(read_model_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

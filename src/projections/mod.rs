@@ -1,0 +1,184 @@
+//! Projections: named projectors that turn committed events into read models.
+//!
+//! Each projector owns a few tables and a checkpoint (the next log position it will apply).
+//! The checkpoint is written in the same transaction as the table changes, and a batch only
+//! commits if the checkpoint still holds the value the batch started from, so every event
+//! takes effect exactly once — across crashes, restarts, several nodes, and a rebuild that
+//! swaps the tables underneath a running server.
+
+pub mod audit;
+pub mod calls;
+pub mod db;
+pub mod queries;
+pub mod rebuild;
+pub mod rooms;
+pub mod runtime;
+pub mod users;
+
+use crate::actors::{ActorError, codec};
+use crate::store::{RecordedEvent, StoreError};
+use async_trait::async_trait;
+use db::{Dialect, Sql};
+use neulbi_domain::StreamKind;
+use neulbi_domain::call_session::CallEvent;
+use neulbi_domain::chat_room::RoomEvent;
+use neulbi_domain::user::UserEvent;
+use sqlx::AnyConnection;
+use std::sync::Arc;
+use thiserror::Error;
+
+pub use db::ReadDb;
+
+/// Why projecting failed.
+#[derive(Debug, Error)]
+pub enum ProjectionError {
+    /// The read-model database failed.
+    #[error("read-model database: {0}")]
+    Database(sqlx::Error),
+    /// The event log failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A paging cursor that no page handed out.
+    #[error("invalid cursor {0:?}")]
+    InvalidCursor(String),
+    /// No projector has that name.
+    #[error("no projector named {0:?} (known: {1})")]
+    Unknown(String, String),
+}
+
+impl From<sqlx::Error> for ProjectionError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(e)
+    }
+}
+
+/// An event decoded once for the projectors; unknown types are skipped, not fatal, so an
+/// older node keeps projecting while a newer one writes new event types.
+#[derive(Debug)]
+pub enum Decoded {
+    /// A user-stream event.
+    User(UserEvent),
+    /// A room-stream event.
+    Room(RoomEvent),
+    /// A call-stream event.
+    Call(CallEvent),
+    /// A type this version does not know.
+    Unknown,
+}
+
+impl Decoded {
+    /// Decodes by the stream's kind.
+    pub fn of(e: &RecordedEvent) -> Self {
+        let decoded: Result<Self, ActorError> = match e.stream.kind() {
+            StreamKind::User => codec::decode(e).map(Self::User),
+            StreamKind::Room => codec::decode(e).map(Self::Room),
+            StreamKind::Call => codec::decode(e).map(Self::Call),
+        };
+        decoded.unwrap_or_else(|err| {
+            tracing::warn!(position = e.position, event_type = %e.event_type, error = %err, "skipping an event this version cannot decode");
+            Self::Unknown
+        })
+    }
+}
+
+/// One projector bound to concrete table names (live, or shadow during a rebuild).
+#[async_trait]
+pub trait Projector: Send + Sync {
+    /// Applies one event inside the batch's transaction.
+    async fn apply(
+        &self,
+        tx: &mut AnyConnection,
+        event: &RecordedEvent,
+        decoded: &Decoded,
+    ) -> Result<(), ProjectionError>;
+}
+
+/// A secondary index of a read-model table.
+pub struct IndexDef {
+    /// Index name (without suffix).
+    pub name: &'static str,
+    /// The table it belongs to (base name).
+    pub table: &'static str,
+    /// The indexed columns, comma-separated.
+    pub columns: &'static str,
+}
+
+/// The static description of a projector: its name, tables, DDL and how to bind it.
+pub struct ProjectorDef {
+    /// Stable name: the checkpoint key and the CLI argument.
+    pub name: &'static str,
+    /// What it serves, for `projections status`.
+    pub description: &'static str,
+    /// Bump to rebuild automatically when the tables' shape changes.
+    pub version: i64,
+    /// `CREATE TABLE` templates; `{table}` placeholders are replaced by the bound names.
+    pub tables: &'static [(&'static str, &'static str)],
+    /// Secondary indexes.
+    pub indexes: &'static [IndexDef],
+    /// Binds the projector to table names (`suffix` is empty for the live tables).
+    pub bind: fn(&Names) -> Arc<dyn Projector>,
+}
+
+/// Maps base table names to the bound ones.
+pub struct Names {
+    suffix: String,
+    dialect: Dialect,
+}
+
+impl Names {
+    /// Names with `suffix` appended (`""` for live, `"__shadow"` while rebuilding).
+    pub fn new(suffix: &str, dialect: Dialect) -> Self {
+        Self {
+            suffix: suffix.to_owned(),
+            dialect,
+        }
+    }
+
+    /// Renders a statement template: every `{base}` becomes `base{suffix}`; `{blob}` and
+    /// `{bigint}` become the dialect's types.
+    pub fn render(&self, template: &str, bases: &[&str]) -> Sql {
+        let mut s = template.replace("{bigint}", "BIGINT");
+        for base in bases {
+            s = s.replace(&format!("{{{base}}}"), &format!("{base}{}", self.suffix));
+        }
+        if self.dialect == Dialect::Sqlite {
+            s = s.replace(" FOR UPDATE", "");
+        }
+        Arc::from(s)
+    }
+
+    /// The bound name of a base table.
+    pub fn table(&self, base: &str) -> String {
+        format!("{base}{}", self.suffix)
+    }
+
+    /// The suffix in use.
+    pub fn suffix(&self) -> &str {
+        &self.suffix
+    }
+
+    /// The dialect in use.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+}
+
+/// Every projector, in the order `serve` starts them.
+pub fn all() -> Vec<&'static ProjectorDef> {
+    vec![&users::DEF, &rooms::DEF, &calls::DEF, &audit::DEF]
+}
+
+/// Looks a projector up by name.
+pub fn by_name(name: &str) -> Result<&'static ProjectorDef, ProjectionError> {
+    all().into_iter().find(|d| d.name == name).ok_or_else(|| {
+        ProjectionError::Unknown(
+            name.to_owned(),
+            all().iter().map(|d| d.name).collect::<Vec<_>>().join(", "),
+        )
+    })
+}
+
+/// Microseconds since the epoch, as the read models store time.
+pub fn micros(t: chrono::DateTime<chrono::Utc>) -> i64 {
+    t.timestamp_micros()
+}

@@ -1,0 +1,351 @@
+//! Queries over the read models, shared by the HTTP API and the CLI.
+
+use super::ProjectionError;
+use super::db::ReadDb;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::Row;
+
+fn time(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
+fn opt_time(micros: Option<i64>) -> Option<DateTime<Utc>> {
+    micros.map(time)
+}
+
+/// Most rows any list query returns.
+pub const MAX_PAGE: i64 = 200;
+
+/// A page of results with an opaque cursor for the next page (stable: it names a position in
+/// an append-only sequence, not an offset).
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    /// The rows, newest first.
+    pub items: Vec<T>,
+    /// Pass as `before` to get the next (older) page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A user's profile as others may see it.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct UserProfile {
+    /// The user id.
+    pub user_id: String,
+    /// `None` once erased.
+    pub nickname: Option<String>,
+    /// `client` or `counselor`.
+    pub role: String,
+    /// When they joined.
+    pub registered_at: DateTime<Utc>,
+    /// Whether the account was erased.
+    pub erased: bool,
+}
+
+/// One user's profile.
+pub async fn user(db: &ReadDb, user_id: &str) -> Result<Option<UserProfile>, ProjectionError> {
+    let row = sqlx::query(
+        "SELECT user_id, nickname, role, registered_at, erased_at FROM rm_users WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(&db.pool)
+    .await?;
+    row.map(|r| -> Result<_, ProjectionError> {
+        Ok(UserProfile {
+            user_id: r.try_get(0)?,
+            nickname: r.try_get(1)?,
+            role: r.try_get(2)?,
+            registered_at: time(r.try_get(3)?),
+            erased: r.try_get::<Option<i64>, _>(4)?.is_some(),
+        })
+    })
+    .transpose()
+}
+
+/// A published counselor in the directory.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Counselor {
+    /// The counselor's user id.
+    pub user_id: String,
+    /// Display name.
+    pub nickname: Option<String>,
+    /// One-line summary.
+    pub headline: String,
+    /// Longer introduction.
+    pub bio: String,
+    /// When the profile was (last) published.
+    pub published_at: DateTime<Utc>,
+}
+
+/// The counselor directory, most recently published first.
+pub async fn counselors(db: &ReadDb, limit: i64) -> Result<Vec<Counselor>, ProjectionError> {
+    let rows = sqlx::query(
+        "SELECT user_id, nickname, headline, bio, published_at FROM rm_counselors ORDER BY published_at DESC LIMIT $1",
+    )
+    .bind(limit.clamp(1, MAX_PAGE))
+    .fetch_all(&db.pool)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(Counselor {
+                user_id: r.try_get(0)?,
+                nickname: r.try_get(1)?,
+                headline: r.try_get(2)?,
+                bio: r.try_get(3)?,
+                published_at: time(r.try_get(4)?),
+            })
+        })
+        .collect()
+}
+
+/// One entry of a user's room list.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct MyRoom {
+    /// The room.
+    pub room_id: String,
+    /// The client member.
+    pub client_id: String,
+    /// The counselor member.
+    pub counselor_id: String,
+    /// Messages posted so far.
+    pub message_count: i64,
+    /// Messages by others this user has not read.
+    pub unread_count: i64,
+    /// The start of the last message (`None` if none, or erased).
+    pub last_message_preview: Option<String>,
+    /// When the last message was posted.
+    pub last_message_at: Option<DateTime<Utc>>,
+    /// When the room was opened.
+    pub opened_at: DateTime<Utc>,
+    /// When it was closed, if it was.
+    pub closed_at: Option<DateTime<Utc>>,
+}
+
+/// The rooms `user_id` is a member of, most recently active first.
+pub async fn my_rooms(db: &ReadDb, user_id: &str) -> Result<Vec<MyRoom>, ProjectionError> {
+    let rows = sqlx::query(
+        "SELECT r.room_id, r.client_id, r.counselor_id, r.message_count, m.unread_count, r.last_message_preview, \
+         r.last_message_at, r.opened_at, r.closed_at \
+         FROM rm_room_members m JOIN rm_rooms r ON r.room_id = m.room_id \
+         WHERE m.user_id = $1 AND m.left_at IS NULL \
+         ORDER BY COALESCE(r.last_message_at, r.opened_at) DESC LIMIT 500",
+    )
+    .bind(user_id)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(MyRoom {
+                room_id: r.try_get(0)?,
+                client_id: r.try_get(1)?,
+                counselor_id: r.try_get(2)?,
+                message_count: r.try_get(3)?,
+                unread_count: r.try_get(4)?,
+                last_message_preview: r.try_get(5)?,
+                last_message_at: opt_time(r.try_get(6)?),
+                opened_at: time(r.try_get(7)?),
+                closed_at: opt_time(r.try_get(8)?),
+            })
+        })
+        .collect()
+}
+
+/// Whether `user_id` is a current member of `room_id` (for authorizing history reads).
+pub async fn is_member(db: &ReadDb, room_id: &str, user_id: &str) -> Result<bool, ProjectionError> {
+    let n: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM rm_room_members WHERE room_id = $1 AND user_id = $2 AND left_at IS NULL",
+    )
+    .bind(room_id)
+    .bind(user_id)
+    .fetch_optional(&db.pool)
+    .await?;
+    Ok(n.is_some())
+}
+
+/// One message of a room's history.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Message {
+    /// 1-based sequence number within the room.
+    pub seq: i64,
+    /// The message id.
+    pub message_id: String,
+    /// The author.
+    pub author_id: String,
+    /// The text (`None` once the author was erased).
+    pub body: Option<String>,
+    /// When it was posted.
+    pub posted_at: DateTime<Utc>,
+}
+
+/// A page of a room's messages, newest first, older than the cursor `before`.
+pub async fn messages(
+    db: &ReadDb,
+    room_id: &str,
+    before: Option<&str>,
+    limit: i64,
+) -> Result<Page<Message>, ProjectionError> {
+    let before: i64 = match before {
+        Some(c) => c
+            .parse()
+            .ok()
+            .filter(|s: &i64| *s > 0)
+            .ok_or_else(|| ProjectionError::InvalidCursor(c.chars().take(40).collect()))?,
+        None => i64::MAX,
+    };
+    let limit = limit.clamp(1, MAX_PAGE);
+    let rows = sqlx::query(
+        "SELECT seq, message_id, author_id, body, posted_at FROM rm_messages \
+         WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+    )
+    .bind(room_id)
+    .bind(before)
+    .bind(limit + 1)
+    .fetch_all(&db.pool)
+    .await?;
+    let mut items = rows
+        .into_iter()
+        .map(|r| {
+            Ok(Message {
+                seq: r.try_get(0)?,
+                message_id: r.try_get(1)?,
+                author_id: r.try_get(2)?,
+                body: r.try_get(3)?,
+                posted_at: time(r.try_get(4)?),
+            })
+        })
+        .collect::<Result<Vec<_>, ProjectionError>>()?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(usize::try_from(limit).unwrap_or(0));
+        items.last().map(|m| m.seq.to_string())
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}
+
+/// One call in someone's history.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Call {
+    /// The call.
+    pub call_id: String,
+    /// The room it belongs to.
+    pub room_id: String,
+    /// Who called.
+    pub requested_by: String,
+    /// Who was called.
+    pub invitee: String,
+    /// requested, accepted, declined, in_progress or ended.
+    pub status: String,
+    /// When it was requested.
+    pub requested_at: DateTime<Utc>,
+    /// When the first participant joined.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Length in seconds, once ended.
+    pub duration_secs: Option<i64>,
+    /// Who joined.
+    pub participants: Vec<String>,
+}
+
+/// The calls `user_id` made or received, newest first.
+pub async fn calls(db: &ReadDb, user_id: &str) -> Result<Vec<Call>, ProjectionError> {
+    let rows = sqlx::query(
+        "SELECT call_id, room_id, requested_by, invitee, status, requested_at, started_at, duration_secs FROM rm_calls \
+         WHERE requested_by = $1 OR invitee = $1 ORDER BY requested_at DESC LIMIT 200",
+    )
+    .bind(user_id)
+    .fetch_all(&db.pool)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let call_id: String = r.try_get(0)?;
+        let participants: Vec<String> = sqlx::query_scalar(
+            "SELECT user_id FROM rm_call_participants WHERE call_id = $1 ORDER BY first_joined_at",
+        )
+        .bind(&call_id)
+        .fetch_all(&db.pool)
+        .await?;
+        out.push(Call {
+            call_id,
+            room_id: r.try_get(1)?,
+            requested_by: r.try_get(2)?,
+            invitee: r.try_get(3)?,
+            status: r.try_get(4)?,
+            requested_at: time(r.try_get(5)?),
+            started_at: opt_time(r.try_get(6)?),
+            duration_secs: r.try_get(7)?,
+            participants,
+        });
+    }
+    Ok(out)
+}
+
+/// One line of the audit trail.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct AuditEntry {
+    /// Global log position.
+    pub position: i64,
+    /// The stream written.
+    pub stream: String,
+    /// The event's version in it.
+    pub version: i64,
+    /// The event type.
+    pub event_type: String,
+    /// Who acted (absent for system actions).
+    pub actor_id: Option<String>,
+    /// The request that caused it.
+    pub correlation_id: Option<String>,
+    /// The W3C trace context.
+    pub traceparent: Option<String>,
+    /// When it was committed.
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// Everything a user did or had done to their account, oldest first.
+pub async fn audit_of_user(db: &ReadDb, user_id: &str) -> Result<Vec<AuditEntry>, ProjectionError> {
+    audit_where(
+        db,
+        "WHERE actor_id = $1 OR stream = $2",
+        user_id,
+        &format!("user-{user_id}"),
+    )
+    .await
+}
+
+/// The history of one stream, oldest first.
+pub async fn audit_of_stream(
+    db: &ReadDb,
+    stream: &str,
+) -> Result<Vec<AuditEntry>, ProjectionError> {
+    audit_where(db, "WHERE stream = $1 OR stream = $2", stream, stream).await
+}
+
+async fn audit_where(
+    db: &ReadDb,
+    filter: &'static str,
+    a: &str,
+    b: &str,
+) -> Result<Vec<AuditEntry>, ProjectionError> {
+    let q = format!(
+        "SELECT position, stream, version, event_type, actor_id, correlation_id, traceparent, recorded_at FROM rm_audit {filter} \
+         ORDER BY position LIMIT 10000"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(q))
+        .bind(a)
+        .bind(b)
+        .fetch_all(&db.pool)
+        .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(AuditEntry {
+                position: r.try_get(0)?,
+                stream: r.try_get(1)?,
+                version: r.try_get(2)?,
+                event_type: r.try_get(3)?,
+                actor_id: r.try_get(4)?,
+                correlation_id: r.try_get(5)?,
+                traceparent: r.try_get(6)?,
+                recorded_at: time(r.try_get(7)?),
+            })
+        })
+        .collect()
+}

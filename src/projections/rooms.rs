@@ -1,0 +1,240 @@
+//! Chat rooms: "my rooms" per user (last message, unread count) and the paged message
+//! history of each room.
+
+use super::db::{Sql, sql};
+use super::{Decoded, IndexDef, Names, ProjectionError, Projector, ProjectorDef, micros};
+use crate::store::RecordedEvent;
+use async_trait::async_trait;
+use neulbi_domain::chat_room::RoomEvent;
+use neulbi_domain::user::UserEvent;
+use sqlx::AnyConnection;
+use std::sync::Arc;
+
+/// How much of the last message the room list shows.
+pub const PREVIEW_CHARS: usize = 80;
+
+/// The `rooms` projector.
+pub static DEF: ProjectorDef = ProjectorDef {
+    name: "rooms",
+    description: "my rooms (last message, unread counts) and room message history",
+    version: 1,
+    tables: &[
+        (
+            "rm_rooms",
+            "CREATE TABLE IF NOT EXISTS {rm_rooms} (room_id TEXT PRIMARY KEY, client_id TEXT NOT NULL, counselor_id TEXT NOT NULL, \
+             opened_at {bigint} NOT NULL, closed_at {bigint}, message_count {bigint} NOT NULL DEFAULT 0, \
+             last_message_id TEXT, last_message_author TEXT, last_message_preview TEXT, last_message_at {bigint})",
+        ),
+        (
+            "rm_room_members",
+            "CREATE TABLE IF NOT EXISTS {rm_room_members} (room_id TEXT NOT NULL, user_id TEXT NOT NULL, \
+             unread_count {bigint} NOT NULL DEFAULT 0, last_read_seq {bigint} NOT NULL DEFAULT 0, left_at {bigint}, \
+             PRIMARY KEY (room_id, user_id))",
+        ),
+        (
+            "rm_messages",
+            "CREATE TABLE IF NOT EXISTS {rm_messages} (room_id TEXT NOT NULL, seq {bigint} NOT NULL, message_id TEXT NOT NULL, \
+             author_id TEXT NOT NULL, body TEXT, posted_at {bigint} NOT NULL, PRIMARY KEY (room_id, seq))",
+        ),
+    ],
+    indexes: &[
+        IndexDef {
+            name: "rm_room_members_by_user",
+            table: "rm_room_members",
+            columns: "user_id",
+        },
+        IndexDef {
+            name: "rm_messages_by_author",
+            table: "rm_messages",
+            columns: "author_id",
+        },
+        IndexDef {
+            name: "rm_messages_by_id",
+            table: "rm_messages",
+            columns: "room_id, message_id",
+        },
+    ],
+    bind,
+};
+
+struct Rooms {
+    open: Sql,
+    member: Sql,
+    count: Sql,
+    post_room: Sql,
+    post_message: Sql,
+    unread: Sql,
+    seq_of: Sql,
+    read: Sql,
+    left: Sql,
+    closed: Sql,
+    erase_bodies: Sql,
+    erase_previews: Sql,
+}
+
+fn bind(n: &Names) -> Arc<dyn Projector> {
+    let t = &["rm_rooms", "rm_room_members", "rm_messages"];
+    Arc::new(Rooms {
+        open: n.render(
+            "INSERT INTO {rm_rooms} (room_id, client_id, counselor_id, opened_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (room_id) DO NOTHING",
+            t,
+        ),
+        member: n.render(
+            "INSERT INTO {rm_room_members} (room_id, user_id) VALUES ($1, $2) ON CONFLICT (room_id, user_id) DO NOTHING",
+            t,
+        ),
+        count: n.render("SELECT message_count FROM {rm_rooms} WHERE room_id = $1", t),
+        post_room: n.render(
+            "UPDATE {rm_rooms} SET message_count = $1, last_message_id = $2, last_message_author = $3, \
+             last_message_preview = $4, last_message_at = $5 WHERE room_id = $6",
+            t,
+        ),
+        post_message: n.render(
+            "INSERT INTO {rm_messages} (room_id, seq, message_id, author_id, body, posted_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            t,
+        ),
+        unread: n.render(
+            "UPDATE {rm_room_members} SET unread_count = unread_count + 1 \
+             WHERE room_id = $1 AND user_id <> $2 AND left_at IS NULL",
+            t,
+        ),
+        seq_of: n.render("SELECT seq FROM {rm_messages} WHERE room_id = $1 AND message_id = $2", t),
+        read: n.render(
+            "UPDATE {rm_room_members} SET last_read_seq = $1, \
+             unread_count = (SELECT COUNT(*) FROM {rm_messages} m WHERE m.room_id = $2 AND m.seq > $1 AND m.author_id <> $3) \
+             WHERE room_id = $2 AND user_id = $3 AND last_read_seq < $1",
+            t,
+        ),
+        left: n.render(
+            "UPDATE {rm_room_members} SET left_at = $1, unread_count = 0 WHERE room_id = $2 AND user_id = $3",
+            t,
+        ),
+        closed: n.render("UPDATE {rm_rooms} SET closed_at = $1 WHERE room_id = $2", t),
+        erase_bodies: n.render("UPDATE {rm_messages} SET body = NULL WHERE author_id = $1", t),
+        erase_previews: n.render(
+            "UPDATE {rm_rooms} SET last_message_preview = NULL WHERE last_message_author = $1",
+            t,
+        ),
+    })
+}
+
+fn preview(body: &str) -> String {
+    body.chars().take(PREVIEW_CHARS).collect()
+}
+
+#[async_trait]
+impl Projector for Rooms {
+    async fn apply(
+        &self,
+        tx: &mut AnyConnection,
+        e: &RecordedEvent,
+        decoded: &Decoded,
+    ) -> Result<(), ProjectionError> {
+        let room = e.stream.id().to_string();
+        match decoded {
+            Decoded::Room(RoomEvent::Opened {
+                client,
+                counselor,
+                at,
+                ..
+            }) => {
+                sqlx::query(sql(&self.open))
+                    .bind(&room)
+                    .bind(client.to_string())
+                    .bind(counselor.to_string())
+                    .bind(micros(*at))
+                    .execute(&mut *tx)
+                    .await?;
+                for m in [client, counselor] {
+                    sqlx::query(sql(&self.member))
+                        .bind(&room)
+                        .bind(m.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            Decoded::Room(RoomEvent::MessagePosted {
+                message_id,
+                author,
+                body,
+                at,
+                ..
+            }) => {
+                let count: Option<i64> = sqlx::query_scalar(sql(&self.count))
+                    .bind(&room)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let seq = count.unwrap_or(0) + 1;
+                let body = body.value().cloned();
+                sqlx::query(sql(&self.post_room))
+                    .bind(seq)
+                    .bind(message_id.to_string())
+                    .bind(author.to_string())
+                    .bind(body.as_deref().map(preview))
+                    .bind(micros(*at))
+                    .bind(&room)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(sql(&self.post_message))
+                    .bind(&room)
+                    .bind(seq)
+                    .bind(message_id.to_string())
+                    .bind(author.to_string())
+                    .bind(body)
+                    .bind(micros(*at))
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(sql(&self.unread))
+                    .bind(&room)
+                    .bind(author.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Decoded::Room(RoomEvent::MessageRead { reader, up_to, .. }) => {
+                let seq: Option<i64> = sqlx::query_scalar(sql(&self.seq_of))
+                    .bind(&room)
+                    .bind(up_to.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(seq) = seq {
+                    sqlx::query(sql(&self.read))
+                        .bind(seq)
+                        .bind(&room)
+                        .bind(reader.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            Decoded::Room(RoomEvent::MemberLeft { user_id, at }) => {
+                sqlx::query(sql(&self.left))
+                    .bind(micros(*at))
+                    .bind(&room)
+                    .bind(user_id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Decoded::Room(RoomEvent::Closed { at, .. }) => {
+                sqlx::query(sql(&self.closed))
+                    .bind(micros(*at))
+                    .bind(&room)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Decoded::User(UserEvent::Erased { .. }) => {
+                // The log already reads erased; the plaintext copies here must go too.
+                let user = e.stream.id().to_string();
+                sqlx::query(sql(&self.erase_bodies))
+                    .bind(&user)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(sql(&self.erase_previews))
+                    .bind(&user)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

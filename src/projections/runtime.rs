@@ -1,0 +1,362 @@
+//! Runs projectors: batches of events applied in one transaction with a compare-and-set
+//! checkpoint, and a live loop per projector inside `serve`.
+
+use super::db::{Dialect, ReadDb, sql};
+use super::{Decoded, Names, ProjectionError, ProjectorDef};
+use crate::store::{RecordedEvent, SharedStore};
+use futures::StreamExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+/// Events applied per transaction.
+pub const BATCH: usize = 1000;
+
+const CHECKPOINTS: &str = "CREATE TABLE IF NOT EXISTS projection_checkpoints (\
+    name TEXT PRIMARY KEY, position BIGINT NOT NULL, version BIGINT NOT NULL, updated_at BIGINT NOT NULL)";
+
+/// The advisory lock that serializes read-model DDL across nodes: PostgreSQL's
+/// `CREATE TABLE IF NOT EXISTS` is not safe against a concurrent twin.
+const DDL_LOCK: i64 = 0x6e65_756c_6264;
+
+/// Creates the checkpoint table and `def`'s tables (with `names`) if missing.
+pub async fn ensure_schema(
+    db: &ReadDb,
+    def: &ProjectorDef,
+    names: &Names,
+) -> Result<(), ProjectionError> {
+    let mut tx = begin(db).await?;
+    if db.dialect == Dialect::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(DDL_LOCK)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(CHECKPOINTS).execute(&mut *tx).await?;
+    for (base, ddl) in def.tables {
+        let stmt = names.render(ddl, &[base]);
+        sqlx::query(sql(&stmt)).execute(&mut *tx).await?;
+    }
+    for idx in def.indexes {
+        let stmt = format!(
+            "CREATE INDEX IF NOT EXISTS {}{} ON {} ({})",
+            idx.name,
+            names.suffix(),
+            names.table(idx.table),
+            idx.columns
+        );
+        sqlx::query(sqlx::AssertSqlSafe(stmt))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Drops `def`'s tables bound with `names` (and their checkpoint).
+pub async fn drop_tables(
+    db: &ReadDb,
+    def: &ProjectorDef,
+    names: &Names,
+    checkpoint: &str,
+) -> Result<(), ProjectionError> {
+    for (base, _) in def.tables {
+        let stmt = format!("DROP TABLE IF EXISTS {}", names.table(base));
+        sqlx::query(sqlx::AssertSqlSafe(stmt))
+            .execute(&db.pool)
+            .await?;
+    }
+    sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
+        .bind(checkpoint)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+/// The next position `checkpoint` will apply (0 if it never ran), and its schema version.
+pub async fn checkpoint(db: &ReadDb, name: &str) -> Result<Option<(u64, i64)>, ProjectionError> {
+    let row: Option<(i64, i64)> =
+        sqlx::query_as("SELECT position, version FROM projection_checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&db.pool)
+            .await?;
+    Ok(row.map(|(p, v)| (u64::try_from(p).unwrap_or(0), v)))
+}
+
+/// Starts a write transaction; SQLite takes the write lock up front so two writers wait for
+/// each other instead of failing on upgrade.
+pub async fn begin(db: &ReadDb) -> Result<sqlx::Transaction<'static, sqlx::Any>, ProjectionError> {
+    Ok(match db.dialect {
+        Dialect::Sqlite => db.pool.begin_with("BEGIN IMMEDIATE").await?,
+        Dialect::Postgres => db.pool.begin().await?,
+    })
+}
+
+/// Outcome of one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batch {
+    /// Applied this many events; the checkpoint moved past them.
+    Applied(usize),
+    /// Nothing new in the log.
+    CaughtUp,
+    /// Someone else moved the checkpoint first (another node, or a rebuild's swap).
+    Raced,
+}
+
+/// Applies the next batch of events to the projector bound as `names` with checkpoint key
+/// `key`, exactly once.
+pub async fn step(
+    store: &SharedStore,
+    db: &ReadDb,
+    def: &ProjectorDef,
+    names: &Names,
+    key: &str,
+    limit: usize,
+) -> Result<Batch, ProjectionError> {
+    let from = checkpoint(db, key).await?.map_or(0, |(p, _)| p);
+    let events = store.read_all(from, limit).await?;
+    if events.is_empty() {
+        return Ok(Batch::CaughtUp);
+    }
+    let projector = (def.bind)(names);
+    let span = tracing::debug_span!("project", projector = def.name, from, events = events.len());
+    async {
+        let mut tx = begin(db).await?;
+        if !claim(&mut tx, db.dialect, key, from, def.version).await? {
+            tx.rollback().await?;
+            return Ok(Batch::Raced);
+        }
+        apply_all(&mut tx, projector.as_ref(), &events).await?;
+        let next = events.last().map_or(from, |e| e.position + 1);
+        set_checkpoint(&mut tx, key, next, def.version).await?;
+        tx.commit().await?;
+        if db.dialect == Dialect::Sqlite && events.iter().any(|e| e.event_type == "Erased") {
+            // The scrubbed rows' old page images must not linger in the WAL file.
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&db.pool)
+                .await?;
+        }
+        Ok(Batch::Applied(events.len()))
+    }
+    .instrument(span)
+    .await
+}
+
+/// Applies events in order inside an open transaction.
+pub async fn apply_all(
+    tx: &mut sqlx::AnyConnection,
+    projector: &dyn super::Projector,
+    events: &[RecordedEvent],
+) -> Result<(), ProjectionError> {
+    for e in events {
+        let decoded = Decoded::of(e);
+        projector.apply(tx, e, &decoded).await?;
+    }
+    Ok(())
+}
+
+/// Locks the checkpoint row and checks it still says `from`.
+async fn claim(
+    tx: &mut sqlx::AnyConnection,
+    dialect: Dialect,
+    key: &str,
+    from: u64,
+    version: i64,
+) -> Result<bool, ProjectionError> {
+    let q = match dialect {
+        Dialect::Sqlite => "SELECT position FROM projection_checkpoints WHERE name = $1",
+        Dialect::Postgres => {
+            "SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE"
+        }
+    };
+    let current: Option<i64> = sqlx::query_scalar(q)
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+    match current {
+        Some(p) => Ok(u64::try_from(p).unwrap_or(0) == from),
+        None if from == 0 => {
+            // First batch ever: create the row; a concurrent creator makes this fail.
+            let inserted = sqlx::query(
+                "INSERT INTO projection_checkpoints (name, position, version, updated_at) VALUES ($1, 0, $2, $3) \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(key)
+            .bind(version)
+            .bind(chrono::Utc::now().timestamp_micros())
+            .execute(&mut *tx)
+            .await?;
+            Ok(inserted.rows_affected() == 1)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Moves the checkpoint to `next` inside the batch's transaction.
+pub async fn set_checkpoint(
+    tx: &mut sqlx::AnyConnection,
+    key: &str,
+    next: u64,
+    version: i64,
+) -> Result<(), ProjectionError> {
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (name, position, version, updated_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position, version = excluded.version, updated_at = excluded.updated_at",
+    )
+    .bind(key)
+    .bind(i64::try_from(next).unwrap_or(i64::MAX))
+    .bind(version)
+    .bind(chrono::Utc::now().timestamp_micros())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Prepares every projector's tables; a projector whose stored version differs from the
+/// code's is dropped and will rebuild from position 0.
+pub async fn prepare(db: &ReadDb) -> Result<(), ProjectionError> {
+    for def in super::all() {
+        let names = Names::new("", db.dialect);
+        ensure_schema(db, def, &names).await?;
+        if let Some((_, version)) = checkpoint(db, def.name).await?
+            && version != def.version
+        {
+            tracing::warn!(
+                projector = def.name,
+                stored = version,
+                current = def.version,
+                "read model changed shape; rebuilding from the start"
+            );
+            drop_tables(db, def, &names, def.name).await?;
+        }
+        ensure_schema(db, def, &names).await?;
+    }
+    Ok(())
+}
+
+/// Runs every projector until `stop` turns true. Each loop wakes on new commits (through a
+/// subscription used only as a doorbell) or once a second.
+pub fn spawn_all(
+    store: SharedStore,
+    db: ReadDb,
+    stop: watch::Receiver<bool>,
+    caught_up: Arc<AtomicUsize>,
+) -> Vec<JoinHandle<()>> {
+    super::all()
+        .into_iter()
+        .map(|def| {
+            let store = store.clone();
+            let db = db.clone();
+            let mut stop = stop.clone();
+            let caught_up = caught_up.clone();
+            tokio::spawn(async move {
+                let names = Names::new("", db.dialect);
+                let mut first_catch_up = true;
+                let head = store.head_position().await.ok().flatten().map_or(0, |h| h + 1);
+                let mut doorbell = store.subscribe_all(head);
+                loop {
+                    if *stop.borrow() {
+                        return;
+                    }
+                    match step(&store, &db, def, &names, def.name, BATCH).await {
+                        Ok(Batch::Applied(_) | Batch::Raced) => continue,
+                        Ok(Batch::CaughtUp) => {
+                            if first_catch_up {
+                                first_catch_up = false;
+                                caught_up.fetch_add(1, Ordering::AcqRel);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(projector = def.name, error = %e, "projection failed; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    }
+                    tokio::select! {
+                        _ = doorbell.next() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Lag of one projector: how far its checkpoint is behind the log's head.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    /// Projector name.
+    pub name: &'static str,
+    /// What it serves.
+    pub description: &'static str,
+    /// Next position it will apply.
+    pub position: u64,
+    /// Events committed but not yet applied.
+    pub lag: u64,
+}
+
+/// The status of every projector.
+pub async fn status(store: &SharedStore, db: &ReadDb) -> Result<Vec<Status>, ProjectionError> {
+    prepare(db).await?;
+    let next = store.head_position().await?.map_or(0, |h| h + 1);
+    let mut out = Vec::new();
+    for def in super::all() {
+        let position = checkpoint(db, def.name).await?.map_or(0, |(p, _)| p);
+        out.push(Status {
+            name: def.name,
+            description: def.description,
+            position,
+            lag: next.saturating_sub(position),
+        });
+    }
+    Ok(out)
+}
+
+/// Applies everything up to the head for every projector (tests, CLI tools, readiness).
+pub async fn catch_up(store: &SharedStore, db: &ReadDb) -> Result<(), ProjectionError> {
+    for def in super::all() {
+        let names = Names::new("", db.dialect);
+        ensure_schema(db, def, &names).await?;
+        while step(store, db, def, &names, def.name, BATCH).await? != Batch::CaughtUp {}
+    }
+    Ok(())
+}
+
+/// A handle that stops the projector loops.
+pub struct Running {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    caught_up: Arc<AtomicUsize>,
+}
+
+impl Running {
+    /// Starts every projector over `store` into `db`.
+    pub async fn start(store: SharedStore, db: ReadDb) -> Result<Arc<Self>, ProjectionError> {
+        prepare(&db).await?;
+        let (stop, rx) = watch::channel(false);
+        let caught_up = Arc::new(AtomicUsize::new(0));
+        let tasks = spawn_all(store, db, rx, caught_up.clone());
+        Ok(Arc::new(Self {
+            stop,
+            tasks,
+            caught_up,
+        }))
+    }
+
+    /// True once every projector has caught up with the log at least once since start.
+    pub fn ready(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire) >= self.tasks.len()
+    }
+
+    /// Stops the loops after their current batch.
+    pub async fn stop(&self) {
+        let _ = self.stop.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Read models over real backends: the scenario projects into exact counts and pages, an
+//! erasure scrubs the read models, a rebuild equals the live tables, and concurrent
+//! projectors (two nodes) still apply every event exactly once.
+
+mod support;
+
+use neulbi::actors::{Registry, RegistryConfig};
+use neulbi::projections::db::read_model_url;
+use neulbi::projections::queries;
+use neulbi::projections::{self, ReadDb, rebuild, runtime};
+use neulbi::store::{Metadata, SharedStore};
+use neulbi_domain::chat_room::{ChatRoomDecider, RoomCommand};
+use neulbi_domain::user::{UserCommand, UserDecider};
+use neulbi_domain::{MessageId, Role};
+use support::Backend;
+use support::scenario::{COUNSELOR_TEXT, SECRETS, Seeded, as_user, seed};
+use uuid::Uuid;
+
+struct World {
+    b: Backend,
+    db: ReadDb,
+    users: Registry<UserDecider>,
+    rooms: Registry<ChatRoomDecider>,
+    s: Seeded,
+}
+
+async fn world(b: Backend) -> World {
+    let db = ReadDb::connect(&read_model_url(&b.url))
+        .await
+        .expect("read db");
+    let users = Registry::new(b.store.clone(), RegistryConfig::default());
+    let rooms = Registry::new(b.store.clone(), RegistryConfig::default());
+    let s = seed(&users, &rooms).await;
+    World {
+        b,
+        db,
+        users,
+        rooms,
+        s,
+    }
+}
+
+/// Everything the rooms read model answers for both members, as comparable text.
+async fn snapshot(db: &ReadDb, w: &Seeded) -> String {
+    let client = queries::my_rooms(db, &w.client.to_string())
+        .await
+        .expect("client rooms");
+    let counselor = queries::my_rooms(db, &w.counselor.to_string())
+        .await
+        .expect("counselor rooms");
+    let history = queries::messages(db, &w.room.to_string(), None, 200)
+        .await
+        .expect("history");
+    format!("{client:?}\n{counselor:?}\n{:?}", history.items)
+}
+
+async fn read_models_answer_the_scenario(b: Backend) {
+    let w = world(b).await;
+    runtime::catch_up(&w.b.store, &w.db)
+        .await
+        .expect("catch up");
+    let client = w.s.client.to_string();
+    let rooms = queries::my_rooms(&w.db, &client).await.expect("my rooms");
+    assert_eq!(rooms.len(), 1);
+    assert_eq!(rooms[0].message_count, 4);
+    assert_eq!(rooms[0].unread_count, 1, "the counselor's one reply");
+    assert_eq!(
+        rooms[0].last_message_preview.as_deref(),
+        Some(COUNSELOR_TEXT)
+    );
+    let counselor_rooms = queries::my_rooms(&w.db, &w.s.counselor.to_string())
+        .await
+        .expect("rooms");
+    assert_eq!(counselor_rooms[0].unread_count, 3);
+
+    // Paging: newest first, stable cursors.
+    let room = w.s.room.to_string();
+    let first = queries::messages(&w.db, &room, None, 3)
+        .await
+        .expect("page 1");
+    assert_eq!(
+        first.items.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![4, 3, 2]
+    );
+    let cursor = first.next_cursor.expect("more pages");
+    let second = queries::messages(&w.db, &room, Some(&cursor), 3)
+        .await
+        .expect("page 2");
+    assert_eq!(
+        second.items.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![1]
+    );
+    assert_eq!(second.items[0].body.as_deref(), Some(SECRETS[0]));
+    assert!(second.next_cursor.is_none());
+    assert!(matches!(
+        queries::messages(&w.db, &room, Some("garbage"), 3).await,
+        Err(projections::ProjectionError::InvalidCursor(_))
+    ));
+
+    // The counselor reads up to the last message: unread drops to zero.
+    let last = queries::messages(&w.db, &room, None, 1)
+        .await
+        .expect("last")
+        .items[0]
+        .message_id
+        .clone();
+    let read = RoomCommand::MarkRead {
+        up_to: MessageId(Uuid::parse_str(&last).expect("uuid")),
+    };
+    w.rooms
+        .execute(
+            w.s.room,
+            read,
+            as_user(w.s.counselor, Role::Counselor),
+            Metadata::default(),
+        )
+        .await
+        .expect("read");
+    runtime::catch_up(&w.b.store, &w.db)
+        .await
+        .expect("catch up");
+    let counselor_rooms = queries::my_rooms(&w.db, &w.s.counselor.to_string())
+        .await
+        .expect("rooms");
+    assert_eq!(counselor_rooms[0].unread_count, 0);
+
+    // Directory and audit.
+    let publish = UserCommand::PublishCounselorProfile {
+        headline: "청소년 상담".into(),
+        bio: "10 years of practice".into(),
+    };
+    w.users
+        .execute(
+            w.s.counselor.0,
+            publish,
+            as_user(w.s.counselor, Role::Counselor),
+            Metadata::default(),
+        )
+        .await
+        .expect("publish");
+    runtime::catch_up(&w.b.store, &w.db)
+        .await
+        .expect("catch up");
+    let directory = queries::counselors(&w.db, 10).await.expect("directory");
+    assert_eq!(directory.len(), 1);
+    assert_eq!(directory[0].headline, "청소년 상담");
+    assert_eq!(directory[0].nickname.as_deref(), Some("상담사"));
+    let audit = queries::audit_of_user(&w.db, &client).await.expect("audit");
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.event_type == "MessagePosted"
+                && a.actor_id.as_deref() == Some(client.as_str()))
+    );
+    assert!(audit.iter().any(|a| a.event_type == "Registered"));
+
+    let status = runtime::status(&w.b.store, &w.db).await.expect("status");
+    assert!(status.iter().all(|s| s.lag == 0), "{status:?}");
+}
+
+async fn rebuild_equals_live_and_swaps_under_a_running_projector(b: Backend) {
+    let w = world(b).await;
+    runtime::catch_up(&w.b.store, &w.db)
+        .await
+        .expect("catch up");
+    let before = snapshot(&w.db, &w.s).await;
+    let def = projections::by_name("rooms").expect("rooms");
+    let mut calls = 0;
+    let report = rebuild::rebuild(&w.b.store, &w.db, def, |_, _| calls += 1)
+        .await
+        .expect("rebuild");
+    assert!(report.events > 0 && calls > 0);
+    assert_eq!(
+        snapshot(&w.db, &w.s).await,
+        before,
+        "a rebuild reproduces the live tables"
+    );
+
+    // Now rebuild while more messages arrive and the live projector keeps running.
+    let store: SharedStore = w.b.store.clone();
+    let db = w.db.clone();
+    let live = actix_rt::spawn(async move {
+        for _ in 0..20 {
+            runtime::catch_up(&store, &db).await.expect("live catch up");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    });
+    for i in 0..30 {
+        let post = RoomCommand::PostMessage {
+            message_id: MessageId(Uuid::now_v7()),
+            body: format!("during rebuild {i}"),
+            client_message_id: None,
+        };
+        w.rooms
+            .execute(
+                w.s.room,
+                post,
+                as_user(w.s.client, Role::Client),
+                Metadata::default(),
+            )
+            .await
+            .expect("post");
+        if i == 10 {
+            rebuild::rebuild(&w.b.store, &w.db, def, |_, _| {})
+                .await
+                .expect("rebuild under load");
+        }
+    }
+    live.await.expect("live projector");
+    runtime::catch_up(&w.b.store, &w.db)
+        .await
+        .expect("final catch up");
+    let after = snapshot(&w.db, &w.s).await;
+    rebuild::rebuild(&w.b.store, &w.db, def, |_, _| {})
+        .await
+        .expect("fresh rebuild");
+    assert_eq!(
+        snapshot(&w.db, &w.s).await,
+        after,
+        "live tables equal a fresh rebuild"
+    );
+    let rooms = queries::my_rooms(&w.db, &w.s.counselor.to_string())
+        .await
+        .expect("rooms");
+    assert_eq!(rooms[0].message_count, 34);
+    assert_eq!(rooms[0].unread_count, 33, "exact unread count after swaps");
+}
+
+async fn two_projecting_nodes_apply_each_event_once(b: Backend) {
+    let w = world(b).await;
+    for i in 0..40 {
+        let post = RoomCommand::PostMessage {
+            message_id: MessageId(Uuid::now_v7()),
+            body: format!("m{i}"),
+            client_message_id: None,
+        };
+        w.rooms
+            .execute(
+                w.s.room,
+                post,
+                as_user(w.s.counselor, Role::Counselor),
+                Metadata::default(),
+            )
+            .await
+            .expect("post");
+    }
+    let other = ReadDb::connect(&read_model_url(&w.b.url))
+        .await
+        .expect("second node's pool");
+    let (a, b2) = futures::join!(
+        runtime::catch_up(&w.b.store, &w.db),
+        runtime::catch_up(&w.b.store, &other)
+    );
+    a.expect("node a");
+    b2.expect("node b");
+    let rooms = queries::my_rooms(&w.db, &w.s.client.to_string())
+        .await
+        .expect("rooms");
+    assert_eq!(rooms[0].message_count, 44);
+    assert_eq!(
+        rooms[0].unread_count, 41,
+        "1 + 40 counselor messages, each counted once"
+    );
+}
+
+macro_rules! both {
+    ($($case:ident),*) => {
+        mod sqlite { $( #[actix_rt::test] async fn $case() { super::$case(crate::support::Backend::sqlite().await).await; } )* }
+        mod postgres { $( #[actix_rt::test] async fn $case() { super::$case(crate::support::Backend::postgres().await).await; } )* }
+    };
+}
+
+both!(
+    read_models_answer_the_scenario,
+    rebuild_equals_live_and_swaps_under_a_running_projector,
+    two_projecting_nodes_apply_each_event_once
+);
