@@ -38,6 +38,85 @@ pub enum Command {
     /// Operator actions on users.
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Read models: status and rebuild.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+    /// Who did what, when, from which request and trace.
+    Audit {
+        /// What to audit.
+        #[arg(value_enum)]
+        kind: AuditKind,
+        /// Its id (a UUID).
+        id: String,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// An aggregate's state as it was at a point in the log.
+    Replay {
+        /// The stream, e.g. room-0190c3e4-....
+        stream: String,
+        /// A log position, or an RFC 3339 time; the current state if omitted.
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Development helpers.
+    #[command(subcommand)]
+    Dev(DevCommand),
+}
+
+/// What `neulbi audit` looks at.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum AuditKind {
+    /// Everything a user did, and everything done to their account.
+    User,
+    /// A chat room's history.
+    Room,
+    /// A call's history.
+    Call,
+}
+
+/// Read-model maintenance.
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Each projector's position and lag behind the log.
+    Status {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a read model from position 0 into shadow tables, then swap them in; a running
+    /// server keeps answering from the old tables meanwhile.
+    Rebuild {
+        /// The projector (see `projections status`).
+        name: String,
+    },
+}
+
+/// Development helpers.
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// Generate a realistic synthetic history.
+    Seed {
+        /// Counselors (each with a published profile).
+        #[arg(long, default_value_t = 20)]
+        counselors: usize,
+        /// Clients.
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        /// Chat rooms.
+        #[arg(long, default_value_t = 300)]
+        rooms: usize,
+        /// Messages in all.
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+        /// Calls.
+        #[arg(long, default_value_t = 100)]
+        calls: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
 }
 
 /// Operator actions on users.
@@ -80,6 +159,17 @@ pub enum EventsCommand {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Write the whole log as NDJSON (personal fields stay sealed).
+    Export {
+        /// Output file; standard output if omitted.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// Import an NDJSON export; refuses to touch streams that already exist.
+    Import {
+        /// The file written by `events export`.
+        file: PathBuf,
     },
     /// Print the last events of the whole log, optionally following new ones.
     Tail {
@@ -204,6 +294,82 @@ pub async fn events_tail(
     let limit = usize::try_from(last).unwrap_or(usize::MAX);
     for e in store.read_all(from, limit).await? {
         writeln!(out, "{}", format_event(&e, json)?)?;
+    }
+    Ok(())
+}
+
+/// A progress bar on the terminal (hidden when stderr is not one).
+pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// `neulbi projections status`.
+pub fn print_status(
+    rows: &[crate::projections::runtime::Status],
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(rows)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<8} {:>12} {:>10}  description",
+        "name", "position", "lag"
+    )?;
+    for r in rows {
+        writeln!(
+            out,
+            "{:<8} {:>12} {:>10}  {}",
+            r.name, r.position, r.lag, r.description
+        )?;
+    }
+    Ok(())
+}
+
+/// `neulbi audit ...` output.
+pub fn print_audit(
+    rows: &[crate::projections::queries::AuditEntry],
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    if json {
+        for r in rows {
+            writeln!(out, "{}", serde_json::to_string(r)?)?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:>8}  {:<24} {:<44} {:<26} {:<36} {:<36} trace",
+        "position", "time", "stream", "event", "actor", "request"
+    )?;
+    for r in rows {
+        let trace = r
+            .traceparent
+            .as_deref()
+            .and_then(|t| t.split('-').nth(1))
+            .unwrap_or("-");
+        writeln!(
+            out,
+            "{:>8}  {:<24} {:<44} {:<26} {:<36} {:<36} {}",
+            r.position,
+            r.recorded_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+            format!("{} v{}", r.stream, r.version),
+            r.event_type,
+            r.actor_id.as_deref().unwrap_or("system"),
+            r.correlation_id.as_deref().unwrap_or("-"),
+            trace
+        )?;
     }
     Ok(())
 }

@@ -13,3 +13,4 @@ pub mod projections;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tools;

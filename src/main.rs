@@ -1,8 +1,11 @@
 //! The `neulbi` binary: parses the command line and runs one command.
 
 use clap::Parser;
-use neulbi::cli::{self, Cli, Command, EventsCommand, UsersCommand};
+use neulbi::cli::{
+    self, AuditKind, Cli, Command, DevCommand, EventsCommand, ProjectionsCommand, UsersCommand,
+};
 use neulbi::config::Config;
+use neulbi::projections::{self, ReadDb};
 use neulbi::startup::Application;
 use neulbi::{store, telemetry};
 use std::io::Write;
@@ -65,9 +68,130 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 EventsCommand::Tail { last, follow, json } => {
                     cli::events_tail(&s, last, follow, json, &mut out).await
                 }
+                EventsCommand::Export { out: file } => export(&config, file).await,
+                EventsCommand::Import { file } => import(&config, &file).await,
             };
             s.close().await;
             result
+        }
+        Command::Projections(cmd) => {
+            let url = config.database_url();
+            let s = store::open(&url, config.store_limits(), true).await?;
+            let db = ReadDb::connect(&projections::db::read_model_url(&url)).await?;
+            let mut out = std::io::stdout().lock();
+            let result = match cmd {
+                ProjectionsCommand::Status { json } => {
+                    let rows = projections::runtime::status(&s, &db).await?;
+                    cli::print_status(&rows, json, &mut out)
+                }
+                ProjectionsCommand::Rebuild { name } => {
+                    let def = projections::by_name(&name)?;
+                    let bar =
+                        cli::progress_bar(s.head_position().await?.map_or(0, |h| h + 1), def.name);
+                    let report = projections::rebuild::rebuild(&s, &db, def, |at, head| {
+                        bar.set_length(head);
+                        bar.set_position(at);
+                    })
+                    .await?;
+                    bar.finish_and_clear();
+                    writeln!(
+                        out,
+                        "rebuilt {}: {} events in {:.1} s ({:.0} events/s)",
+                        def.name,
+                        report.events,
+                        report.secs,
+                        report.events as f64 / report.secs.max(1e-9)
+                    )
+                    .map_err(Into::into)
+                }
+            };
+            s.close().await;
+            result
+        }
+        Command::Audit { kind, id, json } => {
+            let uuid: uuid::Uuid = id
+                .parse()
+                .map_err(|_| anyhow::anyhow!("invalid id {id:?}: expected a UUID"))?;
+            let url = config.database_url();
+            let s = store::open(&url, config.store_limits(), true).await?;
+            let db = ReadDb::connect(&projections::db::read_model_url(&url)).await?;
+            // The audit trail is a read model: bring it up to date first.
+            projections::runtime::catch_up(&s, &db).await?;
+            let rows = match kind {
+                AuditKind::User => {
+                    projections::queries::audit_of_user(&db, &uuid.to_string()).await?
+                }
+                AuditKind::Room => {
+                    projections::queries::audit_of_stream(&db, &format!("room-{uuid}")).await?
+                }
+                AuditKind::Call => {
+                    projections::queries::audit_of_stream(&db, &format!("call-{uuid}")).await?
+                }
+            };
+            s.close().await;
+            if rows.is_empty() {
+                anyhow::bail!("nothing recorded for {id}");
+            }
+            cli::print_audit(&rows, json, &mut std::io::stdout().lock())
+        }
+        Command::Replay { stream, at } => {
+            let name: neulbi_domain::StreamName = stream
+                .parse()
+                .map_err(|e| anyhow::anyhow!("invalid stream name {stream:?}: {e}"))?;
+            let at: neulbi::tools::replay::At = match at {
+                Some(a) => a.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+                None => neulbi::tools::replay::At::Now,
+            };
+            let s = store::open(&config.database_url(), config.store_limits(), true).await?;
+            let r = neulbi::tools::replay::replay(&s, &name, at).await;
+            s.close().await;
+            let r = r?;
+            if r.events == 0 {
+                anyhow::bail!("stream {name} has no events at that point");
+            }
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "{name} after {} events (version {}, position {}):",
+                r.events,
+                r.version.unwrap_or(0),
+                r.position.unwrap_or(0)
+            )?;
+            writeln!(out, "{}", r.state)?;
+            Ok(())
+        }
+        Command::Dev(DevCommand::Seed {
+            counselors,
+            clients,
+            rooms,
+            messages,
+            calls,
+            seed,
+        }) => {
+            let s = store::open(&config.database_url(), config.store_limits(), true).await?;
+            let spec = neulbi::tools::seed::SeedSpec {
+                counselors,
+                clients,
+                rooms,
+                messages,
+                calls,
+                seed,
+            };
+            let bar = cli::progress_bar(0, "seeding");
+            let started = std::time::Instant::now();
+            let n = neulbi::tools::seed::seed(&s, spec, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await;
+            bar.finish_and_clear();
+            s.close().await;
+            let n = n?;
+            println!(
+                "seeded {n} events in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
         }
         Command::Users(UsersCommand::Erase { user_id, yes }) => {
             let storage =
@@ -78,4 +202,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             result
         }
     }
+}
+
+async fn export(config: &Config, file: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let storage = store::open_storage(&config.database_url(), config.store_limits(), true).await?;
+    let n = match file {
+        Some(path) => {
+            let f = std::fs::File::create(&path)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+            let mut w = std::io::BufWriter::new(f);
+            neulbi::tools::transfer::export(&storage.raw, &mut w, |_| {}).await?
+        }
+        None => {
+            let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+            neulbi::tools::transfer::export(&storage.raw, &mut w, |_| {}).await?
+        }
+    };
+    storage.events.close().await;
+    eprintln!("exported {n} events");
+    Ok(())
+}
+
+async fn import(config: &Config, path: &std::path::Path) -> anyhow::Result<()> {
+    let storage = store::open_storage(&config.database_url(), config.store_limits(), true).await?;
+    let result = import_into(&storage.raw, path).await;
+    storage.raw.close().await;
+    result
+}
+
+async fn import_into(
+    store: &neulbi::store::SharedStore,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let open = || -> anyhow::Result<std::io::BufReader<std::fs::File>> {
+        let f = std::fs::File::open(path)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+        Ok(std::io::BufReader::new(f))
+    };
+    let total = neulbi::tools::transfer::check(store, open()?).await?;
+    let bar = cli::progress_bar(total, "importing");
+    let n = neulbi::tools::transfer::import(store, open()?, |n| bar.set_position(n)).await?;
+    bar.finish_and_clear();
+    println!("imported {n} events");
+    Ok(())
 }

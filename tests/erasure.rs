@@ -61,6 +61,7 @@ async fn erasure_leaves_no_personal_data(b: Backend) {
         events,
         keys,
         database,
+        ..
     } = store::open_storage(&b.url, StoreLimits::default(), false)
         .await
         .expect("storage");

@@ -46,6 +46,7 @@ async fn a_full_scenario_logs_no_personal_data() {
         events,
         keys,
         database,
+        ..
     } = store::open_storage(&b.url, StoreLimits::default(), false)
         .await
         .expect("storage");

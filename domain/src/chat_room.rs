@@ -116,6 +116,15 @@ impl DomainEvent for RoomEvent {
             Self::Closed { .. } => "Closed",
         }
     }
+
+    /// `MessagePosted` is at version 2: version 1 stored the body as a plain string, before
+    /// bodies became personal data sealed with the author's key. The store upcasts v1.
+    fn schema_version(&self) -> u32 {
+        match self {
+            Self::MessagePosted { .. } => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// Who the room is for, fixed when it opens.

@@ -27,19 +27,40 @@ pub fn encode<E: DomainEvent>(event: &E, metadata: &Metadata) -> Result<EventDat
         schema_version: event.schema_version(),
         data,
         metadata: metadata.clone(),
+        recorded_at: None,
     })
 }
 
-/// Decodes a stored event into the domain type.
+/// Decodes a stored event into the domain type, upcasting old schema versions first.
 pub fn decode<E: DomainEvent>(recorded: &RecordedEvent) -> Result<E, ActorError> {
     let mut map = serde_json::Map::with_capacity(2);
     map.insert("type".into(), Value::String(recorded.event_type.clone()));
-    if !recorded.data.is_null() {
-        map.insert("data".into(), recorded.data.clone());
+    let data = upcast(
+        &recorded.event_type,
+        recorded.schema_version,
+        recorded.data.clone(),
+    );
+    if !data.is_null() {
+        map.insert("data".into(), data);
     }
     serde_json::from_value(Value::Object(map)).map_err(|e| ActorError::Decode {
         event_type: recorded.event_type.clone(),
         position: recorded.position,
         reason: e.to_string(),
     })
+}
+
+/// Turns an old version of an event's data into the current shape, so the log is never
+/// rewritten. Each arm documents the change it undoes.
+pub fn upcast(event_type: &str, schema_version: u32, mut data: Value) -> Value {
+    if let ("MessagePosted", 1) = (event_type, schema_version)
+        && let (Some(author), Some(Value::String(_))) =
+            (data.get("author").cloned(), data.get("body"))
+        && let Some(body) = data.get_mut("body")
+    {
+        // v1 stored `body` as a plain string; v2 marks it as the author's personal data.
+        let text = body.take();
+        *body = serde_json::json!({ "$personal": { "owner": author, "value": text } });
+    }
+    data
 }

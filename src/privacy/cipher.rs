@@ -30,10 +30,27 @@ pub enum CipherError {
     Undecryptable(Uuid),
 }
 
-/// Collects the owners of every personal field in `value` (sealed or plain).
-pub fn owners(value: &Value, out: &mut BTreeSet<Uuid>) -> Result<(), CipherError> {
+/// Which personal fields [`owners`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fields {
+    /// Plain fields (`value`), which need the owner's key to be sealed.
+    Plain,
+    /// Sealed fields, which need the owner's key to be opened.
+    Sealed,
+}
+
+/// Collects the owners of the personal fields of the given kind in `value`, so keys are
+/// looked up only where they are needed.
+pub fn owners(value: &Value, which: Fields, out: &mut BTreeSet<Uuid>) -> Result<(), CipherError> {
     visit(value, &mut |field| {
-        out.insert(owner_of(field)?);
+        let owner = owner_of(field)?;
+        let wanted = match which {
+            Fields::Plain => field.contains_key("value"),
+            Fields::Sealed => field.contains_key("sealed"),
+        };
+        if wanted {
+            out.insert(owner);
+        }
         Ok(())
     })
 }
@@ -215,8 +232,11 @@ mod tests {
         );
         assert_eq!(v["count"], 3);
         let mut found = BTreeSet::new();
-        owners(&v, &mut found).expect("owners");
+        owners(&v, Fields::Sealed, &mut found).expect("owners");
         assert_eq!(found, BTreeSet::from([alice, bob]));
+        let mut plain = BTreeSet::new();
+        owners(&v, Fields::Plain, &mut plain).expect("owners");
+        assert!(plain.is_empty(), "nothing left to seal");
 
         let mut opened = v.clone();
         open(&mut opened, &keys).expect("open");

@@ -2,7 +2,7 @@
 //! any backend. Everything that reads the log (actors, projections, tools, subscriptions)
 //! goes through it, so none of them handles keys, and the backend never sees plaintext.
 
-use super::cipher::{self, CipherError};
+use super::cipher::{self, CipherError, Fields};
 use super::{DataKey, KeyStore};
 use crate::store::{
     AppendResult, Direction, EventData, EventStore, ExpectedVersion, RecordedEvent, SharedStore,
@@ -51,7 +51,7 @@ async fn open_all(
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     let mut owners = BTreeSet::new();
     for e in &events {
-        cipher::owners(&e.data, &mut owners).map_err(|err| corrupt(e, err))?;
+        cipher::owners(&e.data, Fields::Sealed, &mut owners).map_err(|err| corrupt(e, err))?;
     }
     if owners.is_empty() {
         return Ok(events);
@@ -84,7 +84,7 @@ impl EventStore for CryptoStore {
     ) -> Result<AppendResult, StoreError> {
         let mut owners = BTreeSet::new();
         for e in &events {
-            cipher::owners(&e.data, &mut owners).map_err(malformed)?;
+            cipher::owners(&e.data, Fields::Plain, &mut owners).map_err(malformed)?;
         }
         if !owners.is_empty() {
             let mut keys = HashMap::with_capacity(owners.len());

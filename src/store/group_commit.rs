@@ -25,6 +25,8 @@ pub(crate) struct SerializedEvent {
     pub schema_version: u32,
     pub data: String,
     pub metadata: String,
+    /// The original commit time of an imported event (microseconds).
+    pub recorded_at: Option<i64>,
 }
 
 /// One caller's append as the writer sees it.
@@ -210,6 +212,7 @@ pub(crate) fn prepare(
             schema_version: e.schema_version,
             data,
             metadata,
+            recorded_at: e.recorded_at.map(|t| t.timestamp_micros()),
         });
     }
     Ok(AppendRequest {
@@ -380,6 +383,7 @@ mod tests {
                     schema_version: 1,
                     data: "{}".into(),
                     metadata: "{}".into(),
+                    recorded_at: None,
                 })
                 .collect(),
         }

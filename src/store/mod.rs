@@ -108,6 +108,8 @@ pub enum Database {
 pub struct Storage {
     /// The event log, with personal fields sealed and opened transparently.
     pub events: SharedStore,
+    /// The backend without the encryption layer: sealed fields stay sealed (export/import).
+    pub raw: SharedStore,
     /// The per-user data keys (erasure destroys them).
     pub keys: Arc<crate::privacy::KeyStore>,
     /// The database itself.
@@ -146,9 +148,13 @@ pub async fn open_storage(
             )));
         };
     let keys = Arc::new(crate::privacy::KeyStore::new(database.clone()));
-    let events: SharedStore = Arc::new(crate::privacy::CryptoStore::new(backend, keys.clone()));
+    let events: SharedStore = Arc::new(crate::privacy::CryptoStore::new(
+        backend.clone(),
+        keys.clone(),
+    ));
     Ok(Storage {
         events,
+        raw: backend,
         keys,
         database,
     })

@@ -73,6 +73,10 @@ pub struct EventData {
     pub data: serde_json::Value,
     /// Correlation, causation, acting user and trace context.
     pub metadata: Metadata,
+    /// Only for `events import`: keep the original commit time. Everything else leaves it
+    /// `None` and the store records the time of the commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded_at: Option<DateTime<Utc>>,
 }
 
 impl EventData {
@@ -84,6 +88,7 @@ impl EventData {
             schema_version: 1,
             data,
             metadata: Metadata::default(),
+            recorded_at: None,
         }
     }
 

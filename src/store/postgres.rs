@@ -312,6 +312,8 @@ impl Committer for PgCommitter {
         let mut schemas = Vec::with_capacity(n);
         let mut datas = Vec::with_capacity(n);
         let mut metas = Vec::with_capacity(n);
+        let mut times = Vec::with_capacity(n);
+        let now = Utc::now().timestamp_micros();
         for row in &plan.rows {
             let req = &batch[row.req];
             let e = &req.events[row.ev];
@@ -323,12 +325,12 @@ impl Committer for PgCommitter {
             schemas.push(i32::try_from(e.schema_version).unwrap_or(i32::MAX));
             datas.push(e.data.as_str());
             metas.push(e.metadata.as_str());
+            times.push(e.recorded_at.unwrap_or(now));
         }
-        let recorded_at = Utc::now().timestamp_micros();
         sqlx::query(
             "INSERT INTO events (position, event_id, stream, version, event_type, schema_version, data, metadata, recorded_at) \
-             SELECT p, i, s, v, t, sv, d, m, $9 FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::text[], $8::text[]) \
-             AS x(p, i, s, v, t, sv, d, m)",
+             SELECT p, i, s, v, t, sv, d, m, r FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::text[], $8::text[], $9::bigint[]) \
+             AS x(p, i, s, v, t, sv, d, m, r)",
         )
         .bind(&positions)
         .bind(&event_ids)
@@ -338,7 +340,7 @@ impl Committer for PgCommitter {
         .bind(&schemas)
         .bind(&datas)
         .bind(&metas)
-        .bind(recorded_at)
+        .bind(&times)
         .execute(&mut *tx)
         .await?;
         if let Some(head) = plan.head {

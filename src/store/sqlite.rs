@@ -280,7 +280,7 @@ impl SqliteCommitter {
             .bind(i64::from(e.schema_version))
             .bind(&e.data)
             .bind(&e.metadata)
-            .bind(recorded_at)
+            .bind(e.recorded_at.unwrap_or(recorded_at))
             .execute(&mut *conn)
             .await?;
         }
