@@ -24,7 +24,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Writers per gRPC connection. UmaDB's own append benchmarks give every writer its own
 /// client; a connection is one HTTP/2 channel, so this bounds the streams multiplexed on it.
-const WRITERS_PER_CLIENT: usize = 1;
+const WRITERS_PER_CLIENT: usize = usize::MAX;
 
 /// A `umadb` server process with its database in a temp dir; killed on drop.
 pub struct Server {

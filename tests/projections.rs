@@ -275,3 +275,64 @@ both!(
     rebuild_equals_live_and_swaps_under_a_running_projector,
     two_projecting_nodes_apply_each_event_once
 );
+
+#[actix_rt::test]
+async fn batch_boundaries_do_not_change_the_read_models() {
+    use neulbi::tools::seed::{SeedSpec, seed};
+    let b = Backend::sqlite().await;
+    let spec = SeedSpec {
+        counselors: 2,
+        clients: 6,
+        rooms: 7,
+        messages: 400,
+        calls: 3,
+        seed: 3,
+    };
+    seed(&b.store, spec, |_, _| {}).await.expect("seed");
+    let mut dumps = Vec::new();
+    for (i, batch) in [1usize, 7, 5000].into_iter().enumerate() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = ReadDb::connect(&format!(
+            "sqlite://{}/r{i}.db?mode=rwc",
+            dir.path().display()
+        ))
+        .await
+        .expect("db");
+        let def = projections::by_name("rooms").expect("rooms");
+        let names = projections::Names::new("", db.dialect);
+        runtime::ensure_schema(&db, def, &names)
+            .await
+            .expect("schema");
+        while runtime::step(&b.store, &db, def, &names, "rooms", batch)
+            .await
+            .expect("step")
+            != runtime::Batch::CaughtUp
+        {}
+        let mut rooms: Vec<String> = sqlx::query_scalar(
+            "SELECT room_id || ':' || message_count || ':' || coalesce(last_message_id, '') FROM rm_rooms",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .expect("rooms");
+        let mut members: Vec<String> = sqlx::query_scalar(
+            "SELECT room_id || ':' || user_id || ':' || unread_count || ':' || last_read_seq FROM rm_room_members",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .expect("members");
+        let mut messages: Vec<String> =
+            sqlx::query_scalar("SELECT room_id || ':' || seq || ':' || message_id || ':' || coalesce(body, '') FROM rm_messages")
+                .fetch_all(&db.pool)
+                .await
+                .expect("messages");
+        rooms.sort();
+        members.sort();
+        messages.sort();
+        assert_eq!(messages.len(), 400);
+        dumps.push((rooms, members, messages));
+    }
+    assert!(
+        dumps[0] == dumps[1] && dumps[1] == dumps[2],
+        "the same log gives the same read model in any batch size"
+    );
+}

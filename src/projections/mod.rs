@@ -12,6 +12,7 @@ pub mod db;
 pub mod queries;
 pub mod rebuild;
 pub mod rooms;
+mod rooms_batch;
 pub mod runtime;
 pub mod users;
 
@@ -91,6 +92,20 @@ pub trait Projector: Send + Sync {
         event: &RecordedEvent,
         decoded: &Decoded,
     ) -> Result<(), ProjectionError>;
+
+    /// Applies a batch in log order. Projectors on a hot path override this to fold the batch
+    /// in memory and write it with few multi-row statements.
+    async fn apply_batch(
+        &self,
+        tx: &mut AnyConnection,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        for e in events {
+            let decoded = Decoded::of(e);
+            self.apply(tx, e, &decoded).await?;
+        }
+        Ok(())
+    }
 }
 
 /// A secondary index of a read-model table.

@@ -1,7 +1,8 @@
 //! Chat rooms: "my rooms" per user (last message, unread count) and the paged message
 //! history of each room.
 
-use super::db::{Sql, sql};
+use super::db::{Dialect, Sql, sql};
+use super::rooms_batch::{BatchSql, Fold};
 use super::{Decoded, IndexDef, Names, ProjectionError, Projector, ProjectorDef, micros};
 use crate::store::RecordedEvent;
 use async_trait::async_trait;
@@ -58,6 +59,8 @@ pub static DEF: ProjectorDef = ProjectorDef {
 };
 
 struct Rooms {
+    batch: BatchSql,
+    dialect: Dialect,
     open: Sql,
     member: Sql,
     count: Sql,
@@ -75,6 +78,8 @@ struct Rooms {
 fn bind(n: &Names) -> Arc<dyn Projector> {
     let t = &["rm_rooms", "rm_room_members", "rm_messages"];
     Arc::new(Rooms {
+        batch: BatchSql::new(n),
+        dialect: n.dialect(),
         open: n.render(
             "INSERT INTO {rm_rooms} (room_id, client_id, counselor_id, opened_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (room_id) DO NOTHING",
@@ -119,12 +124,37 @@ fn bind(n: &Names) -> Arc<dyn Projector> {
     })
 }
 
-fn preview(body: &str) -> String {
+/// The start of a message, as the room list shows it.
+pub(super) fn preview(body: &str) -> String {
     body.chars().take(PREVIEW_CHARS).collect()
 }
 
 #[async_trait]
 impl Projector for Rooms {
+    async fn apply_batch(
+        &self,
+        tx: &mut AnyConnection,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let mut fold = Fold::default();
+        for e in events {
+            let decoded = Decoded::of(e);
+            let folded = match &decoded {
+                Decoded::Room(event) => {
+                    fold.add(tx, &self.batch, &e.stream.id().to_string(), event)
+                        .await?
+                }
+                Decoded::User(UserEvent::Erased { .. }) => false,
+                _ => continue,
+            };
+            if !folded {
+                fold.flush(tx, &self.batch, self.dialect).await?;
+                self.apply(tx, e, &decoded).await?;
+            }
+        }
+        fold.flush(tx, &self.batch, self.dialect).await
+    }
+
     async fn apply(
         &self,
         tx: &mut AnyConnection,

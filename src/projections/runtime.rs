@@ -2,7 +2,7 @@
 //! checkpoint, and a live loop per projector inside `serve`.
 
 use super::db::{Dialect, ReadDb, sql};
-use super::{Decoded, Names, ProjectionError, ProjectorDef};
+use super::{Names, ProjectionError, ProjectorDef};
 use crate::store::{RecordedEvent, SharedStore};
 use futures::StreamExt;
 use std::sync::Arc;
@@ -151,11 +151,7 @@ pub async fn apply_all(
     projector: &dyn super::Projector,
     events: &[RecordedEvent],
 ) -> Result<(), ProjectionError> {
-    for e in events {
-        let decoded = Decoded::of(e);
-        projector.apply(tx, e, &decoded).await?;
-    }
-    Ok(())
+    projector.apply_batch(tx, events).await
 }
 
 /// Locks the checkpoint row and checks it still says `from`.

@@ -1,0 +1,95 @@
+//! `rebuild` benchmark: `projections rebuild` of the message-history and my-rooms read model
+//! (`rooms`) over a seeded log, on SQLite and PostgreSQL.
+//!
+//! Full run:   cargo bench --bench rebuild   (1,000,000 events; `-- --events N --backends sqlite,postgres`)
+//! Smoke run:  cargo test --bench rebuild    (a few thousand events; used by .ci/run)
+
+#[allow(dead_code)]
+#[path = "../tests/support/pg.rs"]
+mod pg;
+
+use neulbi::projections::db::read_model_url;
+use neulbi::projections::{ReadDb, by_name, rebuild};
+use neulbi::store::{self, StoreLimits};
+use neulbi::tools::seed::{SeedSpec, seed};
+use std::time::Instant;
+
+fn arg(args: &[String], flag: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let events: usize = arg(&args, "--events")
+        .map(|v| v.parse().expect("--events takes a number"))
+        .unwrap_or(if full { 1_000_000 } else { 3_000 });
+    let backends: Vec<String> = arg(&args, "--backends")
+        .map(|v| v.split(',').map(str::to_owned).collect())
+        .unwrap_or_else(|| vec!["sqlite".into(), "postgres".into()]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut rows = Vec::new();
+    rt.block_on(async {
+        for backend in &backends {
+            let dir = tempfile::tempdir().expect("dir");
+            let server;
+            let url = match backend.as_str() {
+                "sqlite" => format!("sqlite://{}", dir.path().join("bench.db").display()),
+                "postgres" => {
+                    server = pg::TempPostgres::start_with("-c fsync=on");
+                    server.url()
+                }
+                other => panic!("unknown backend {other:?}"),
+            };
+            let s = store::open(&url, StoreLimits::default(), true)
+                .await
+                .expect("store");
+            // ~95% of the events are room events (messages and read markers).
+            let spec = SeedSpec {
+                counselors: (events / 5000).max(2),
+                clients: (events / 500).max(4),
+                rooms: (events / 100).max(2),
+                messages: events * 9 / 10,
+                calls: events / 1000,
+                seed: 1,
+            };
+            let t = Instant::now();
+            let seeded = seed(&s, spec, |_, _| {}).await.expect("seed");
+            let seed_secs = t.elapsed().as_secs_f64();
+            let db = ReadDb::connect(&read_model_url(&url))
+                .await
+                .expect("read db");
+            let report = rebuild::rebuild(&s, &db, by_name("rooms").expect("rooms"), |_, _| {})
+                .await
+                .expect("rebuild");
+            rows.push((backend.clone(), seeded, seed_secs, report));
+            s.close().await;
+        }
+    });
+    println!("\nrebuild of `rooms` (my rooms + message history) over a seeded log");
+    println!(
+        "{:<10} {:>10} {:>14} {:>10} {:>14}",
+        "backend", "events", "seed ev/s", "rebuild s", "rebuild ev/s"
+    );
+    for (name, n, seed_secs, r) in &rows {
+        println!(
+            "{:<10} {:>10} {:>14.0} {:>10.2} {:>14.0}",
+            name,
+            n,
+            *n as f64 / seed_secs.max(1e-9),
+            r.secs,
+            r.events as f64 / r.secs.max(1e-9)
+        );
+    }
+    assert!(
+        rows.iter().all(|(_, n, _, r)| r.events == *n),
+        "a rebuild must apply every event"
+    );
+}
