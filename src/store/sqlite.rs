@@ -221,6 +221,18 @@ struct SqliteCommitter {
     conn: SqliteConnection,
 }
 
+/// Ids per `IN (...)` lookup and rows per multi-row insert: few statements per batch (each
+/// one is a round trip to SQLite's worker thread), well under SQLite's parameter limit.
+const LOOKUP_CHUNK: usize = 400;
+const INSERT_CHUNK: usize = 300;
+
+/// `?, ?, ...` with `n` placeholders.
+fn placeholders(n: usize) -> String {
+    let mut s = "?,".repeat(n);
+    s.pop();
+    s
+}
+
 impl SqliteCommitter {
     async fn write(&mut self, batch: &[AppendRequest]) -> Result<Plan, StoreError> {
         let conn = &mut self.conn;
@@ -228,34 +240,52 @@ impl SqliteCommitter {
             .fetch_one(&mut *conn)
             .await?;
         let head = head.map(|h| u64::try_from(h).unwrap_or(0));
+
+        let names: Vec<String> = batch
+            .iter()
+            .map(|r| r.stream.to_string())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
         let mut versions = HashMap::new();
-        let mut existing = HashMap::new();
-        let mut queried = HashSet::new();
-        for req in batch {
-            let name = req.stream.to_string();
-            if queried.insert(name.clone()) {
-                let v: Option<i64> =
-                    sqlx::query_scalar("SELECT MAX(version) FROM events WHERE stream = ?")
-                        .bind(&name)
-                        .fetch_one(&mut *conn)
-                        .await?;
-                if let Some(v) = v {
-                    versions.insert(name, u64::try_from(v).unwrap_or(0));
-                }
+        for chunk in names.chunks(LOOKUP_CHUNK) {
+            let q = format!(
+                "SELECT stream, MAX(version) FROM events WHERE stream IN ({}) GROUP BY stream",
+                placeholders(chunk.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+            for n in chunk {
+                query = query.bind(n);
             }
-            for e in &req.events {
-                let hit =
-                    sqlx::query("SELECT stream, version, position FROM events WHERE event_id = ?")
-                        .bind(e.event_id.to_string())
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                if let Some(row) = hit {
-                    let version: i64 = row.try_get(1)?;
-                    let position: i64 = row.try_get(2)?;
+            for row in query.fetch_all(&mut *conn).await? {
+                let v: i64 = row.try_get(1)?;
+                versions.insert(row.try_get::<String, _>(0)?, u64::try_from(v).unwrap_or(0));
+            }
+        }
+
+        let ids: Vec<String> = batch
+            .iter()
+            .flat_map(|r| r.events.iter().map(|e| e.event_id.to_string()))
+            .collect();
+        let mut existing = HashMap::new();
+        for chunk in ids.chunks(LOOKUP_CHUNK) {
+            let q = format!(
+                "SELECT event_id, stream, version, position FROM events WHERE event_id IN ({})",
+                placeholders(chunk.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                let id: String = row.try_get(0)?;
+                let version: i64 = row.try_get(2)?;
+                let position: i64 = row.try_get(3)?;
+                if let Ok(id) = uuid::Uuid::parse_str(&id) {
                     existing.insert(
-                        e.event_id,
+                        id,
                         StoredId {
-                            stream: row.try_get(0)?,
+                            stream: row.try_get(1)?,
                             version: u64::try_from(version).unwrap_or(0),
                             position: u64::try_from(position).unwrap_or(0),
                         },
@@ -263,26 +293,31 @@ impl SqliteCommitter {
                 }
             }
         }
+
         let plan = group_commit::plan(batch, head, versions, existing);
         let recorded_at = Utc::now().timestamp_micros();
-        for row in &plan.rows {
-            let req = &batch[row.req];
-            let e = &req.events[row.ev];
-            sqlx::query(
+        for rows in plan.rows.chunks(INSERT_CHUNK) {
+            let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows.len()].join(", ");
+            let q = format!(
                 "INSERT INTO events (position, event_id, stream, version, event_type, schema_version, data, metadata, recorded_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(clamp(row.position))
-            .bind(e.event_id.to_string())
-            .bind(req.stream.to_string())
-            .bind(clamp(row.version))
-            .bind(&e.event_type)
-            .bind(i64::from(e.schema_version))
-            .bind(&e.data)
-            .bind(&e.metadata)
-            .bind(e.recorded_at.unwrap_or(recorded_at))
-            .execute(&mut *conn)
-            .await?;
+                 VALUES {values}"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+            for row in rows {
+                let req = &batch[row.req];
+                let e = &req.events[row.ev];
+                query = query
+                    .bind(clamp(row.position))
+                    .bind(e.event_id.to_string())
+                    .bind(req.stream.to_string())
+                    .bind(clamp(row.version))
+                    .bind(&e.event_type)
+                    .bind(i64::from(e.schema_version))
+                    .bind(&e.data)
+                    .bind(&e.metadata)
+                    .bind(e.recorded_at.unwrap_or(recorded_at));
+            }
+            query.execute(&mut *conn).await?;
         }
         Ok(plan)
     }
