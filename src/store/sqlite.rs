@@ -47,6 +47,29 @@ struct Inner {
     writer: GroupCommit,
     head: watch::Sender<Option<u64>>,
     limits: StoreLimits,
+    checkpointer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.checkpointer.abort();
+    }
+}
+
+/// Copies the WAL back into the database file twice a second, off the commit path. PASSIVE
+/// never blocks the writer or readers; it does what it can and tries again next time.
+async fn checkpoint_loop(pool: SqlitePool) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!(error = %e, "WAL checkpoint skipped");
+        }
+    }
 }
 
 impl SqliteStore {
@@ -76,7 +99,10 @@ impl SqliteStore {
         if migrate {
             MIGRATOR.run(&readers).await?;
         }
-        let mut writer = SqliteConnection::connect_with(&options).await?;
+        // The writer never checkpoints inline: a checkpoint syncs the database file and would
+        // stall the commit that triggers it. A background task checkpoints instead.
+        let writer_options = options.clone().pragma("wal_autocheckpoint", "0");
+        let mut writer = SqliteConnection::connect_with(&writer_options).await?;
         let head: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
             .fetch_one(&mut writer)
             .await?;
@@ -84,12 +110,14 @@ impl SqliteStore {
         let (head_tx, _) = watch::channel(head);
         let committer = SqliteCommitter { conn: writer };
         let writer = GroupCommit::start(committer, limits, head_tx.clone());
+        let checkpointer = tokio::spawn(checkpoint_loop(readers.clone()));
         Ok(Self {
             inner: Arc::new(Inner {
                 readers,
                 writer,
                 head: head_tx,
                 limits,
+                checkpointer,
             }),
         })
     }
