@@ -47,6 +47,8 @@ impl AppState {
 /// A node that is bound and ready to run.
 pub struct Application {
     server: Server,
+    state: web::Data<AppState>,
+    auth: web::Data<crate::auth::AuthService>,
     addr: SocketAddr,
     store: SharedStore,
     public_url: String,
@@ -56,9 +58,10 @@ impl Application {
     /// Opens the store (migrating if configured), binds the listener and builds the server.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let url = config.database_url();
-        let store = store::open(&url, config.store_limits(), config.store.auto_migrate)
+        let storage = store::open_storage(&url, config.store_limits(), config.store.auto_migrate)
             .await
             .with_context(|| format!("opening the event store at {}", store::redact_url(&url)))?;
+        let store = storage.events.clone();
         let listener = TcpListener::bind(config.listen)
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
@@ -68,9 +71,26 @@ impl Application {
             config,
             public_url.clone(),
         )));
+        let auth = web::Data::new(
+            crate::auth::AuthService::open(&config.auth, &storage, &public_url)
+                .await
+                .context("starting sign-in")?,
+        );
+        // Demo accounts only where nobody configured a database: the embedded default.
+        if config
+            .auth
+            .seed_demo_users
+            .unwrap_or(config.database_url.is_none())
+        {
+            auth.seed_demo_users(&state.users)
+                .await
+                .context("seeding the demo users")?;
+        }
+        let (state_data, auth_data) = (state.clone(), auth.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(auth_data.clone())
                 .wrap(from_fn(http::trace::request_span))
                 .configure(http::configure)
                 .default_service(web::to(http::not_found))
@@ -81,6 +101,8 @@ impl Application {
         .run();
         Ok(Self {
             server,
+            state: state_data,
+            auth,
             addr,
             store,
             public_url,
@@ -90,6 +112,16 @@ impl Application {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The shared state of the handlers (registries), for tests and tools in-process.
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    /// The sign-in service, for tests and tools in-process.
+    pub fn auth(&self) -> web::Data<crate::auth::AuthService> {
+        self.auth.clone()
     }
 
     /// The URL of the web client.

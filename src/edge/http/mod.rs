@@ -1,8 +1,10 @@
 //! The HTTP edge (actix-web): routes, the JSON error shape, and the request span.
 
+pub mod auth;
 pub mod error;
 pub mod health;
 pub mod trace;
+pub mod users;
 
 use actix_web::{HttpResponse, web};
 
@@ -15,7 +17,9 @@ const INDEX_HTML: &str = include_str!("../../../web/index.html");
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
-        .route("/", web::get().to(index));
+        .route("/", web::get().to(index))
+        .configure(auth::configure)
+        .configure(users::configure);
 }
 
 async fn index() -> HttpResponse {
