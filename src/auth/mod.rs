@@ -22,6 +22,7 @@ pub mod identities;
 pub mod jwt;
 pub mod keys;
 pub mod password;
+pub mod providers;
 pub mod rate_limit;
 pub mod service;
 pub mod settings;

@@ -127,6 +127,7 @@ pub struct AuthService {
     keys: Arc<KeyStore>,
     tokens: TokenStore,
     identities: IdentityStore,
+    providers: super::providers::Providers,
     account_limiter: RateLimiter,
     ip_limiter: RateLimiter,
     dummy_hash: String,
@@ -178,7 +179,11 @@ impl AuthService {
         let dummy_hash = blocking(|| hash_password("neulbi timing equaliser"))
             .await?
             .map_err(|e| AuthError::Key(e.to_string()))?;
+        let providers =
+            super::providers::Providers::new(settings, issuer, storage.database.clone())
+                .map_err(|e| AuthError::Key(e.to_string()))?;
         Ok(Self {
+            providers,
             issuer: TokenIssuer::new(
                 issuer,
                 &settings.audience,
@@ -211,6 +216,11 @@ impl AuthService {
     /// The refresh tokens and login codes.
     pub fn tokens(&self) -> &TokenStore {
         &self.tokens
+    }
+
+    /// The external sign-in providers.
+    pub fn providers(&self) -> &super::providers::Providers {
+        &self.providers
     }
 
     /// The identity table.

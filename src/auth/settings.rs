@@ -2,7 +2,9 @@
 //! client secrets) are read from the environment only, never from the file, so a config file
 //! can be committed or shared without leaking them.
 
+use super::providers::{ProviderKind, ProviderSettings};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// A registered service client (dashboards, audit tools) using `client_credentials`.
 #[derive(Clone, Serialize, Deserialize, Default)]
@@ -51,6 +53,16 @@ pub struct AuthSettings {
     pub cookie_secure: bool,
     /// Registered service clients.
     pub service_clients: Vec<ServiceClient>,
+    /// External sign-in providers by name (`[auth.providers.google]`, ...). A provider without
+    /// a client id (`NEULBI_AUTH_<NAME>_CLIENT_ID`) is not offered.
+    pub providers: BTreeMap<String, ProviderSettings>,
+    /// Where the browser lands after an external sign-in (with `#login_code=...`); default:
+    /// the public URL's root.
+    pub web_client_url: Option<String>,
+    /// Further allowed return URLs (scheme, host, port and path prefix must match).
+    pub allowed_return_urls: Vec<String>,
+    /// Timeout of every request to a provider, in seconds.
+    pub provider_timeout_secs: u64,
     /// PKCS#8 PEM of the Ed25519 signing key (`NEULBI_AUTH_SIGNING_KEY`). Unset: keys are
     /// generated and kept in the database.
     #[serde(skip)]
@@ -78,6 +90,10 @@ impl std::fmt::Debug for AuthSettings {
             .field("seed_demo_users", &self.seed_demo_users)
             .field("cookie_secure", &self.cookie_secure)
             .field("service_clients", &self.service_clients)
+            .field("providers", &self.providers)
+            .field("web_client_url", &self.web_client_url)
+            .field("allowed_return_urls", &self.allowed_return_urls)
+            .field("provider_timeout_secs", &self.provider_timeout_secs)
             .field("signing_key_pem", &set(&self.signing_key_pem))
             .field("verify_keys_pem", &set(&self.verify_keys_pem))
             .field("lookup_secret", &set(&self.lookup_secret))
@@ -97,6 +113,10 @@ impl Default for AuthSettings {
             seed_demo_users: None,
             cookie_secure: true,
             service_clients: Vec::new(),
+            providers: BTreeMap::new(),
+            web_client_url: None,
+            allowed_return_urls: Vec::new(),
+            provider_timeout_secs: 10,
             signing_key_pem: None,
             verify_keys_pem: None,
             lookup_secret: None,
@@ -120,6 +140,42 @@ impl AuthSettings {
         if let Some(v) = non_empty("NEULBI_AUTH_SEED_DEMO") {
             self.seed_demo_users = Some(matches!(v.trim(), "1" | "true" | "yes"));
         }
+        // The well-known providers need nothing in the file: their client id turns them on.
+        for (name, kind) in [
+            ("google", ProviderKind::Google),
+            ("naver", ProviderKind::Naver),
+            ("kakao", ProviderKind::Kakao),
+        ] {
+            if non_empty(&format!(
+                "NEULBI_AUTH_{}_CLIENT_ID",
+                name.to_ascii_uppercase()
+            ))
+            .is_some()
+            {
+                self.providers
+                    .entry(name.to_owned())
+                    .or_insert_with(|| ProviderSettings::new(kind));
+            }
+        }
+        // One generic OpenID Connect issuer from the environment, named `oidc`.
+        if let Some(issuer) = non_empty("NEULBI_AUTH_OIDC_ISSUER") {
+            self.providers
+                .entry("oidc".to_owned())
+                .or_insert_with(|| ProviderSettings::new(ProviderKind::Oidc))
+                .issuer_url = Some(issuer);
+        }
+        for (name, provider) in &mut self.providers {
+            let prefix = format!(
+                "NEULBI_AUTH_{}",
+                name.to_ascii_uppercase().replace('-', "_")
+            );
+            if let Some(v) = non_empty(&format!("{prefix}_CLIENT_ID")) {
+                provider.client_id = Some(v);
+            }
+            if let Some(v) = non_empty(&format!("{prefix}_CLIENT_SECRET")) {
+                provider.client_secret = Some(v);
+            }
+        }
         for client in &mut self.service_clients {
             let var = format!(
                 "NEULBI_CLIENT_SECRET_{}",
@@ -129,5 +185,47 @@ impl AuthSettings {
                 client.secret = Some(v);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_and_providers_come_from_the_environment() {
+        let env = |k: &str| match k {
+            "NEULBI_AUTH_GOOGLE_CLIENT_ID" => Some("gid".to_owned()),
+            "NEULBI_AUTH_GOOGLE_CLIENT_SECRET" => Some("gsecret".to_owned()),
+            "NEULBI_AUTH_OIDC_ISSUER" => Some("https://id.example".to_owned()),
+            "NEULBI_AUTH_OIDC_CLIENT_ID" => Some("oid".to_owned()),
+            "NEULBI_CLIENT_SECRET_AUDIT_TOOL" => Some("s3cret".to_owned()),
+            "NEULBI_AUTH_SECRET" => Some("x".repeat(32)),
+            _ => None,
+        };
+        let mut s = AuthSettings {
+            service_clients: vec![ServiceClient {
+                id: "audit-tool".into(),
+                scopes: vec!["audit:read".into()],
+                secret: None,
+            }],
+            ..AuthSettings::default()
+        };
+        s.apply_env(&env);
+        let google = &s.providers["google"];
+        assert_eq!(google.kind, ProviderKind::Google);
+        assert_eq!(google.client_id.as_deref(), Some("gid"));
+        assert_eq!(google.client_secret.as_deref(), Some("gsecret"));
+        assert_eq!(
+            s.providers["oidc"].issuer_url.as_deref(),
+            Some("https://id.example")
+        );
+        assert!(!s.providers.contains_key("naver"));
+        assert_eq!(s.service_clients[0].secret.as_deref(), Some("s3cret"));
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("gsecret") && !shown.contains("s3cret"),
+            "{shown}"
+        );
     }
 }

@@ -123,6 +123,19 @@ fn form_escape(s: &str) -> String {
 }
 
 impl Response {
+    /// Every value of the headers named `name` (case-insensitive), e.g. all `Set-Cookie`s.
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        self.headers
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_owned())
+            })
+            .collect()
+    }
+
     /// The value of the first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers.lines().find_map(|l| {

@@ -2,7 +2,8 @@
 //! public keys. Tokens travel only in bodies, headers and an HttpOnly cookie — never in a URL.
 
 use super::ApiError;
-use crate::auth::service::ClientInfo;
+use crate::auth::providers::{CallbackQuery, ProviderError};
+use crate::auth::service::{ClientInfo, NewUser};
 use crate::auth::{AuthError, AuthService, TokenResponse};
 use crate::startup::AppState;
 use actix_web::http::StatusCode;
@@ -28,6 +29,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string()).into()
         });
     cfg.route("/.well-known/jwks.json", web::get().to(jwks))
+        .route("/auth/providers", web::get().to(providers))
+        .route(
+            "/oauth2/authorization/{provider}",
+            web::get().to(start_external),
+        )
+        .route(
+            "/login/oauth2/code/{provider}",
+            web::get().to(finish_external),
+        )
         .service(
             web::resource("/oauth/token")
                 .app_data(form)
@@ -299,4 +309,170 @@ pub fn clear_cookie(auth: &AuthService, mut res: actix_web::HttpResponseBuilder)
         res.append_header((header::SET_COOKIE, cookie));
     }
     res.finish()
+}
+
+/// The cookie that binds an external sign-in to the browser that started it.
+pub const STATE_COOKIE: &str = "neulbi_oauth_state";
+
+impl From<ProviderError> for ApiError {
+    fn from(e: ProviderError) -> Self {
+        let (status, code) = match &e {
+            ProviderError::Unknown => (StatusCode::NOT_FOUND, "unknown_provider"),
+            ProviderError::InvalidState(_) => (StatusCode::BAD_REQUEST, "invalid_state"),
+            ProviderError::ReturnUrlNotAllowed => (StatusCode::BAD_REQUEST, "invalid_return_url"),
+            ProviderError::Denied(_) => (StatusCode::BAD_REQUEST, "provider_error"),
+            ProviderError::Rejected(_) => (StatusCode::BAD_REQUEST, "invalid_grant"),
+            ProviderError::Unavailable(_) => (StatusCode::BAD_GATEWAY, "provider_unavailable"),
+            ProviderError::BadProfile(_) => (StatusCode::BAD_GATEWAY, "provider_bad_answer"),
+            ProviderError::EmailRequired => (StatusCode::BAD_REQUEST, "email_required"),
+            ProviderError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ProviderError::Config(_) => {
+                tracing::error!(error = %e, "sign-in provider misconfigured");
+                return ApiError::unavailable("this sign-in provider is misconfigured");
+            }
+            ProviderError::Store(_) => {
+                return match e {
+                    ProviderError::Store(s) => s.into(),
+                    _ => ApiError::unavailable("retry later"),
+                };
+            }
+        };
+        if status.is_server_error() {
+            tracing::warn!(error = %e, "sign-in provider failed");
+        }
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+/// `GET /auth/providers`: the configured external providers, for the login page.
+async fn providers(auth: web::Data<AuthService>) -> HttpResponse {
+    let list: Vec<serde_json::Value> = auth
+        .providers()
+        .list()
+        .into_iter()
+        .map(|(name, label)| {
+            serde_json::json!({
+                "name": name,
+                "display_name": label,
+                "authorization_url": format!("/oauth2/authorization/{name}"),
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(serde_json::json!({ "providers": list, "local": true }))
+}
+
+fn query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError> {
+    web::Query::<T>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "malformed query",
+            )
+        })
+}
+
+fn cookie_value(req: &HttpRequest, name: &str) -> Option<String> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| value.to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn state_cookie(auth: &AuthService, value: &str, max_age: u64) -> Option<HeaderValue> {
+    let secure = if auth.settings().cookie_secure {
+        "; Secure"
+    } else {
+        ""
+    };
+    // Lax, not Strict: the provider's redirect back is a cross-site top-level navigation.
+    HeaderValue::from_str(&format!(
+        "{STATE_COOKIE}={value}; Path=/login/oauth2; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+    ))
+    .ok()
+}
+
+#[derive(Deserialize)]
+struct StartQuery {
+    return_to: Option<String>,
+}
+
+/// `GET /oauth2/authorization/{provider}`: redirects to the provider with `state`, PKCE and
+/// (for OIDC) a nonce. `return_to` must be on the allow-list.
+async fn start_external(
+    req: HttpRequest,
+    auth: web::Data<AuthService>,
+    provider: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let q: StartQuery = query(&req)?;
+    let span = tracing::info_span!("oauth2_start", provider = %provider);
+    let started = auth
+        .providers()
+        .begin(&provider, q.return_to.as_deref())
+        .instrument(span)
+        .await?;
+    let mut res = HttpResponse::Found();
+    res.insert_header((header::LOCATION, started.redirect))
+        .insert_header((header::CACHE_CONTROL, "no-store"));
+    if let Some(c) = state_cookie(&auth, &started.state, 600) {
+        res.append_header((header::SET_COOKIE, c));
+    }
+    Ok(res.finish())
+}
+
+/// `GET /login/oauth2/code/{provider}`: the provider's redirect back. Checks state, exchanges
+/// the code, signs the person in (registering them on first sign-in), and sends the browser to
+/// the return URL with a one-time login code in the fragment (never a token).
+async fn finish_external(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    auth: web::Data<AuthService>,
+    provider: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let q: CallbackQuery = query(&req)?;
+    let cookie = cookie_value(&req, STATE_COOKIE);
+    let span = tracing::info_span!("oauth2_callback", provider = %provider);
+    async {
+        let finished = auth
+            .providers()
+            .finish(&provider, &q, cookie.as_deref())
+            .await?;
+        let id = finished.identity;
+        let email = id.email.clone().ok_or(ProviderError::EmailRequired)?;
+        let nickname: String = id
+            .nickname
+            .clone()
+            .unwrap_or_else(|| email.split('@').next().unwrap_or("user").to_owned())
+            .chars()
+            .take(neulbi_domain::user::NICKNAME_MAX_CHARS)
+            .collect();
+        let new = NewUser {
+            provider: id.provider.clone(),
+            subject: Some(id.subject.clone()),
+            email,
+            nickname,
+            role: neulbi_domain::Role::Client,
+        };
+        let code = auth
+            .external_sign_in(&state.users, &new, &client_info(&req))
+            .await?;
+        let mut target = oauth2::url::Url::parse(&finished.return_to)
+            .map_err(|_| ProviderError::ReturnUrlNotAllowed)?;
+        target.set_fragment(Some(&format!("login_code={code}")));
+        let mut res = HttpResponse::Found();
+        res.insert_header((header::LOCATION, target.to_string()))
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .insert_header(("Referrer-Policy", "no-referrer"));
+        if let Some(c) = state_cookie(&auth, "", 0) {
+            res.append_header((header::SET_COOKIE, c));
+        }
+        Ok(res.finish())
+    }
+    .instrument(span)
+    .await
 }
