@@ -346,7 +346,7 @@ async fn brute_force_on_local_login_is_rate_limited() {
 }
 
 #[actix_rt::test]
-async fn demo_counselor_gets_the_counselor_role() {
+async fn demo_counselor_gets_the_counselor_role_and_publishes_a_profile() {
     let app = spawn().await;
     let r = post_json(
         app.addr,
@@ -356,8 +356,47 @@ async fn demo_counselor_gets_the_counselor_role() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let p = me(&app, &field(&r.json(), "access_token")).await.json();
+    let token = field(&r.json(), "access_token");
+    let p = me(&app, &token).await.json();
     assert_eq!(p["role"], "counselor");
+    let auth = bearer(&token);
+    let profile = json!({"headline": "Listening first", "bio": "Ten years of counseling."});
+    let r = request(
+        app.addr,
+        "PUT",
+        "/users/me/counselor-profile",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        &profile.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let p = me(&app, &token).await.json();
+    assert_eq!(p["counselor_profile"]["headline"], "Listening first");
+
+    // A client may not publish one.
+    let r = post_json(
+        app.addr,
+        "/auth/login",
+        &json!({"email": "client@demo.neulbi.local", "password": "demo-client-pass"}),
+        &[],
+    )
+    .await;
+    let client = bearer(&field(&r.json(), "access_token"));
+    let r = request(
+        app.addr,
+        "PUT",
+        "/users/me/counselor-profile",
+        &[
+            ("Authorization", &client),
+            ("Content-Type", "application/json"),
+        ],
+        &profile.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
     app.stop().await;
 }
 

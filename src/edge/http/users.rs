@@ -1,4 +1,5 @@
-//! `/users/me`: the signed-in person's profile, and erasing their account.
+//! `/users/me`: the signed-in person's profile, a counselor's directory profile, and erasing
+//! the account.
 
 use super::ApiError;
 use super::auth::clear_cookie;
@@ -11,7 +12,11 @@ use tracing::Instrument;
 /// Registers the `/users/me` routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/users/me", web::get().to(me))
-        .route("/users/me", web::delete().to(erase_me));
+        .route("/users/me", web::delete().to(erase_me))
+        .route(
+            "/users/me/counselor-profile",
+            web::put().to(publish_counselor_profile),
+        );
 }
 
 /// `GET /users/me`: the profile, from the user aggregate.
@@ -50,4 +55,41 @@ async fn erase_me(
         .instrument(span)
         .await?;
     Ok(clear_cookie(&auth, HttpResponse::NoContent()))
+}
+
+/// A counselor's directory entry.
+#[derive(serde::Deserialize)]
+struct CounselorProfileBody {
+    headline: String,
+    #[serde(default)]
+    bio: String,
+}
+
+/// `PUT /users/me/counselor-profile`: a counselor publishes (or replaces) their directory
+/// profile; the user aggregate refuses anyone else (403).
+async fn publish_counselor_profile(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    body: web::Json<CounselorProfileBody>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let command = neulbi_domain::user::UserCommand::PublishCounselorProfile {
+        headline: body.headline,
+        bio: body.bio,
+    };
+    let ctx = neulbi_domain::Context::new(
+        neulbi_domain::Actor::user(user.user_id, user.role),
+        chrono::Utc::now(),
+    );
+    let metadata = crate::store::Metadata {
+        correlation_id: Some(uuid::Uuid::now_v7()),
+        user_id: Some(user.user_id.as_uuid()),
+        ..crate::store::Metadata::default()
+    };
+    state
+        .users
+        .execute(user.user_id.as_uuid(), command, ctx, metadata)
+        .instrument(tracing::info_span!("publish_counselor_profile", user_id = %user.user_id))
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
 }
