@@ -228,4 +228,35 @@ mod tests {
             "{shown}"
         );
     }
+
+    #[test]
+    fn the_auth_section_parses_from_toml() {
+        let text = r#"
+            [auth]
+            access_token_ttl_secs = 300
+            allowed_return_urls = ["https://app.example/"]
+
+            [[auth.service_clients]]
+            id = "dashboard"
+            scopes = ["audit:read"]
+
+            [auth.providers.google]
+            kind = "google"
+
+            [auth.providers.company]
+            kind = "oidc"
+            issuer_url = "https://sso.example"
+            display_name = "Company SSO"
+        "#;
+        let config: crate::config::Config = toml::from_str(text).expect("parses");
+        assert_eq!(config.auth.access_token_ttl_secs, 300);
+        assert_eq!(config.auth.service_clients[0].id, "dashboard");
+        assert_eq!(config.auth.providers["company"].kind, ProviderKind::Oidc);
+        assert!(config.auth.providers["google"].client_id.is_none());
+        let secret_in_file = "[auth.providers.google]\nkind = \"google\"\nclient_secret = \"x\"\n";
+        assert!(
+            toml::from_str::<crate::config::Config>(secret_in_file).is_err(),
+            "secrets are not accepted from the file"
+        );
+    }
 }
