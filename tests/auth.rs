@@ -741,3 +741,47 @@ async fn rotated_keys_keep_verifying_old_tokens_and_restarts_keep_keys() {
     assert_eq!(jwks["keys"].as_array().map(Vec::len), Some(2));
     app.stop().await;
 }
+
+#[actix_rt::test]
+async fn postgres_refresh_rotation_reuse_and_erasure() {
+    let app = spawn_with(|_| {}, true).await;
+    let r = post_json(
+        app.addr,
+        "/auth/signup",
+        &json!({"email": "pg@example.com", "password": "long enough pw"}),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let t = r.json();
+    let refresh1 = field(&t, "refresh_token");
+    let r = refresh(&app, &refresh1).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let t2 = r.json();
+    assert_eq!(refresh(&app, &refresh1).await.status, 400, "reuse");
+    assert_eq!(
+        refresh(&app, &field(&t2, "refresh_token")).await.status,
+        400,
+        "family revoked"
+    );
+    let auth = bearer(&field(&t2, "access_token"));
+    let r = request(
+        app.addr,
+        "DELETE",
+        "/users/me",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let user: uuid::Uuid = field(&t, "user_id").parse().expect("uuid");
+    assert_eq!(
+        app.auth
+            .identities()
+            .count_for_user(user)
+            .await
+            .expect("count"),
+        0
+    );
+    app.stop().await;
+}
