@@ -121,6 +121,8 @@ pub struct Config {
     pub store: StoreSettings,
     /// Actor runtime tuning.
     pub actors: ActorSettings,
+    /// Sign-in and tokens (`[auth]`; secrets from the environment only).
+    pub auth: crate::auth::AuthSettings,
 }
 
 impl Default for Config {
@@ -135,6 +137,7 @@ impl Default for Config {
             shutdown_timeout_secs: 30,
             store: StoreSettings::default(),
             actors: ActorSettings::default(),
+            auth: crate::auth::AuthSettings::default(),
         }
     }
 }
@@ -215,6 +218,7 @@ impl Config {
         if let Some(v) = get("NEULBI_ACTOR_IDLE_SECS") {
             self.actors.idle_timeout_secs = parse("NEULBI_ACTOR_IDLE_SECS", &v)?;
         }
+        self.auth.apply_env(&get);
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 //! HTTP (and, as features land, STOMP and WebRTC signaling). See `docs/architecture.md`.
 
 pub mod actors;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod edge;

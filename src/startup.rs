@@ -60,6 +60,8 @@ impl AppState {
 /// A node that is bound and ready to run.
 pub struct Application {
     server: Server,
+    state: web::Data<AppState>,
+    auth: web::Data<crate::auth::AuthService>,
     addr: SocketAddr,
     store: SharedStore,
     public_url: String,
@@ -70,9 +72,10 @@ impl Application {
     /// Opens the store (migrating if configured), binds the listener and builds the server.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let url = config.database_url();
-        let store = store::open(&url, config.store_limits(), config.store.auto_migrate)
+        let storage = store::open_storage(&url, config.store_limits(), config.store.auto_migrate)
             .await
             .with_context(|| format!("opening the event store at {}", store::redact_url(&url)))?;
+        let store = storage.events.clone();
         let read_url = projections::db::read_model_url(&url);
         let read = ReadDb::connect(&read_url).await.with_context(|| {
             format!(
@@ -94,9 +97,26 @@ impl Application {
             read,
             running.clone(),
         )));
+        let auth = web::Data::new(
+            crate::auth::AuthService::open(&config.auth, &storage, &public_url)
+                .await
+                .context("starting sign-in")?,
+        );
+        // Demo accounts only where nobody configured a database: the embedded default.
+        if config
+            .auth
+            .seed_demo_users
+            .unwrap_or(config.database_url.is_none())
+        {
+            auth.seed_demo_users(&state.users)
+                .await
+                .context("seeding the demo users")?;
+        }
+        let (state_data, auth_data) = (state.clone(), auth.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(auth_data.clone())
                 .wrap(from_fn(http::trace::request_span))
                 .configure(http::configure)
                 .default_service(web::to(http::not_found))
@@ -107,6 +127,8 @@ impl Application {
         .run();
         Ok(Self {
             server,
+            state: state_data,
+            auth,
             addr,
             store,
             public_url,
@@ -117,6 +139,16 @@ impl Application {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The shared state of the handlers (registries), for tests and tools in-process.
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    /// The sign-in service, for tests and tools in-process.
+    pub fn auth(&self) -> web::Data<crate::auth::AuthService> {
+        self.auth.clone()
     }
 
     /// The URL of the web client.

@@ -37,6 +37,9 @@ pub async fn erase_user(
             .execute(user.as_uuid(), UserCommand::Erase, ctx, metadata)
             .await?;
         keys.destroy(user.as_uuid()).await?;
+        // Sign-in rows (keyed identity hashes, refresh tokens, login codes) name the user:
+        // deleted, so the person can neither sign in as the erased account nor be found.
+        crate::auth::forget_user(database, user.as_uuid()).await?;
         scrub_free_space(database).await?;
         tracing::info!(newly_erased = !outcome.events.is_empty(), "user erased");
         Ok(ErasureReport {

@@ -1,9 +1,12 @@
 //! The HTTP edge (actix-web): routes, the JSON error shape, and the request span.
 
+pub mod auth;
 pub mod directory;
 pub mod error;
 pub mod health;
+pub mod read_models;
 pub mod trace;
+pub mod users;
 
 use actix_web::{HttpResponse, web};
 
@@ -38,7 +41,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/counselors", web::get().to(directory::list))
-        .route("/", web::get().to(index));
+        .route("/", web::get().to(index))
+        .configure(auth::configure)
+        .configure(users::configure)
+        .configure(read_models::configure);
 }
 
 async fn index() -> HttpResponse {

@@ -1,0 +1,710 @@
+//! The sign-in service: every flow that ends in tokens (local sign-up and sign-in, login-code
+//! exchange, refresh rotation, service clients), and the checks of access tokens. It talks to
+//! user aggregates only through the users registry, like every other writer.
+
+use super::AuthError;
+use super::identities::{IdentityKey, IdentityStore};
+use super::jwt::{AccessClaims, TokenIssuer};
+use super::keys::KeyRing;
+use super::password::{check_password_rules, hash_password, verify_password};
+use super::rate_limit::RateLimiter;
+use super::settings::AuthSettings;
+use super::tokens::{TokenStore, hash_secret};
+use crate::actors::{ActorError, Registry, codec};
+use crate::privacy::KeyStore;
+use crate::store::{Database, Direction, Metadata, SharedStore, Storage};
+use neulbi_domain::user::{UserCommand, UserDecider, UserEvent, UserState};
+use neulbi_domain::{Actor, Context, Decider, DomainError, Role, StreamKind, StreamName, UserId};
+use serde::Serialize;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+use tracing::Instrument;
+use uuid::Uuid;
+
+/// The provider name of local (e-mail + password) accounts.
+pub const LOCAL_PROVIDER: &str = "local";
+/// The client id of the browser client.
+pub const WEB_CLIENT_ID: &str = "web";
+/// A pending identity claim older than this is considered abandoned (its registering node
+/// crashed) and is repaired by the next sign-in.
+const STALE_CLAIM_MICROS: i64 = 30_000_000;
+/// How long a sign-in waits for a concurrent sign-in of the same identity to finish.
+const CLAIM_WAIT: Duration = Duration::from_secs(5);
+/// Least time between two key-ring reloads triggered by an unknown `kid`.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The demo accounts seeded on the first run of the embedded default (documented in README).
+pub const DEMO_USERS: [(&str, &str, &str, Role); 2] = [
+    (
+        "client@demo.neulbi.local",
+        "demo-client-pass",
+        "Demo Client",
+        Role::Client,
+    ),
+    (
+        "counselor@demo.neulbi.local",
+        "demo-counselor-pass",
+        "Demo Counselor",
+        Role::Counselor,
+    ),
+];
+
+/// The token endpoint's answer (RFC 6749 §5.1).
+#[derive(Clone, Serialize)]
+pub struct TokenResponse {
+    /// The access JWT.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+    /// The new refresh token (absent for service clients).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// Granted scopes (service clients).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The signed-in user (absent for service clients).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<Uuid>,
+    /// The refresh token's session, kept server-side only.
+    #[serde(skip)]
+    pub family_id: Option<String>,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("user_id", &self.user_id)
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a sign-in came from, for the `LoggedIn` event.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    /// The peer address.
+    pub ip: Option<String>,
+    /// The `User-Agent` header.
+    pub user_agent: Option<String>,
+}
+
+/// A new account's details, for [`AuthService::find_or_register`].
+#[derive(Clone)]
+pub struct NewUser {
+    /// `local`, `google`, ...
+    pub provider: String,
+    /// The provider's subject (for local accounts: `None`, the user id is used).
+    pub subject: Option<String>,
+    /// The e-mail address.
+    pub email: String,
+    /// The display name.
+    pub nickname: String,
+    /// The initial role.
+    pub role: Role,
+}
+
+/// Whether an existing identity is a sign-in (external providers) or a conflict (sign-up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExistingIdentity {
+    /// Sign in as the existing user.
+    SignIn,
+    /// Refuse: the identity is taken.
+    Refuse,
+}
+
+/// Everything sign-in needs; shared by the HTTP handlers as `web::Data<AuthService>`.
+pub struct AuthService {
+    settings: AuthSettings,
+    issuer: TokenIssuer,
+    ring: RwLock<Arc<KeyRing>>,
+    ring_in_db: bool,
+    last_reload: Mutex<Instant>,
+    db: Database,
+    events: SharedStore,
+    keys: Arc<KeyStore>,
+    tokens: TokenStore,
+    identities: IdentityStore,
+    providers: super::providers::Providers,
+    account_limiter: RateLimiter,
+    ip_limiter: RateLimiter,
+    dummy_hash: String,
+}
+
+fn system_ctx() -> Context {
+    Context::new(Actor::system(), chrono::Utc::now())
+}
+
+fn metadata_for(user: Uuid) -> Metadata {
+    Metadata {
+        correlation_id: Some(Uuid::now_v7()),
+        user_id: Some(user),
+        ..Metadata::default()
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AuthError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| AuthError::Actor(ActorError::Unavailable))
+}
+
+impl AuthService {
+    /// Opens the sign-in service over `storage`: loads (or creates) the signing keys and the
+    /// lookup secret. `issuer` is the public URL.
+    pub async fn open(
+        settings: &AuthSettings,
+        storage: &Storage,
+        issuer: &str,
+    ) -> Result<Self, AuthError> {
+        let grace = i64::try_from(settings.access_token_ttl_secs).unwrap_or(i64::MAX);
+        let (ring, ring_in_db) = match &settings.signing_key_pem {
+            Some(pem) => (
+                KeyRing::from_pem(pem, settings.verify_keys_pem.as_deref())?,
+                false,
+            ),
+            None => (
+                KeyRing::load_or_create(&storage.database, grace).await?,
+                true,
+            ),
+        };
+        let identities =
+            IdentityStore::open(storage.database.clone(), settings.lookup_secret.as_deref())
+                .await?;
+        let window = Duration::from_secs(settings.login_window_secs.max(1));
+        let dummy_hash = blocking(|| hash_password("neulbi timing equaliser"))
+            .await?
+            .map_err(|e| AuthError::Key(e.to_string()))?;
+        let providers =
+            super::providers::Providers::new(settings, issuer, storage.database.clone())
+                .map_err(|e| AuthError::Key(e.to_string()))?;
+        Ok(Self {
+            providers,
+            issuer: TokenIssuer::new(
+                issuer,
+                &settings.audience,
+                settings.access_token_ttl_secs.max(1),
+            ),
+            ring: RwLock::new(Arc::new(ring)),
+            ring_in_db,
+            last_reload: Mutex::new(Instant::now()),
+            db: storage.database.clone(),
+            events: storage.events.clone(),
+            keys: storage.keys.clone(),
+            tokens: TokenStore::new(
+                storage.database.clone(),
+                settings.refresh_token_ttl_secs.max(1),
+                settings.login_code_ttl_secs.max(1),
+            ),
+            identities,
+            account_limiter: RateLimiter::new(settings.login_max_failures, window),
+            ip_limiter: RateLimiter::new(settings.login_max_failures.saturating_mul(10), window),
+            dummy_hash,
+            settings: settings.clone(),
+        })
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &AuthSettings {
+        &self.settings
+    }
+
+    /// The refresh tokens and login codes.
+    pub fn tokens(&self) -> &TokenStore {
+        &self.tokens
+    }
+
+    /// The external sign-in providers.
+    pub fn providers(&self) -> &super::providers::Providers {
+        &self.providers
+    }
+
+    /// The identity table.
+    pub fn identities(&self) -> &IdentityStore {
+        &self.identities
+    }
+
+    /// The access-token issuer (claims, signing, checks).
+    pub fn issuer(&self) -> &TokenIssuer {
+        &self.issuer
+    }
+
+    /// The current key ring.
+    pub fn key_ring(&self) -> Arc<KeyRing> {
+        self.ring.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The public keys, for `/.well-known/jwks.json`.
+    pub fn jwks(&self) -> serde_json::Value {
+        self.key_ring().jwks()
+    }
+
+    /// Rotates the signing key kept in the database (operators; the old key keeps verifying
+    /// for one access-token lifetime). With keys from the environment, rotate there instead.
+    pub async fn rotate_signing_key(&self) -> Result<(), AuthError> {
+        if !self.ring_in_db {
+            return Err(AuthError::Key(
+                "signing keys come from NEULBI_AUTH_SIGNING_KEY; rotate them there".into(),
+            ));
+        }
+        let ring = KeyRing::rotate(&self.db, self.issuer.ttl_secs()).await?;
+        *self.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
+        Ok(())
+    }
+
+    /// Checks an access token. An unknown `kid` reloads the ring from the database (at most
+    /// every few seconds), so a rotation on another node is picked up.
+    pub async fn verify_access(&self, token: &str) -> Result<AccessClaims, AuthError> {
+        match self.issuer.verify(&self.key_ring(), token) {
+            Err(AuthError::InvalidToken("unknown signing key")) if self.ring_in_db => {
+                let due = {
+                    let mut last = self.last_reload.lock().unwrap_or_else(|p| p.into_inner());
+                    let due = last.elapsed() >= RELOAD_INTERVAL;
+                    if due {
+                        *last = Instant::now();
+                    }
+                    due
+                };
+                if due {
+                    let ring = KeyRing::load_or_create(&self.db, self.issuer.ttl_secs()).await?;
+                    *self.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
+                }
+                self.issuer.verify(&self.key_ring(), token)
+            }
+            other => other,
+        }
+    }
+
+    /// The user aggregate's current state, folded from its stream.
+    pub async fn load_user(&self, user: Uuid) -> Result<UserState, AuthError> {
+        const PAGE: usize = 512;
+        let stream = StreamName::new(StreamKind::User, user);
+        let mut state = UserState::default();
+        let mut from = 0;
+        loop {
+            let page = self
+                .events
+                .read_stream(&stream, from, Direction::Forward, PAGE)
+                .await?;
+            for recorded in &page {
+                let event: UserEvent = codec::decode(recorded)?;
+                state = UserDecider::evolve(state, &event);
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE => from = last.version + 1,
+                _ => return Ok(state),
+            }
+        }
+    }
+
+    /// Access + refresh token for a signed-in user, continuing `family` on a rotation.
+    async fn issue_for_user(
+        &self,
+        user: Uuid,
+        role: Role,
+        refresh: Option<super::tokens::IssuedRefresh>,
+    ) -> Result<TokenResponse, AuthError> {
+        let refresh = match refresh {
+            Some(r) => r,
+            None => {
+                self.tokens
+                    .issue_refresh(&user.to_string(), WEB_CLIENT_ID, "", None)
+                    .await?
+            }
+        };
+        let now = chrono::Utc::now().timestamp();
+        let claims = self
+            .issuer
+            .claims(user.to_string(), WEB_CLIENT_ID, "", Some(role), now);
+        let access_token = self.issuer.sign(&self.key_ring(), &claims)?;
+        Ok(TokenResponse {
+            access_token,
+            token_type: "Bearer",
+            expires_in: self.issuer.ttl_secs(),
+            refresh_token: Some(refresh.token),
+            scope: None,
+            user_id: Some(user),
+            family_id: Some(refresh.grant.family_id),
+        })
+    }
+
+    /// Finds the user of an identity, registering a new one (appending `Registered`) on the
+    /// first sign-in. Concurrent first sign-ins agree on one user through the identity
+    /// table; a failed registration releases its claim.
+    pub async fn find_or_register(
+        &self,
+        users: &Registry<UserDecider>,
+        key: IdentityKey<'_>,
+        password_hash: Option<&str>,
+        new: &NewUser,
+        existing: ExistingIdentity,
+    ) -> Result<(Uuid, bool), AuthError> {
+        let lookup = self.identities.lookup(key);
+        let started = Instant::now();
+        while started.elapsed() < CLAIM_WAIT {
+            match self.identities.find(&lookup).await? {
+                Some(row) if row.registered_at.is_some() => {
+                    return match existing {
+                        ExistingIdentity::SignIn => Ok((row.user_id, false)),
+                        ExistingIdentity::Refuse => Err(AuthError::EmailTaken),
+                    };
+                }
+                Some(row) => {
+                    let age = chrono::Utc::now().timestamp_micros() - row.created_at;
+                    if age > STALE_CLAIM_MICROS {
+                        self.repair_claim(&lookup, row.user_id).await?;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(25)).await;
+                    }
+                }
+                None => {
+                    let id = Uuid::now_v7();
+                    if !self
+                        .identities
+                        .claim(&lookup, key.kind(), id, password_hash)
+                        .await?
+                    {
+                        continue;
+                    }
+                    return self.register_claimed(users, &lookup, id, new).await;
+                }
+            }
+        }
+        Err(AuthError::RegistrationInProgress)
+    }
+
+    async fn register_claimed(
+        &self,
+        users: &Registry<UserDecider>,
+        lookup: &str,
+        id: Uuid,
+        new: &NewUser,
+    ) -> Result<(Uuid, bool), AuthError> {
+        let command = UserCommand::Register {
+            user_id: UserId::from_uuid(id),
+            provider: new.provider.clone(),
+            subject: new.subject.clone().unwrap_or_else(|| id.to_string()),
+            email: new.email.clone(),
+            nickname: new.nickname.clone(),
+            role: new.role,
+        };
+        let span = tracing::info_span!("register_user", user_id = %id, provider = %new.provider);
+        let result = users
+            .execute(id, command, system_ctx(), metadata_for(id))
+            .instrument(span)
+            .await;
+        match result {
+            Ok(_) => {
+                self.identities.confirm(lookup, id).await?;
+                tracing::info!(user_id = %id, "user registered");
+                Ok((id, true))
+            }
+            Err(e) => {
+                // The append may have happened even though the answer was lost; only a user
+                // stream that really does not exist gives its claim back.
+                self.repair_claim(lookup, id).await?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Settles a pending claim: confirmed if the user stream exists, released otherwise.
+    async fn repair_claim(&self, lookup: &str, id: Uuid) -> Result<(), AuthError> {
+        if self.load_user(id).await?.is_registered() {
+            self.identities.confirm(lookup, id).await
+        } else {
+            self.identities.release(lookup, id).await
+        }
+    }
+
+    /// Appends `LoggedIn` and returns the user's state (its role goes into the token).
+    pub async fn record_login(
+        &self,
+        users: &Registry<UserDecider>,
+        user: Uuid,
+        provider: &str,
+        client: &ClientInfo,
+    ) -> Result<UserState, AuthError> {
+        let command = UserCommand::RecordLogin {
+            provider: provider.to_owned(),
+            ip: client.ip.clone(),
+            user_agent: client.user_agent.clone(),
+        };
+        match users
+            .execute(user, command, system_ctx(), metadata_for(user))
+            .await
+        {
+            Ok(outcome) => Ok(outcome.state),
+            Err(ActorError::Domain(DomainError::Conflict(_) | DomainError::NotFound(_))) => {
+                Err(AuthError::AccountClosed)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Signs in a user found by an external identity (or registered now) and returns a
+    /// one-time login code for the web client.
+    pub async fn external_sign_in(
+        &self,
+        users: &Registry<UserDecider>,
+        new: &NewUser,
+        client: &ClientInfo,
+    ) -> Result<String, AuthError> {
+        let subject = new
+            .subject
+            .as_deref()
+            .ok_or_else(|| AuthError::InvalidRequest("the provider sent no subject".into()))?;
+        let key = IdentityKey::External {
+            provider: &new.provider,
+            subject,
+        };
+        let (user, _) = self
+            .find_or_register(users, key, None, new, ExistingIdentity::SignIn)
+            .await?;
+        self.record_login(users, user, &new.provider, client)
+            .await?;
+        self.tokens.create_login_code(user, &new.provider).await
+    }
+
+    /// `POST /auth/signup`: a new local account, signed in.
+    pub async fn signup(
+        &self,
+        users: &Registry<UserDecider>,
+        email: &str,
+        password: &str,
+        nickname: Option<&str>,
+        client: &ClientInfo,
+    ) -> Result<TokenResponse, AuthError> {
+        check_password_rules(password).map_err(|m| AuthError::InvalidRequest(m.into()))?;
+        let email = email.trim();
+        if !email.contains('@') || email.len() > neulbi_domain::user::EMAIL_MAX_CHARS {
+            return Err(AuthError::InvalidRequest(
+                "email is not an e-mail address".into(),
+            ));
+        }
+        let nickname = nickname
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map_or_else(
+                || email.split('@').next().unwrap_or("user").to_owned(),
+                str::to_owned,
+            );
+        let password = password.to_owned();
+        let hash = blocking(move || hash_password(&password))
+            .await?
+            .map_err(|e| AuthError::Key(e.to_string()))?;
+        let new = NewUser {
+            provider: LOCAL_PROVIDER.into(),
+            subject: None,
+            email: email.to_owned(),
+            nickname,
+            role: Role::Client,
+        };
+        let (user, _) = self
+            .find_or_register(
+                users,
+                IdentityKey::Email(email),
+                Some(&hash),
+                &new,
+                ExistingIdentity::Refuse,
+            )
+            .await?;
+        let state = self
+            .record_login(users, user, LOCAL_PROVIDER, client)
+            .await?;
+        self.issue_for_user(user, state.role().unwrap_or(Role::Client), None)
+            .await
+    }
+
+    /// `POST /auth/login`: e-mail + password. Failures are counted per account and per
+    /// client address; an unknown e-mail costs the same argon2 work as a wrong password.
+    pub async fn login(
+        &self,
+        users: &Registry<UserDecider>,
+        email: &str,
+        password: &str,
+        client: &ClientInfo,
+    ) -> Result<TokenResponse, AuthError> {
+        let lookup = self.identities.lookup(IdentityKey::Email(email));
+        let account_key = format!("acct:{lookup}");
+        let ip_key = format!("ip:{}", client.ip.as_deref().unwrap_or("-"));
+        self.account_limiter
+            .check(&account_key)
+            .and_then(|()| self.ip_limiter.check(&ip_key))
+            .map_err(AuthError::RateLimited)?;
+        let row = self
+            .identities
+            .find(&lookup)
+            .await?
+            .filter(|r| r.registered_at.is_some());
+        let stored = row.as_ref().and_then(|r| r.password_hash.clone());
+        let known = stored.is_some();
+        let phc = stored.unwrap_or_else(|| self.dummy_hash.clone());
+        let candidate = password.chars().take(1024).collect::<String>();
+        let matches = blocking(move || verify_password(&candidate, &phc)).await?;
+        let user = match row {
+            Some(r) if matches && known => r.user_id,
+            _ => {
+                self.account_limiter.fail(&account_key);
+                self.ip_limiter.fail(&ip_key);
+                return Err(AuthError::BadCredentials);
+            }
+        };
+        self.account_limiter.reset(&account_key);
+        let state = self
+            .record_login(users, user, LOCAL_PROVIDER, client)
+            .await?;
+        self.issue_for_user(user, state.role().unwrap_or(Role::Client), None)
+            .await
+    }
+
+    /// `grant_type=authorization_code`: redeems a one-time login code.
+    pub async fn exchange_login_code(&self, code: &str) -> Result<TokenResponse, AuthError> {
+        let (user, _provider) = self.tokens.redeem_login_code(code).await?;
+        let state = self.load_user(user).await?;
+        if !state.is_active() {
+            return Err(AuthError::AccountClosed);
+        }
+        let response = self
+            .issue_for_user(user, state.role().unwrap_or(Role::Client), None)
+            .await?;
+        if let Some(family) = &response.family_id {
+            self.tokens.bind_code_family(code, family).await?;
+        }
+        Ok(response)
+    }
+
+    /// `grant_type=refresh_token`: rotates the refresh token and issues a new access token
+    /// with the user's current role.
+    pub async fn refresh(&self, token: &str) -> Result<TokenResponse, AuthError> {
+        let issued = self.tokens.rotate(token).await?;
+        let user = Uuid::parse_str(&issued.grant.subject)
+            .map_err(|_| AuthError::InvalidGrant("not a user session"))?;
+        let state = self.load_user(user).await?;
+        if !state.is_active() {
+            self.tokens.revoke_family(&issued.grant.family_id).await?;
+            return Err(AuthError::AccountClosed);
+        }
+        self.issue_for_user(user, state.role().unwrap_or(Role::Client), Some(issued))
+            .await
+    }
+
+    /// `grant_type=client_credentials`: an access token for a registered service client,
+    /// with the requested subset of its scopes (all of them if none is requested).
+    pub fn client_credentials(
+        &self,
+        client_id: &str,
+        secret: &str,
+        scope: Option<&str>,
+    ) -> Result<TokenResponse, AuthError> {
+        let presented = hash_secret(secret);
+        let client = self
+            .settings
+            .service_clients
+            .iter()
+            .find(|c| c.id == client_id)
+            .filter(|c| {
+                c.secret.as_deref().is_some_and(|s| {
+                    bool::from(hash_secret(s).as_bytes().ct_eq(presented.as_bytes()))
+                })
+            })
+            .ok_or(AuthError::InvalidClient)?;
+        let granted: Vec<&str> = match scope.map(str::split_whitespace) {
+            Some(requested) => {
+                let requested: Vec<&str> = requested.collect();
+                if let Some(bad) = requested
+                    .iter()
+                    .find(|s| !client.scopes.iter().any(|a| a == *s))
+                {
+                    return Err(AuthError::InvalidRequest(format!(
+                        "scope {bad:?} is not granted to this client"
+                    )));
+                }
+                requested
+            }
+            None => client.scopes.iter().map(String::as_str).collect(),
+        };
+        let scope = granted.join(" ");
+        let now = chrono::Utc::now().timestamp();
+        let claims = self.issuer.claims(
+            format!("client:{}", client.id),
+            &client.id,
+            &scope,
+            None,
+            now,
+        );
+        Ok(TokenResponse {
+            access_token: self.issuer.sign(&self.key_ring(), &claims)?,
+            token_type: "Bearer",
+            expires_in: self.issuer.ttl_secs(),
+            refresh_token: None,
+            scope: Some(scope),
+            user_id: None,
+            family_id: None,
+        })
+    }
+
+    /// `POST /auth/logout`: revokes the session of a refresh token.
+    pub async fn logout(&self, refresh_token: &str) -> Result<(), AuthError> {
+        self.tokens.revoke_by_token(refresh_token).await
+    }
+
+    /// `DELETE /users/me`: erases the user as themself (which also deletes their identity rows
+    /// and tokens).
+    pub async fn erase(
+        &self,
+        users: &Registry<UserDecider>,
+        user: UserId,
+        role: Role,
+    ) -> Result<crate::privacy::erasure::ErasureReport, AuthError> {
+        let ctx = Context::new(Actor::user(user, role), chrono::Utc::now());
+        Ok(crate::privacy::erasure::erase_user(
+            users,
+            &self.keys,
+            &self.db,
+            user,
+            ctx,
+            metadata_for(user.as_uuid()),
+        )
+        .await?)
+    }
+
+    /// Creates the demo accounts unless they exist (first run of the embedded default).
+    pub async fn seed_demo_users(&self, users: &Registry<UserDecider>) -> Result<(), AuthError> {
+        for (email, password, nickname, role) in DEMO_USERS {
+            let lookup = self.identities.lookup(IdentityKey::Email(email));
+            if self.identities.find(&lookup).await?.is_some() {
+                continue;
+            }
+            let hash = blocking(move || hash_password(password))
+                .await?
+                .map_err(|e| AuthError::Key(e.to_string()))?;
+            let new = NewUser {
+                provider: LOCAL_PROVIDER.into(),
+                subject: None,
+                email: email.into(),
+                nickname: nickname.into(),
+                role,
+            };
+            match self
+                .find_or_register(
+                    users,
+                    IdentityKey::Email(email),
+                    Some(&hash),
+                    &new,
+                    ExistingIdentity::Refuse,
+                )
+                .await
+            {
+                Ok(_) | Err(AuthError::EmailTaken) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        tracing::info!("demo users seeded");
+        Ok(())
+    }
+}

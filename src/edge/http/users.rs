@@ -1,0 +1,95 @@
+//! `/users/me`: the signed-in person's profile, a counselor's directory profile, and erasing
+//! the account.
+
+use super::ApiError;
+use super::auth::clear_cookie;
+use crate::auth::{AuthService, AuthUser};
+use crate::startup::AppState;
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+use tracing::Instrument;
+
+/// Registers the `/users/me` routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/users/me", web::get().to(me))
+        .route("/users/me", web::delete().to(erase_me))
+        .route(
+            "/users/me/counselor-profile",
+            web::put().to(publish_counselor_profile),
+        );
+}
+
+/// `GET /users/me`: the profile, from the user aggregate.
+async fn me(user: AuthUser, auth: web::Data<AuthService>) -> Result<HttpResponse, ApiError> {
+    let state = auth.load_user(user.user_id.as_uuid()).await?;
+    if !state.is_active() {
+        return Err(crate::auth::AuthError::AccountClosed.into());
+    }
+    let profile = state
+        .counselor_profile()
+        .map(|p| json!({ "headline": p.headline, "bio": p.bio, "published_at": p.published_at }));
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(json!({
+            "id": user.user_id,
+            "provider": state.provider(),
+            "email": state.email(),
+            "nickname": state.nickname(),
+            "role": state.role(),
+            "registered_at": state.registered_at(),
+            "last_login_at": state.last_login_at(),
+            "login_count": state.login_count(),
+            "counselor_profile": profile,
+        })))
+}
+
+/// `DELETE /users/me`: erases the person (right to be forgotten) as themself; their refresh
+/// tokens and sign-in identities are deleted with them. 204.
+async fn erase_me(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    auth: web::Data<AuthService>,
+) -> Result<HttpResponse, ApiError> {
+    let span = tracing::info_span!("erase_me", user_id = %user.user_id);
+    auth.erase(&state.users, user.user_id, user.role)
+        .instrument(span)
+        .await?;
+    Ok(clear_cookie(&auth, HttpResponse::NoContent()))
+}
+
+/// A counselor's directory entry.
+#[derive(serde::Deserialize)]
+struct CounselorProfileBody {
+    headline: String,
+    #[serde(default)]
+    bio: String,
+}
+
+/// `PUT /users/me/counselor-profile`: a counselor publishes (or replaces) their directory
+/// profile; the user aggregate refuses anyone else (403).
+async fn publish_counselor_profile(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    body: web::Json<CounselorProfileBody>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let command = neulbi_domain::user::UserCommand::PublishCounselorProfile {
+        headline: body.headline,
+        bio: body.bio,
+    };
+    let ctx = neulbi_domain::Context::new(
+        neulbi_domain::Actor::user(user.user_id, user.role),
+        chrono::Utc::now(),
+    );
+    let metadata = crate::store::Metadata {
+        correlation_id: Some(uuid::Uuid::now_v7()),
+        user_id: Some(user.user_id.as_uuid()),
+        ..crate::store::Metadata::default()
+    };
+    state
+        .users
+        .execute(user.user_id.as_uuid(), command, ctx, metadata)
+        .instrument(tracing::info_span!("publish_counselor_profile", user_id = %user.user_id))
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
