@@ -238,6 +238,7 @@ struct Pending {
 pub(crate) struct GroupCommit {
     sender: RwLock<Option<mpsc::Sender<Pending>>>,
     task: Mutex<Option<JoinHandle<()>>>,
+    limits: StoreLimits,
 }
 
 impl GroupCommit {
@@ -252,7 +253,26 @@ impl GroupCommit {
         Self {
             sender: RwLock::new(Some(tx)),
             task: Mutex::new(Some(task)),
+            limits,
         }
+    }
+
+    /// A backend's `append`: validates, queues, waits for the commit, all in an `append`
+    /// span naming the backend.
+    pub async fn append(
+        &self,
+        backend: &'static str,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult, StoreError> {
+        let span = tracing::info_span!("append", backend, %stream, events = events.len());
+        async {
+            let request = prepare(stream, expected, events, &self.limits)?;
+            self.submit(request).await
+        }
+        .instrument(span)
+        .await
     }
 
     /// Queues an append and waits until it is committed (or rejected).

@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::Instrument;
 use uuid::Uuid;
 
 /// Embedded migrations for PostgreSQL.
@@ -56,7 +55,6 @@ struct Inner {
     writer: GroupCommit,
     head: watch::Sender<Option<u64>>,
     listener: JoinHandle<()>,
-    limits: StoreLimits,
 }
 
 impl Drop for Inner {
@@ -95,7 +93,6 @@ impl PostgresStore {
                 writer,
                 head: head_tx,
                 listener,
-                limits,
             }),
         })
     }
@@ -165,14 +162,10 @@ impl EventStore for PostgresStore {
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> Result<AppendResult, StoreError> {
-        let span =
-            tracing::info_span!("append", backend = "postgres", %stream, events = events.len());
-        async {
-            let request = group_commit::prepare(stream, expected, events, &self.inner.limits)?;
-            self.inner.writer.submit(request).await
-        }
-        .instrument(span)
-        .await
+        self.inner
+            .writer
+            .append("postgres", stream, expected, events)
+            .await
     }
 
     async fn read_stream(

@@ -24,7 +24,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tracing::Instrument;
 
 /// Embedded migrations for SQLite.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -46,7 +45,6 @@ struct Inner {
     readers: SqlitePool,
     writer: GroupCommit,
     head: watch::Sender<Option<u64>>,
-    limits: StoreLimits,
     checkpointer: tokio::task::JoinHandle<()>,
 }
 
@@ -116,7 +114,6 @@ impl SqliteStore {
                 readers,
                 writer,
                 head: head_tx,
-                limits,
                 checkpointer,
             }),
         })
@@ -168,14 +165,10 @@ impl EventStore for SqliteStore {
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> Result<AppendResult, StoreError> {
-        let span =
-            tracing::info_span!("append", backend = "sqlite", %stream, events = events.len());
-        async {
-            let request = group_commit::prepare(stream, expected, events, &self.inner.limits)?;
-            self.inner.writer.submit(request).await
-        }
-        .instrument(span)
-        .await
+        self.inner
+            .writer
+            .append("sqlite", stream, expected, events)
+            .await
     }
 
     async fn read_stream(

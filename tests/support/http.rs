@@ -19,28 +19,7 @@ impl Response {
 
 /// Sends one GET to `addr` and reads the whole response (the server closes the connection).
 pub async fn get(addr: std::net::SocketAddr, path: &str) -> Response {
-    let fut = async {
-        let mut s = TcpStream::connect(addr).await.expect("connect");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.expect("write");
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.expect("read");
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").expect("response head");
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status code");
-        Response {
-            status,
-            headers: head.to_owned(),
-            body: body.to_owned(),
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .expect("HTTP request timed out")
+    request(addr, "GET", path, &[], "").await
 }
 
 /// Polls `/readyz` until it answers 200 (the read models caught up), for at most 10 s.
