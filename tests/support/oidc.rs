@@ -52,7 +52,8 @@ impl OidcProvider {
                 }
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Node loads oidc-provider slowly on a busy 2-core machine; 90 s is still bounded.
+        let deadline = Instant::now() + Duration::from_secs(90);
         let line = loop {
             if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
                 break line;
