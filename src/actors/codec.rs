@@ -32,18 +32,23 @@ pub fn encode<E: DomainEvent>(event: &E, metadata: &Metadata) -> Result<EventDat
 }
 
 /// Decodes a stored event into the domain type, upcasting old schema versions first.
+///
+/// The adjacently tagged shape `{"type", "data"}` is presented to serde as a borrowed map,
+/// so the event's data is not copied (this runs for every event of every rebuild).
 pub fn decode<E: DomainEvent>(recorded: &RecordedEvent) -> Result<E, ActorError> {
-    let mut map = serde_json::Map::with_capacity(2);
-    map.insert("type".into(), Value::String(recorded.event_type.clone()));
-    let data = upcast(
+    let ty = Value::String(recorded.event_type.clone());
+    let upcast_data = upcast(
         &recorded.event_type,
         recorded.schema_version,
-        recorded.data.clone(),
+        &recorded.data,
     );
+    let data = upcast_data.as_ref().unwrap_or(&recorded.data);
+    let mut entries: Vec<(&str, &Value)> = vec![("type", &ty)];
     if !data.is_null() {
-        map.insert("data".into(), data);
+        entries.push(("data", data));
     }
-    serde_json::from_value(Value::Object(map)).map_err(|e| ActorError::Decode {
+    let map = serde::de::value::MapDeserializer::<_, serde_json::Error>::new(entries.into_iter());
+    E::deserialize(map).map_err(|e| ActorError::Decode {
         event_type: recorded.event_type.clone(),
         position: recorded.position,
         reason: e.to_string(),
@@ -51,16 +56,19 @@ pub fn decode<E: DomainEvent>(recorded: &RecordedEvent) -> Result<E, ActorError>
 }
 
 /// Turns an old version of an event's data into the current shape, so the log is never
-/// rewritten. Each arm documents the change it undoes.
-pub fn upcast(event_type: &str, schema_version: u32, mut data: Value) -> Value {
-    if let ("MessagePosted", 1) = (event_type, schema_version)
-        && let (Some(author), Some(Value::String(_))) =
-            (data.get("author").cloned(), data.get("body"))
-        && let Some(body) = data.get_mut("body")
-    {
-        // v1 stored `body` as a plain string; v2 marks it as the author's personal data.
-        let text = body.take();
-        *body = serde_json::json!({ "$personal": { "owner": author, "value": text } });
+/// rewritten. `None` means the data is current (nothing copied). Each arm documents the
+/// change it undoes.
+pub fn upcast(event_type: &str, schema_version: u32, data: &Value) -> Option<Value> {
+    match (event_type, schema_version) {
+        ("MessagePosted", 1) => {
+            // v1 stored `body` as a plain string; v2 marks it as the author's personal data.
+            let author = data.get("author")?.clone();
+            let text = data.get("body").filter(|b| b.is_string())?.clone();
+            let mut current = data.clone();
+            current["body"] =
+                serde_json::json!({ "$personal": { "owner": author, "value": text } });
+            Some(current)
+        }
+        _ => None,
     }
-    data
 }
