@@ -9,23 +9,8 @@ use neulbi::config::Config;
 use neulbi::startup::Application;
 use neulbi_domain::Role;
 use serde_json::json;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use support::capture::Capture;
 use support::http::{post_form, post_json, request};
-use tracing_subscriber::fmt::format::FmtSpan;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("capture").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 const EMAIL: &str = "leaky.person@example.kr";
 const PASSWORD: &str = "correct-horse-battery";
@@ -33,13 +18,7 @@ const WRONG: &str = "wrong-horse-battery";
 
 #[actix_rt::test]
 async fn sign_in_flows_log_no_tokens_passwords_or_emails() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("trace")
-        .with_span_events(FmtSpan::FULL)
-        .with_writer(move || writer.clone())
-        .init();
+    let capture = Capture::install();
 
     let dir = tempfile::tempdir().expect("dir");
     let config = Config {
@@ -135,7 +114,7 @@ async fn sign_in_flows_log_no_tokens_passwords_or_emails() {
         "subject-leak-42".into(),
         "external.leak@example.kr".into(),
     ]);
-    let text = String::from_utf8_lossy(&capture.0.lock().expect("capture")).into_owned();
+    let text = capture.text();
     assert!(
         text.contains("request") && text.contains("login"),
         "spans were captured"

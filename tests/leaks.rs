@@ -12,34 +12,13 @@ use neulbi::store::{self, Metadata, Storage, StoreLimits};
 use neulbi_domain::Role;
 use neulbi_domain::chat_room::ChatRoomDecider;
 use neulbi_domain::user::UserDecider;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use support::Backend;
+use support::capture::Capture;
 use support::scenario::{COUNSELOR_TEXT, EMAIL, IP, NICKNAME, SECRETS, as_user, seed};
-use tracing_subscriber::fmt::format::FmtSpan;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("capture").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[actix_rt::test]
 async fn a_full_scenario_logs_no_personal_data() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("trace")
-        .with_span_events(FmtSpan::FULL)
-        .with_writer(move || writer.clone())
-        .init();
+    let capture = Capture::install();
 
     let b = Backend::sqlite().await;
     let Storage {
@@ -82,7 +61,7 @@ async fn a_full_scenario_logs_no_personal_data() {
     .expect("erase");
     events.close().await;
 
-    let text = String::from_utf8_lossy(&capture.0.lock().expect("capture")).into_owned();
+    let text = capture.text();
     assert!(
         text.contains("append") && text.contains("command") && text.contains("request"),
         "spans were captured"
