@@ -106,7 +106,10 @@ impl SqliteStore {
             .await?;
         let head = head.and_then(|h| u64::try_from(h).ok());
         let (head_tx, _) = watch::channel(head);
-        let committer = SqliteCommitter { conn: writer };
+        let committer = SqliteCommitter {
+            conn: writer,
+            head: None,
+        };
         let writer = GroupCommit::start(committer, limits, head_tx.clone());
         let checkpointer = tokio::spawn(checkpoint_loop(readers.clone()));
         Ok(Self {
@@ -240,6 +243,11 @@ impl EventStore for SqliteStore {
 
 struct SqliteCommitter {
     conn: SqliteConnection,
+    /// The head after our last commit, so a batch need not ask for it. Another process may
+    /// append to the same file meanwhile: then our first insert collides with its position
+    /// (primary key), the batch fails as a whole, the cache is dropped, and the retry reads
+    /// the real head. A stale cache can cost a retry, never a wrong position.
+    head: Option<Option<u64>>,
 }
 
 /// Ids per `IN (...)` lookup and rows per multi-row insert: few statements per batch (each
@@ -257,10 +265,15 @@ fn placeholders(n: usize) -> String {
 impl SqliteCommitter {
     async fn write(&mut self, batch: &[AppendRequest]) -> Result<Plan, StoreError> {
         let conn = &mut self.conn;
-        let head: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
-            .fetch_one(&mut *conn)
-            .await?;
-        let head = head.map(|h| u64::try_from(h).unwrap_or(0));
+        let head = match self.head {
+            Some(head) => head,
+            None => {
+                let head: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
+                    .fetch_one(&mut *conn)
+                    .await?;
+                head.map(|h| u64::try_from(h).unwrap_or(0))
+            }
+        };
 
         let names: Vec<String> = batch
             .iter()
@@ -347,6 +360,23 @@ impl SqliteCommitter {
 #[async_trait]
 impl Committer for SqliteCommitter {
     async fn commit(&mut self, batch: &[AppendRequest]) -> Result<Plan, StoreError> {
+        let cached = self.head.is_some();
+        match self.commit_once(batch).await {
+            // Another process moved the head under our cache: try again with the real one.
+            Err(StoreError::Database(e)) if cached && is_unique_violation(&e) => {
+                self.commit_once(batch).await
+            }
+            other => other,
+        }
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+impl SqliteCommitter {
+    async fn commit_once(&mut self, batch: &[AppendRequest]) -> Result<Plan, StoreError> {
         self.conn.execute("BEGIN IMMEDIATE").await?;
         match self.write(batch).await {
             Ok(plan) if plan.rows.is_empty() => {
@@ -354,13 +384,18 @@ impl Committer for SqliteCommitter {
                 Ok(plan)
             }
             Ok(plan) => match self.conn.execute("COMMIT").await {
-                Ok(_) => Ok(plan),
+                Ok(_) => {
+                    self.head = Some(plan.head);
+                    Ok(plan)
+                }
                 Err(e) => {
+                    self.head = None;
                     let _ = self.conn.execute("ROLLBACK").await;
                     Err(e.into())
                 }
             },
             Err(e) => {
+                self.head = None;
                 let _ = self.conn.execute("ROLLBACK").await;
                 Err(e)
             }
