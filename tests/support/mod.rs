@@ -2,8 +2,10 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod moto;
 pub mod oidc;
 pub mod pg;
+pub mod raw;
 pub mod scenario;
 
 use neulbi::store::{self, SharedStore, StoreLimits};
