@@ -104,7 +104,7 @@ pub fn process(bytes: &[u8], limits: PictureLimits) -> Result<Processed, Picture
             image::imageops::FilterType::Triangle,
         )
     } else {
-        decoded.clone()
+        decoded
     };
     let side = limits.thumbnail_side;
     let thumb = full.resize_to_fill(side, side, image::imageops::FilterType::Triangle);
