@@ -145,3 +145,60 @@ impl ImageSettings {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn environment_selects_s3_and_limits() {
+        let mut s = ImageSettings::default();
+        assert_eq!(s.max_upload_bytes, 5 * 1024 * 1024);
+        s.apply_env(&env(&[
+            ("NEULBI_IMAGES_BACKEND", "s3"),
+            ("NEULBI_IMAGES_MAX_BYTES", "1024"),
+            ("NEULBI_S3_ENDPOINT", "http://127.0.0.1:9000"),
+            ("NEULBI_S3_BUCKET", "pics"),
+            ("NEULBI_S3_PATH_STYLE", "true"),
+            ("NEULBI_S3_PRESIGN_TTL_SECS", "60"),
+            ("AWS_ACCESS_KEY_ID", "id"),
+            ("NEULBI_S3_SECRET_ACCESS_KEY", "very-secret"),
+        ]))
+        .expect("valid");
+        assert_eq!(s.backend, BlobBackend::S3);
+        assert_eq!(s.max_upload_bytes, 1024);
+        assert_eq!(s.s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(s.s3.bucket, "pics");
+        assert!(s.s3.path_style);
+        assert_eq!(s.s3.presign_ttl_secs, 60);
+        assert_eq!(s.s3.access_key_id.as_deref(), Some("id"));
+        // Debug output never shows the secret.
+        assert!(!format!("{s:?}").contains("very-secret"));
+        assert!(
+            ImageSettings::default()
+                .apply_env(&env(&[("NEULBI_IMAGES_BACKEND", "ftp")]))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn file_cannot_carry_credentials() {
+        let parsed: Result<ImageSettings, _> =
+            toml::from_str("[s3]\nbucket = \"b\"\nsecret_access_key = \"x\"\n");
+        assert!(parsed.is_err());
+        let parsed: ImageSettings =
+            toml::from_str("backend = \"s3\"\nmax_upload_bytes = 10\n[s3]\nbucket = \"b\"\n")
+                .expect("valid");
+        assert_eq!(parsed.backend, BlobBackend::S3);
+        assert_eq!(parsed.s3.bucket, "b");
+    }
+}
