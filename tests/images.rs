@@ -453,6 +453,35 @@ async fn erasure_deletes_the_users_images() {
 }
 
 #[actix_rt::test]
+async fn operator_erasure_from_the_cli_deletes_the_images_too() {
+    let app = spawn_with(|_| {}).await;
+    let (token, user) = signup(app.addr, "pic.cli@example.com").await;
+    let r = upload(app.addr, &token, &encode(50, 50, image::ImageFormat::Png)).await;
+    assert_eq!(r.status, 201);
+    assert_eq!(app.blob_files().len(), 2);
+    let config = Config {
+        data_dir: app.dir.path().to_owned(),
+        ..Config::default()
+    };
+    let storage = neulbi::store::open_storage(&config.database_url(), config.store_limits(), false)
+        .await
+        .expect("storage");
+    let mut out = Vec::new();
+    neulbi::cli::users_erase_with_images(&storage, &config, &user.to_string(), true, &mut out)
+        .await
+        .expect("erase");
+    assert!(String::from_utf8_lossy(&out).contains("erased"));
+    assert!(app.blob_files().is_empty(), "{:?}", app.blob_files());
+    // Without --yes nothing happens.
+    let refused =
+        neulbi::cli::users_erase_with_images(&storage, &config, &user.to_string(), false, &mut out)
+            .await;
+    assert!(refused.is_err());
+    storage.events.close().await;
+    app.handle.stop(true).await;
+}
+
+#[actix_rt::test]
 async fn s3_backend_end_to_end_and_unavailable_is_503_without_an_event() {
     let mut moto = support::moto::Moto::start();
     let settings = moto.settings("neulbi-images-test");
