@@ -180,10 +180,12 @@ impl Images {
         let Some((image, thumb)) = state.profile_image() else {
             return Ok(None);
         };
-        Ok(Some((
-            self.blobs.url(image).await?,
-            self.blobs.url(thumb).await?,
-        )))
+        self.urls_for(image, thumb).await.map(Some)
+    }
+
+    /// Browser URLs `(image, thumbnail)` of the given keys.
+    pub async fn urls_for(&self, image: &str, thumb: &str) -> Result<(String, String), BlobError> {
+        Ok((self.blobs.url(image).await?, self.blobs.url(thumb).await?))
     }
 
     /// Every image key `user`'s stream ever referenced, read before an erasure shreds them.
@@ -222,10 +224,7 @@ impl Images {
     pub async fn sweep(&self, now: SystemTime) -> Result<SweepReport, ImagesError> {
         let referenced = self.referenced_keys().await?;
         let grace = Duration::from_secs(self.settings.sweep_grace_secs);
-        let mut report = SweepReport {
-            referenced: 0,
-            ..SweepReport::default()
-        };
+        let mut report = SweepReport::default();
         for blob in self.blobs.list().await? {
             if referenced.contains(&blob.key) {
                 report.referenced += 1;

@@ -129,14 +129,17 @@ async fn upload(
     let (image, thumb) = images
         .upload(&state.users, user.user_id, user.role, processed)
         .await?;
+    // The image is committed by now: a URL that cannot be made is `null`, not an error.
+    let image = match images.urls_for(&image, &thumb).await {
+        Ok((url, thumbnail_url)) => json!({ "url": url, "thumbnail_url": thumbnail_url }),
+        Err(e) => {
+            tracing::warn!(error = %e, "profile image URL unavailable");
+            serde_json::Value::Null
+        }
+    };
     Ok(HttpResponse::Created()
         .insert_header(("Cache-Control", "no-store"))
-        .json(json!({
-            "image": {
-                "url": images.blobs().url(&image).await?,
-                "thumbnail_url": images.blobs().url(&thumb).await?,
-            }
-        })))
+        .json(json!({ "image": image })))
 }
 
 /// `DELETE /users/me/image`: removes the profile image and its blobs. 204.
