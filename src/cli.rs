@@ -243,6 +243,33 @@ pub async fn users_erase(
     Ok(())
 }
 
+/// `neulbi users erase ID --yes` with the node's configuration: like [`users_erase`], and
+/// also deletes the person's profile-image blobs (keys read before the erasure shreds them).
+/// Without `--yes` or with a bad id it fails exactly as [`users_erase`] does.
+pub async fn users_erase_with_images(
+    storage: &crate::store::Storage,
+    config: &crate::config::Config,
+    user_id: &str,
+    yes: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let parsed = user_id
+        .parse::<neulbi_domain::UserId>()
+        .ok()
+        .filter(|_| yes);
+    let Some(user) = parsed else {
+        return users_erase(storage, user_id, yes, out).await;
+    };
+    let images =
+        crate::blob::Images::open(&config.images, &config.data_dir, "", storage.events.clone())
+            .await
+            .context("opening the image store")?;
+    let keys = crate::privacy::erasure::image_keys_before_erasure(&images, user).await;
+    users_erase(storage, user_id, yes, out).await?;
+    images.delete_keys(&keys).await;
+    Ok(())
+}
+
 /// `neulbi events read STREAM`.
 pub async fn events_read(
     store: &SharedStore,

@@ -123,6 +123,8 @@ pub struct Config {
     pub actors: ActorSettings,
     /// Sign-in and tokens (`[auth]`; secrets from the environment only).
     pub auth: crate::auth::AuthSettings,
+    /// Profile images (`[images]`): limits, sweeper and blob backend.
+    pub images: crate::blob::ImageSettings,
 }
 
 impl Default for Config {
@@ -138,6 +140,7 @@ impl Default for Config {
             store: StoreSettings::default(),
             actors: ActorSettings::default(),
             auth: crate::auth::AuthSettings::default(),
+            images: crate::blob::ImageSettings::default(),
         }
     }
 }
@@ -219,6 +222,12 @@ impl Config {
             self.actors.idle_timeout_secs = parse("NEULBI_ACTOR_IDLE_SECS", &v)?;
         }
         self.auth.apply_env(&get);
+        self.images
+            .apply_env(&get)
+            .map_err(|message| ConfigError::Env {
+                var: "NEULBI_IMAGES_*/NEULBI_S3_*",
+                message,
+            })?;
         Ok(())
     }
 

@@ -197,7 +197,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let storage =
                 store::open_storage(&config.database_url(), config.store_limits(), true).await?;
             let mut out = std::io::stdout().lock();
-            let result = cli::users_erase(&storage, &user_id, yes, &mut out).await;
+            let result =
+                cli::users_erase_with_images(&storage, &config, &user_id, yes, &mut out).await;
             storage.events.close().await;
             result
         }

@@ -62,6 +62,7 @@ pub struct Application {
     server: Server,
     state: web::Data<AppState>,
     auth: web::Data<crate::auth::AuthService>,
+    images: web::Data<crate::blob::Images>,
     addr: SocketAddr,
     store: SharedStore,
     public_url: String,
@@ -97,6 +98,12 @@ impl Application {
             read,
             running.clone(),
         )));
+        let images = web::Data::new(
+            crate::blob::Images::open(&config.images, &config.data_dir, &public_url, store.clone())
+                .await
+                .context("opening the image store")?,
+        );
+        images.clone().into_inner().spawn_sweeper();
         let auth = web::Data::new(
             crate::auth::AuthService::open(&config.auth, &storage, &public_url)
                 .await
@@ -112,11 +119,12 @@ impl Application {
                 .await
                 .context("seeding the demo users")?;
         }
-        let (state_data, auth_data) = (state.clone(), auth.clone());
+        let (state_data, auth_data, images_data) = (state.clone(), auth.clone(), images.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .app_data(auth_data.clone())
+                .app_data(images_data.clone())
                 .wrap(from_fn(http::trace::request_span))
                 .configure(http::configure)
                 .default_service(web::to(http::not_found))
@@ -129,6 +137,7 @@ impl Application {
             server,
             state: state_data,
             auth,
+            images,
             addr,
             store,
             public_url,
@@ -149,6 +158,11 @@ impl Application {
     /// The sign-in service, for tests and tools in-process.
     pub fn auth(&self) -> web::Data<crate::auth::AuthService> {
         self.auth.clone()
+    }
+
+    /// The profile-image service, for tests and tools in-process (e.g. to run a sweep).
+    pub fn images(&self) -> web::Data<crate::blob::Images> {
+        self.images.clone()
     }
 
     /// The URL of the web client.

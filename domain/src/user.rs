@@ -23,6 +23,9 @@ pub const IDENTITY_MAX_CHARS: usize = 255;
 pub const USER_AGENT_MAX_CHARS: usize = 512;
 /// Longest client address kept in a `LoggedIn` event (an IPv6 text form fits easily).
 pub const IP_MAX_CHARS: usize = 64;
+/// Longest blob key of a profile image; the edge makes short random keys, so this only
+/// keeps a misbehaving caller from storing arbitrary text in the log.
+pub const IMAGE_KEY_MAX_CHARS: usize = 200;
 
 /// Decides the User aggregate's commands; see [`UserCommand`] for the rules.
 pub struct UserDecider;
@@ -70,6 +73,17 @@ pub enum UserCommand {
     },
     /// Closes the account for good. The user themself or a privileged actor only.
     Deactivate,
+    /// Sets (or replaces) the profile image, already stored under the given blob keys.
+    /// The user themself or a privileged actor only; not on a deactivated or erased account.
+    ChangeProfileImage {
+        /// Blob key of the re-encoded full image.
+        image_key: String,
+        /// Blob key of its square thumbnail.
+        thumbnail_key: String,
+    },
+    /// Removes the profile image. The user themself or a privileged actor only; removing
+    /// when there is none changes nothing.
+    RemoveProfileImage,
     /// Forgets the person (right to erasure): records `Erased`, after which the store destroys
     /// the user's data key so every personal field of theirs reads back as erased. The user
     /// themself or a privileged actor only; works on a deactivated account too; repeating it
@@ -132,6 +146,21 @@ pub enum UserEvent {
         /// When the sign-in happened.
         at: DateTime<Utc>,
     },
+    /// The profile image was set or replaced. Blob keys are personal: they lead to a picture
+    /// of the person, so erasure shreds them with the rest.
+    ProfileImageChanged {
+        /// Blob key of the full image.
+        image: Personal<String>,
+        /// Blob key of the thumbnail.
+        thumbnail: Personal<String>,
+        /// When it changed.
+        at: DateTime<Utc>,
+    },
+    /// The profile image was removed.
+    ProfileImageRemoved {
+        /// When it was removed.
+        at: DateTime<Utc>,
+    },
     /// The account was closed.
     Deactivated {
         /// When it was closed.
@@ -152,6 +181,8 @@ impl DomainEvent for UserEvent {
             Self::RoleGranted { .. } => "RoleGranted",
             Self::CounselorProfilePublished { .. } => "CounselorProfilePublished",
             Self::LoggedIn { .. } => "LoggedIn",
+            Self::ProfileImageChanged { .. } => "ProfileImageChanged",
+            Self::ProfileImageRemoved { .. } => "ProfileImageRemoved",
             Self::Deactivated { .. } => "Deactivated",
             Self::Erased { .. } => "Erased",
         }
@@ -196,8 +227,16 @@ struct Account {
     last_login_ip: Option<Personal<String>>,
     last_login_user_agent: Option<Personal<String>>,
     login_count: u64,
+    profile_image: Option<ProfileImage>,
     deactivated_at: Option<DateTime<Utc>>,
     erased_at: Option<DateTime<Utc>>,
+}
+
+/// The current profile image's blob keys, as folded from `ProfileImageChanged`.
+#[derive(Debug, Clone)]
+struct ProfileImage {
+    image: Personal<String>,
+    thumbnail: Personal<String>,
 }
 
 impl Account {
@@ -213,6 +252,7 @@ impl Account {
             .map(|_| Personal::Erased { owner });
         self.last_login_ip = None;
         self.last_login_user_agent = None;
+        self.profile_image = None;
         self.erased_at = Some(at);
     }
 }
@@ -308,6 +348,19 @@ impl UserState {
             .as_ref()
             .and_then(|a| a.last_login_user_agent.as_ref())
             .and_then(known_str)
+    }
+
+    /// Blob keys `(image, thumbnail)` of the current profile image, if any and readable.
+    pub fn profile_image(&self) -> Option<(&str, &str)> {
+        let image = self.account.as_ref()?.profile_image.as_ref()?;
+        Some((known_str(&image.image)?, known_str(&image.thumbnail)?))
+    }
+
+    /// True if a profile image is set (even one whose keys were erased).
+    pub fn has_profile_image(&self) -> bool {
+        self.account
+            .as_ref()
+            .is_some_and(|a| a.profile_image.is_some())
     }
 
     /// How many sign-ins have been recorded.
@@ -469,6 +522,45 @@ impl Decider for UserDecider {
                     at: now,
                 }])
             }
+            UserCommand::ChangeProfileImage {
+                image_key,
+                thumbnail_key,
+            } => {
+                let account = existing()?;
+                if !may_act_for(account) {
+                    return Err(DomainError::Forbidden(
+                        "only the user may change their profile image",
+                    ));
+                }
+                ensure_active(account)?;
+                let image = image_key_field("image_key", &image_key)?;
+                let thumbnail = image_key_field("thumbnail_key", &thumbnail_key)?;
+                if image == thumbnail {
+                    return Err(DomainError::invalid(
+                        "thumbnail_key",
+                        "must differ from image_key",
+                    ));
+                }
+                let owner = account.user_id;
+                Ok(vec![UserEvent::ProfileImageChanged {
+                    image: Personal::new(owner, image),
+                    thumbnail: Personal::new(owner, thumbnail),
+                    at: now,
+                }])
+            }
+            UserCommand::RemoveProfileImage => {
+                let account = existing()?;
+                if !may_act_for(account) {
+                    return Err(DomainError::Forbidden(
+                        "only the user may remove their profile image",
+                    ));
+                }
+                ensure_active(account)?;
+                if account.profile_image.is_none() {
+                    return Ok(vec![]);
+                }
+                Ok(vec![UserEvent::ProfileImageRemoved { at: now }])
+            }
             UserCommand::Deactivate => {
                 let account = existing()?;
                 if !may_act_for(account) {
@@ -527,6 +619,7 @@ impl Decider for UserDecider {
                 last_login_ip: None,
                 last_login_user_agent: None,
                 login_count: 0,
+                profile_image: None,
                 deactivated_at: None,
                 erased_at: None,
             });
@@ -566,7 +659,20 @@ impl Decider for UserDecider {
                 account.last_login_user_agent = user_agent.clone();
                 account.login_count += 1;
             }
-            UserEvent::Deactivated { at } => account.deactivated_at = Some(*at),
+            UserEvent::ProfileImageChanged {
+                image, thumbnail, ..
+            } => {
+                account.profile_image = Some(ProfileImage {
+                    image: image.clone(),
+                    thumbnail: thumbnail.clone(),
+                });
+            }
+            UserEvent::ProfileImageRemoved { .. } => account.profile_image = None,
+            UserEvent::Deactivated { at } => {
+                account.deactivated_at = Some(*at);
+                // A deactivated user's images are deleted, so the state no longer points at them.
+                account.profile_image = None;
+            }
             UserEvent::Erased { at } => account.forget_personal_data(*at),
         }
         state
@@ -629,6 +735,17 @@ fn validate_email(email: &str) -> Result<String, DomainError> {
 /// A provider name or subject identifier: non-blank and reasonably short.
 fn identity(field: &'static str, value: &str) -> Result<String, DomainError> {
     bounded_text(field, value, 1, IDENTITY_MAX_CHARS)
+}
+
+/// A blob key: 1..=200 characters of `[A-Za-z0-9._/-]`, no `..`, so every backend can
+/// store it as a path or object key without escaping.
+fn image_key_field(field: &'static str, value: &str) -> Result<String, DomainError> {
+    let key = bounded_text(field, value, 1, IMAGE_KEY_MAX_CHARS)?;
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/');
+    if !key.chars().all(allowed) || key.contains("..") || key.starts_with('/') {
+        return Err(DomainError::invalid(field, "is not a valid blob key"));
+    }
+    Ok(key)
 }
 
 /// Cuts `value` to at most `max` characters, on a character boundary.
@@ -1479,5 +1596,118 @@ mod tests {
     #[test]
     fn kind_is_user() {
         assert_eq!(UserDecider::KIND, StreamKind::User);
+    }
+
+    // --- Profile image ----------------------------------------------------------------------
+
+    fn change_image(image: &str, thumb: &str) -> UserCommand {
+        UserCommand::ChangeProfileImage {
+            image_key: image.into(),
+            thumbnail_key: thumb.into(),
+        }
+    }
+
+    fn image_changed(image: &str, thumb: &str, secs: i64) -> UserEvent {
+        UserEvent::ProfileImageChanged {
+            image: p(image),
+            thumbnail: p(thumb),
+            at: at(secs),
+        }
+    }
+
+    #[test]
+    fn user_sets_own_profile_image() {
+        let state = Spec::<UserDecider>::given(vec![registered()])
+            .when(change_image("images/a.webp", "images/a_t.webp"), &me(1))
+            .then(vec![image_changed("images/a.webp", "images/a_t.webp", 1)]);
+        assert_eq!(
+            state.profile_image(),
+            Some(("images/a.webp", "images/a_t.webp"))
+        );
+    }
+
+    #[test]
+    fn operator_may_replace_anyones_image_but_others_may_not() {
+        Spec::<UserDecider>::given(vec![registered(), image_changed("a", "a_t", 1)])
+            .when(change_image("b", "b_t"), &operator(2))
+            .then(vec![image_changed("b", "b_t", 2)]);
+        Spec::<UserDecider>::given(vec![registered()])
+            .when(change_image("b", "b_t"), &other(2))
+            .then_error(DomainError::Forbidden(
+                "only the user may change their profile image",
+            ));
+        Spec::<UserDecider>::given(vec![registered(), image_changed("a", "a_t", 1)])
+            .when(UserCommand::RemoveProfileImage, &other(2))
+            .then_error(DomainError::Forbidden(
+                "only the user may remove their profile image",
+            ));
+    }
+
+    #[test]
+    fn image_keys_are_validated() {
+        for (image, thumb) in [
+            ("", "t"),
+            ("a", " "),
+            ("../etc/passwd", "t"),
+            ("/abs", "t"),
+            ("a b", "t"),
+            ("same", "same"),
+        ] {
+            Spec::<UserDecider>::given(vec![registered()])
+                .when(change_image(image, thumb), &me(1))
+                .then_error_code("invalid");
+        }
+        let long = "k".repeat(IMAGE_KEY_MAX_CHARS + 1);
+        Spec::<UserDecider>::given(vec![registered()])
+            .when(change_image(&long, "t"), &me(1))
+            .then_error_code("invalid");
+    }
+
+    #[test]
+    fn user_removes_the_image_and_removing_none_changes_nothing() {
+        let state = Spec::<UserDecider>::given(vec![registered(), image_changed("a", "a_t", 1)])
+            .when(UserCommand::RemoveProfileImage, &me(2))
+            .then(vec![UserEvent::ProfileImageRemoved { at: at(2) }]);
+        assert_eq!(state.profile_image(), None);
+        Spec::<UserDecider>::given(vec![registered()])
+            .when(UserCommand::RemoveProfileImage, &me(2))
+            .then(vec![]);
+    }
+
+    #[test]
+    fn image_commands_on_deactivated_or_erased_users_conflict() {
+        for command in [change_image("a", "a_t"), UserCommand::RemoveProfileImage] {
+            Spec::<UserDecider>::given(vec![registered(), deactivated()])
+                .when(command.clone(), &me(10))
+                .then_error(DomainError::Conflict("user is deactivated"));
+            Spec::<UserDecider>::given(vec![registered(), erased(9)])
+                .when(command, &system_ctx(at(10)))
+                .then_error(DomainError::Conflict("user erased"));
+        }
+    }
+
+    #[test]
+    fn deactivation_and_erasure_forget_the_image() {
+        let state = UserDecider::fold(&[registered(), image_changed("a", "a_t", 1), deactivated()]);
+        assert!(!state.has_profile_image());
+        let state = UserDecider::fold(&[registered(), image_changed("a", "a_t", 1), erased(9)]);
+        assert_eq!(state.profile_image(), None);
+        assert!(!state.has_profile_image());
+        // Replayed with shredded keys, the image is known to exist but unreadable.
+        let shredded = erase_personal_data(&[registered(), image_changed("a", "a_t", 1)], ME);
+        let state = UserDecider::fold(&shredded);
+        assert!(state.has_profile_image());
+        assert_eq!(state.profile_image(), None);
+    }
+
+    #[test]
+    fn image_events_round_trip_with_personal_keys() {
+        let event = image_changed("a", "a_t", 1);
+        let json = serde_json::to_value(&event).expect("serializes");
+        assert_eq!(json["type"], "ProfileImageChanged");
+        assert!(json["data"]["image"].get("$personal").is_some());
+        let back: UserEvent = serde_json::from_value(json).expect("deserializes");
+        assert_eq!(back, event);
+        assert!(!format!("{event:?}").contains("a_t"));
     }
 }

@@ -61,3 +61,17 @@ async fn scrub_free_space(database: &Database) -> Result<(), crate::store::Store
     }
     Ok(())
 }
+
+/// The blob keys of every profile image `user` ever had, read while they are still readable
+/// (before [`erase_user`] shreds them), so the caller can delete the blobs after the erasure.
+/// A read failure yields none: the sweeper deletes the blobs of an erased user later anyway,
+/// since no readable event references them.
+pub async fn image_keys_before_erasure(images: &crate::blob::Images, user: UserId) -> Vec<String> {
+    match images.keys_of(user).await {
+        Ok(keys) => keys,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading image keys before erasure failed");
+            Vec::new()
+        }
+    }
+}

@@ -143,6 +143,8 @@ impl Projector for Users {
                     .execute(&mut *tx)
                     .await?;
             }
+            // Image keys live on the user stream; profile responses read them from there.
+            UserEvent::ProfileImageChanged { .. } | UserEvent::ProfileImageRemoved { .. } => {}
             UserEvent::Deactivated { at } => {
                 sqlx::query(sql(&self.deactivate))
                     .bind(micros(*at))

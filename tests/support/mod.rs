@@ -3,8 +3,10 @@
 
 pub mod capture;
 pub mod http;
+pub mod moto;
 pub mod oidc;
 pub mod pg;
+pub mod raw;
 pub mod scenario;
 
 use neulbi::store::{self, SharedStore, StoreLimits};

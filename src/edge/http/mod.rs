@@ -4,6 +4,7 @@ pub mod auth;
 pub mod directory;
 pub mod error;
 pub mod health;
+pub mod images;
 pub mod read_models;
 pub mod trace;
 pub mod users;
@@ -44,6 +45,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/", web::get().to(index))
         .configure(auth::configure)
         .configure(users::configure)
+        .configure(images::configure)
         .configure(read_models::configure);
 }
 

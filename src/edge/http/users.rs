@@ -20,7 +20,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// `GET /users/me`: the profile, from the user aggregate.
-async fn me(user: AuthUser, auth: web::Data<AuthService>) -> Result<HttpResponse, ApiError> {
+async fn me(
+    user: AuthUser,
+    auth: web::Data<AuthService>,
+    images: web::Data<crate::blob::Images>,
+) -> Result<HttpResponse, ApiError> {
     let state = auth.load_user(user.user_id.as_uuid()).await?;
     if !state.is_active() {
         return Err(crate::auth::AuthError::AccountClosed.into());
@@ -28,6 +32,7 @@ async fn me(user: AuthUser, auth: web::Data<AuthService>) -> Result<HttpResponse
     let profile = state
         .counselor_profile()
         .map(|p| json!({ "headline": p.headline, "bio": p.bio, "published_at": p.published_at }));
+    let image = super::images::profile_image_json(&images, &state).await;
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .json(json!({
@@ -40,20 +45,28 @@ async fn me(user: AuthUser, auth: web::Data<AuthService>) -> Result<HttpResponse
             "last_login_at": state.last_login_at(),
             "login_count": state.login_count(),
             "counselor_profile": profile,
+            "image": image,
         })))
 }
 
 /// `DELETE /users/me`: erases the person (right to be forgotten) as themself; their refresh
-/// tokens and sign-in identities are deleted with them. 204.
+/// tokens, sign-in identities and profile images are deleted with them. 204.
 async fn erase_me(
     user: AuthUser,
     state: web::Data<AppState>,
     auth: web::Data<AuthService>,
+    images: web::Data<crate::blob::Images>,
 ) -> Result<HttpResponse, ApiError> {
     let span = tracing::info_span!("erase_me", user_id = %user.user_id);
-    auth.erase(&state.users, user.user_id, user.role)
-        .instrument(span)
-        .await?;
+    async {
+        // Image keys are personal: read them before the erasure shreds them, delete after.
+        let keys = crate::privacy::erasure::image_keys_before_erasure(&images, user.user_id).await;
+        auth.erase(&state.users, user.user_id, user.role).await?;
+        images.delete_keys(&keys).await;
+        Ok::<_, ApiError>(())
+    }
+    .instrument(span)
+    .await?;
     Ok(clear_cookie(&auth, HttpResponse::NoContent()))
 }
 
