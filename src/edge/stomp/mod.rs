@@ -1,0 +1,5 @@
+//! The STOMP 1.2 edge (also 1.0/1.1): the frame type, a sans-IO codec and, as they land, the
+//! session state machine and transports. Nothing here touches a socket; transports move bytes.
+
+pub mod codec;
+pub mod frame;
