@@ -2,5 +2,6 @@
 //! session state machine and transports. Nothing here touches a socket; transports move bytes.
 
 pub mod codec;
+pub mod connection;
 pub mod frame;
 pub mod session;
