@@ -596,12 +596,7 @@ impl Session {
         targets.sort_by(|a, b| a.0.cmp(&b.0));
         for (id, ack) in targets {
             if self.out.len() >= self.config.max_outbound {
-                self.subscriptions.clear();
-                self.out.clear();
-                self.error("slow consumer", None, now);
-                if let Some(Output::Close(reason)) = self.out.back_mut() {
-                    *reason = CloseReason::SlowConsumer;
-                }
+                self.handle_overflow(now);
                 return;
             }
             self.message_seq += 1;
@@ -620,6 +615,20 @@ impl Session {
                 );
             }
             self.push_frame(message.body(delivery.body.clone()), now);
+        }
+    }
+
+    /// The client does not read fast enough (here or in the transport's queue): drop what is
+    /// queued, send ERROR and close.
+    pub fn handle_overflow(&mut self, now: Instant) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.subscriptions.clear();
+        self.out.clear();
+        self.error("slow consumer", None, now);
+        if let Some(Output::Close(reason)) = self.out.back_mut() {
+            *reason = CloseReason::SlowConsumer;
         }
     }
 
