@@ -195,7 +195,9 @@ impl Decoder {
     /// Advances through the buffer as far as it allows.
     fn step(&mut self) -> Result<Step, DecodeError> {
         loop {
-            match &mut self.stage {
+            // The stage is taken out and put back when more bytes are needed; after an error
+            // the decoder is failed for good, so what is left behind does not matter.
+            match std::mem::replace(&mut self.stage, Stage::Idle) {
                 Stage::Idle => {
                     // Heart-beats are bare EOLs between frames.
                     while self.pos < self.buf.len() {
@@ -216,7 +218,8 @@ impl Decoder {
                         }
                     }
                     self.consume();
-                    if self.buf.is_empty() || self.buf[0] == b'\r' {
+                    let cr = self.cr_allowed();
+                    if self.buf.first().is_none_or(|&b| cr && b == b'\r') {
                         return Ok(Step::NeedMore);
                     }
                     let Some(line) = self.line()? else {
@@ -231,37 +234,16 @@ impl Decoder {
                         headers: Vec::new(),
                     };
                 }
-                Stage::Headers { .. } => {
+                Stage::Headers {
+                    command,
+                    mut headers,
+                } => {
                     let Some(line) = self.line()? else {
+                        self.stage = Stage::Headers { command, headers };
                         return Ok(Step::NeedMore);
                     };
-                    let Stage::Headers { command, headers } =
-                        std::mem::replace(&mut self.stage, Stage::Idle)
-                    else {
-                        unreachable!("stage checked above")
-                    };
                     if line.is_empty() {
-                        let content_length = match headers
-                            .iter()
-                            .find(|(n, _)| n == "content-length")
-                            .map(|(_, v)| v.trim().parse::<usize>())
-                        {
-                            None => None,
-                            Some(Ok(n)) => Some(n),
-                            Some(Err(_)) => return Err(DecodeError::InvalidContentLength),
-                        };
-                        if let Some(n) = content_length {
-                            if n > self.limits.max_body {
-                                return Err(DecodeError::BodyTooLarge(self.limits.max_body));
-                            }
-                            if self.pos.saturating_add(n).saturating_add(1)
-                                > self.limits.max_frame_bytes
-                            {
-                                return Err(DecodeError::FrameTooLarge(
-                                    self.limits.max_frame_bytes,
-                                ));
-                            }
-                        }
+                        let content_length = self.content_length(&headers)?;
                         self.stage = Stage::Body {
                             command,
                             headers,
@@ -269,58 +251,48 @@ impl Decoder {
                         };
                         continue;
                     }
-                    let mut headers = headers;
                     if headers.len() >= self.limits.max_headers {
                         return Err(DecodeError::TooManyHeaders(self.limits.max_headers));
                     }
-                    let escaped =
-                        command.escapes_headers() && !matches!(self.version, Some(Version::V1_0));
-                    let cr_escape = !matches!(self.version, Some(Version::V1_1));
-                    let colon = line
-                        .iter()
-                        .position(|&b| b == b':')
-                        .ok_or(DecodeError::MissingColon)?;
-                    let (name, value) = (&line[..colon], &line[colon + 1..]);
-                    let decode = |raw: &[u8]| {
-                        if escaped {
-                            unescape(raw, cr_escape)
-                        } else {
-                            String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::InvalidUtf8)
-                        }
-                    };
-                    headers.push((decode(name)?, decode(value)?));
+                    headers.push(self.header(command, &line)?);
                     self.stage = Stage::Headers { command, headers };
                 }
-                Stage::Body { content_length, .. } => {
-                    let end = match *content_length {
+                Stage::Body {
+                    command,
+                    headers,
+                    content_length,
+                } => {
+                    let end = match content_length {
                         Some(n) => {
                             let end = self.pos + n;
                             match self.buf.get(end) {
-                                None => return Ok(Step::NeedMore),
-                                Some(0) => end,
+                                Some(0) => Some(end),
                                 Some(_) => return Err(DecodeError::MissingNul),
+                                None => None,
                             }
                         }
                         None => match self.buf[self.scan..].iter().position(|&b| b == 0) {
-                            Some(i) => self.scan + i,
+                            Some(i) => Some(self.scan + i),
                             None => {
                                 self.scan = self.buf.len();
                                 if self.buf.len() - self.pos > self.limits.max_body {
                                     return Err(DecodeError::BodyTooLarge(self.limits.max_body));
                                 }
-                                return Ok(Step::NeedMore);
+                                None
                             }
                         },
+                    };
+                    let Some(end) = end else {
+                        self.stage = Stage::Body {
+                            command,
+                            headers,
+                            content_length,
+                        };
+                        return Ok(Step::NeedMore);
                     };
                     if end - self.pos > self.limits.max_body {
                         return Err(DecodeError::BodyTooLarge(self.limits.max_body));
                     }
-                    let Stage::Body {
-                        command, headers, ..
-                    } = std::mem::replace(&mut self.stage, Stage::Idle)
-                    else {
-                        unreachable!("stage checked above")
-                    };
                     let body = self.buf[self.pos..end].to_vec();
                     if !body.is_empty() && !command.allows_body() {
                         return Err(DecodeError::BodyNotAllowed(command.as_str()));
@@ -335,6 +307,42 @@ impl Decoder {
                 }
             }
         }
+    }
+
+    /// The first `content-length`, checked against the limits before the body arrives.
+    fn content_length(&self, headers: &[(String, String)]) -> Result<Option<usize>, DecodeError> {
+        let Some((_, value)) = headers.iter().find(|(n, _)| n == "content-length") else {
+            return Ok(None);
+        };
+        let n = value
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| DecodeError::InvalidContentLength)?;
+        if n > self.limits.max_body {
+            return Err(DecodeError::BodyTooLarge(self.limits.max_body));
+        }
+        if self.pos.saturating_add(n).saturating_add(1) > self.limits.max_frame_bytes {
+            return Err(DecodeError::FrameTooLarge(self.limits.max_frame_bytes));
+        }
+        Ok(Some(n))
+    }
+
+    /// One header line, split at its first colon and unescaped per version and command.
+    fn header(&self, command: Command, line: &[u8]) -> Result<(String, String), DecodeError> {
+        let escaped = command.escapes_headers() && !matches!(self.version, Some(Version::V1_0));
+        let cr_escape = !matches!(self.version, Some(Version::V1_1));
+        let colon = line
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or(DecodeError::MissingColon)?;
+        let decode = |raw: &[u8]| {
+            if escaped {
+                unescape(raw, cr_escape)
+            } else {
+                String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::InvalidUtf8)
+            }
+        };
+        Ok((decode(&line[..colon])?, decode(&line[colon + 1..])?))
     }
 
     /// Drops the consumed prefix of the buffer.
@@ -589,6 +597,11 @@ mod tests {
         assert_eq!(
             decode_all(Some(Version::V1_2), b"\rSEND\n\n\0"),
             Err(DecodeError::StrayCarriageReturn)
+        );
+        assert_eq!(
+            decode_all(Some(Version::V1_1), b"\rSEND\n\n\0"),
+            Err(DecodeError::UnknownCommand),
+            "a CR before a 1.1 frame is part of its command, not a wait for LF"
         );
     }
 

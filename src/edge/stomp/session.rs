@@ -409,12 +409,13 @@ impl Session {
         };
         self.heartbeats = Heartbeats {
             send: negotiate(
-                self.config.heartbeat_send.as_millis() as u64,
+                u64::try_from(self.config.heartbeat_send.as_millis()).unwrap_or(MAX_HEARTBEAT_MS),
                 client_receive,
             ),
             receive: negotiate(
                 client_send,
-                self.config.heartbeat_receive.as_millis() as u64,
+                u64::try_from(self.config.heartbeat_receive.as_millis())
+                    .unwrap_or(MAX_HEARTBEAT_MS),
             ),
         };
         self.connect_receipt = frame.get("receipt").map(str::to_owned);
@@ -669,10 +670,20 @@ impl Session {
     }
 }
 
-/// Parses `heart-beat: cx,cy` (milliseconds); malformed values mean no heart-beats.
+/// The longest heart-beat interval a client may ask for (one day), so client-chosen numbers
+/// can never overflow the clock arithmetic.
+const MAX_HEARTBEAT_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Parses `heart-beat: cx,cy` (milliseconds, capped); malformed values mean no heart-beats.
 fn parse_heartbeat(value: &str) -> Option<(u64, u64)> {
     let (a, b) = value.split_once(',')?;
-    Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+    let ms = |v: &str| {
+        v.trim()
+            .parse::<u64>()
+            .ok()
+            .map(|n| n.min(MAX_HEARTBEAT_MS))
+    };
+    Some((ms(a)?, ms(b)?))
 }
 
 #[cfg(test)]
@@ -897,6 +908,26 @@ mod tests {
             drain(&mut s).last(),
             Some(&Output::Close(CloseReason::TimedOut))
         );
+    }
+
+    #[test]
+    fn huge_heartbeat_values_are_capped_not_overflowed() {
+        let now = t0();
+        let mut s = Session::new(SessionConfig::default(), now);
+        s.handle_frame(
+            connect_frame("1.2").header("heart-beat", "18446744073709551615,18446744073709551615"),
+            now,
+        );
+        s.authenticated(Ok(USER), now);
+        drain(&mut s);
+        let day = Duration::from_millis(MAX_HEARTBEAT_MS);
+        assert_eq!(s.poll_timeout(), Some(now + day));
+        s.handle_timeout(now + day * 3);
+        assert!(s.is_closed(), "silent for more than twice the interval");
+        let mut s = Session::new(SessionConfig::default(), now);
+        s.handle_frame(connect_frame("1.2").header("heart-beat", "x,-1"), now);
+        s.authenticated(Ok(USER), now);
+        assert_eq!(s.poll_timeout(), None, "malformed means none");
     }
 
     #[test]
