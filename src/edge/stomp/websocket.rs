@@ -177,3 +177,31 @@ async fn serve<B: ChatBackend>(
     broker.unregister(conn_id);
     let _ = ws.close(None).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn only_same_or_configured_origins_are_allowed() {
+        let public = "https://neulbi.example";
+        let allowed = vec!["https://partner.example".to_owned()];
+        let check = |origin: Option<&str>| {
+            let mut req = TestRequest::get()
+                .uri("/chat/websocket")
+                .insert_header((header::HOST, "chat.internal:8080"));
+            if let Some(o) = origin {
+                req = req.insert_header((header::ORIGIN, o));
+            }
+            origin_allowed(&req.to_http_request(), public, &allowed)
+        };
+        assert!(check(None), "not a browser page");
+        assert!(check(Some("https://neulbi.example")));
+        assert!(check(Some("https://partner.example")));
+        assert!(check(Some("http://chat.internal:8080")), "same host");
+        assert!(!check(Some("https://evil.example")));
+        assert!(!check(Some("null")));
+        assert!(!check(Some("https://neulbi.example.evil.example")));
+    }
+}
