@@ -27,6 +27,10 @@ pub struct SessionConfig {
     pub heartbeat_receive: Duration,
     /// How long a connection may stay without a successful CONNECT.
     pub connect_timeout: Duration,
+    /// SENDs a session may make in a burst before the rate applies.
+    pub send_burst: u32,
+    /// SENDs per second a session may sustain; faster clients get ERROR and are closed.
+    pub sends_per_second: u32,
 }
 
 impl Default for SessionConfig {
@@ -37,6 +41,8 @@ impl Default for SessionConfig {
             heartbeat_send: Duration::from_secs(10),
             heartbeat_receive: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            send_burst: 20,
+            sends_per_second: 5,
         }
     }
 }
@@ -223,11 +229,15 @@ pub struct Session {
     last_sent: Instant,
     out: VecDeque<Output>,
     message_seq: u64,
+    /// Token bucket for SEND: tokens left, refilled with time.
+    send_tokens: f64,
+    send_refilled: Instant,
 }
 
 impl Session {
     /// A new session for a connection opened at `now`.
     pub fn new(config: SessionConfig, now: Instant) -> Self {
+        let send_tokens = f64::from(config.send_burst);
         Self {
             config,
             state: State::Start,
@@ -241,10 +251,12 @@ impl Session {
             last_sent: now,
             out: VecDeque::new(),
             message_seq: 0,
+            send_tokens,
+            send_refilled: now,
         }
     }
 
-    /// The negotiated version, once CONNECTED was sent; the transport switches its codec.
+    /// The negotiated version, once CONNECT was accepted; the transport switches its codec.
     pub fn version(&self) -> Option<Version> {
         self.version
     }
@@ -546,7 +558,25 @@ impl Session {
         self.receipt(receipt, now);
     }
 
+    /// Takes one SEND token, refilling by the time passed; false when the bucket is empty.
+    fn take_send_token(&mut self, now: Instant) -> bool {
+        let elapsed = now
+            .saturating_duration_since(self.send_refilled)
+            .as_secs_f64();
+        self.send_refilled = now;
+        self.send_tokens = (self.send_tokens + elapsed * f64::from(self.config.sends_per_second))
+            .min(f64::from(self.config.send_burst));
+        if self.send_tokens < 1.0 {
+            return false;
+        }
+        self.send_tokens -= 1.0;
+        true
+    }
+
     fn send(&mut self, frame: Frame, receipt: Option<String>, now: Instant) {
+        if !self.take_send_token(now) {
+            return self.error("sending too fast", receipt, now);
+        }
         if frame.get("transaction").is_some() {
             return self.error("transactions are not supported", receipt, now);
         }
@@ -1203,6 +1233,36 @@ mod tests {
             s.handle_frame(frame, now);
             is_error_then_close(&drain(&mut s), message);
         }
+    }
+
+    #[test]
+    fn sends_are_rate_limited_with_a_burst() {
+        let now = t0();
+        let config = SessionConfig {
+            send_burst: 3,
+            sends_per_second: 2,
+            ..SessionConfig::default()
+        };
+        let mut s = Session::new(config, now);
+        s.handle_frame(connect_frame("1.2"), now);
+        s.authenticated(Ok(USER), now);
+        drain(&mut s);
+        let send = || {
+            Frame::new(Command::Send)
+                .header("destination", Destination::RoomSend(ROOM).to_wire())
+                .body("x")
+        };
+        for _ in 0..3 {
+            s.handle_frame(send(), now);
+        }
+        // Half a second refills one token.
+        let later = now + Duration::from_millis(500);
+        s.handle_frame(send(), later);
+        let posts = drain(&mut s);
+        assert_eq!(posts.len(), 4, "{posts:?}");
+        assert!(posts.iter().all(|o| matches!(o, Output::Post { .. })));
+        s.handle_frame(send(), later);
+        is_error_then_close(&drain(&mut s), "sending too fast");
     }
 
     #[test]
