@@ -12,7 +12,10 @@ use crate::startup::AppState;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::Message;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long one write may wait for a client that does not read before it is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// STOMP-over-WebSocket subprotocols, newest first (what stomp.js offers).
 const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
@@ -144,16 +147,19 @@ async fn serve<B: ChatBackend>(
                             tracing::warn!(command = %frame.command, "STOMP: unencodable frame");
                             break 'run;
                         }
-                        let sent = match std::str::from_utf8(&out) {
-                            Ok(text) => ws.text(text.to_owned()).await,
-                            Err(_) => ws.binary(out.clone()).await,
+                        let send = async {
+                            match std::str::from_utf8(&out) {
+                                Ok(text) => ws.text(text.to_owned()).await,
+                                Err(_) => ws.binary(out.clone()).await,
+                            }
                         };
-                        if sent.is_err() {
+                        if !matches!(tokio::time::timeout(WRITE_TIMEOUT, send).await, Ok(Ok(()))) {
                             break 'run;
                         }
                     }
                     Effect::Heartbeat => {
-                        if ws.text("\n").await.is_err() {
+                        let send = tokio::time::timeout(WRITE_TIMEOUT, ws.text("\n"));
+                        if !matches!(send.await, Ok(Ok(()))) {
                             break 'run;
                         }
                     }
@@ -175,7 +181,8 @@ async fn serve<B: ChatBackend>(
         }
     }
     broker.unregister(conn_id);
-    let _ = ws.close(None).await;
+    // The socket is going away either way; a client that does not read cannot hold the task.
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.close(None)).await;
 }
 
 #[cfg(test)]
