@@ -247,3 +247,54 @@ async fn two_members_chat_and_outsiders_are_refused() {
 
     handle.stop(true).await;
 }
+
+#[actix_rt::test]
+async fn malformed_and_oversized_input_gets_error_then_close() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir.path().to_owned(),
+        ..Config::default()
+    };
+    let app = Application::build(&config).await.expect("app");
+    let (addr, handle) = (app.local_addr(), app.handle());
+    actix_rt::spawn(app.run_until_stopped());
+
+    // A frame before CONNECT.
+    let mut c = Client::open(addr).await;
+    c.send(Frame::new(Command::Subscribe).header("id", "0"))
+        .await;
+    let error = c.expect(Command::Error).await;
+    assert_eq!(error.get("message"), Some("expected CONNECT"));
+    assert!(c.next().await.is_none());
+
+    // Not STOMP at all.
+    let mut c = Client::open(addr).await;
+    c.ws.send(Message::text("GET / HTTP/1.1\n\n\0"))
+        .await
+        .expect("send");
+    let error = c.expect(Command::Error).await;
+    assert_eq!(
+        error.get("message"),
+        Some("malformed frame: unknown command")
+    );
+    assert!(c.next().await.is_none());
+
+    // A body far over the limit, announced by content-length: refused before it arrives.
+    let mut c = Client::open(addr).await;
+    c.ws.send(Message::text(
+        "CONNECT\naccept-version:1.2\ncontent-length:99999999\n\n",
+    ))
+    .await
+    .expect("send");
+    let error = c.expect(Command::Error).await;
+    assert!(
+        error
+            .get("message")
+            .is_some_and(|m| m.starts_with("malformed frame: body exceeds")),
+        "{error:?}"
+    );
+    assert!(c.next().await.is_none());
+
+    handle.stop(true).await;
+}
