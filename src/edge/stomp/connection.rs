@@ -118,6 +118,10 @@ impl Connection {
     }
 }
 
+/// How often membership is checked before a SUBSCRIBE is refused, and the pause between.
+const MEMBERSHIP_CHECKS: u32 = 5;
+const MEMBERSHIP_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The production backend: JWTs from [`AuthService`], membership from the read model, posts
 /// through the room actor.
 #[derive(Clone)]
@@ -145,18 +149,24 @@ impl ChatBackend for AppBackend {
     }
 
     async fn may_read(&self, user: UserId, room: RoomId) -> Result<(), Refusal> {
-        let member = crate::projections::queries::is_member(
-            &self.state.read,
-            &room.to_string(),
-            &user.to_string(),
-        )
-        .await
-        .map_err(|_| Refusal("membership could not be checked; retry".into()))?;
-        if member {
-            Ok(())
-        } else {
-            Err(Refusal("not a member of this room".into()))
+        // The read model follows the log a few milliseconds behind, so a room opened just now
+        // may not list its members yet: ask again briefly before refusing.
+        for attempt in 0..MEMBERSHIP_CHECKS {
+            let member = crate::projections::queries::is_member(
+                &self.state.read,
+                &room.to_string(),
+                &user.to_string(),
+            )
+            .await
+            .map_err(|_| Refusal("membership could not be checked; retry".into()))?;
+            if member {
+                return Ok(());
+            }
+            if attempt + 1 < MEMBERSHIP_CHECKS {
+                tokio::time::sleep(MEMBERSHIP_RECHECK).await;
+            }
         }
+        Err(Refusal("not a member of this room".into()))
     }
 
     async fn post(
