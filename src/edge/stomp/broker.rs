@@ -37,7 +37,7 @@ pub struct Broker {
 
 impl Broker {
     /// A broker fed by `store`'s live feed from the current head on; the feed task ends when
-    /// the broker is dropped or the feed ends (store closed).
+    /// the broker is dropped, and resubscribes where it stopped if the feed fails.
     pub async fn start(store: SharedStore) -> Arc<Self> {
         let broker = Arc::new(Self::default());
         let from = store
@@ -159,25 +159,37 @@ fn delivery_of(event: &RecordedEvent) -> Option<Delivery> {
     })
 }
 
-async fn feed(store: SharedStore, from: u64, broker: Weak<Broker>) {
-    let mut events = store.subscribe_all(from);
-    while let Some(next) = events.next().await {
-        let Some(broker) = broker.upgrade() else {
-            return;
-        };
-        match next {
-            Ok(event) => {
-                if let Some(delivery) = delivery_of(&event) {
-                    broker.publish(Arc::new(delivery));
+/// Follows the log from `from`; after a feed error it resubscribes from the next position
+/// (after a pause), so a database hiccup delays deliveries instead of ending them.
+async fn feed(store: SharedStore, mut from: u64, broker: Weak<Broker>) {
+    loop {
+        let mut events = store.subscribe_all(from);
+        while let Some(next) = events.next().await {
+            let Some(broker) = broker.upgrade() else {
+                return;
+            };
+            match next {
+                Ok(event) => {
+                    from = event.position + 1;
+                    if let Some(delivery) = delivery_of(&event) {
+                        broker.publish(Arc::new(delivery));
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "STOMP broker: live feed failed; resubscribing");
+                    break;
                 }
             }
-            Err(error) => {
-                tracing::warn!(%error, "STOMP broker: live feed failed; deliveries stop");
-                return;
-            }
         }
+        if broker.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(FEED_RETRY).await;
     }
 }
+
+/// The pause before resubscribing to the live feed after it failed or ended.
+const FEED_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
