@@ -4,129 +4,17 @@
 
 mod support;
 
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use neulbi::config::Config;
-use neulbi::edge::stomp::codec::{Decoder, Limits, encode};
-use neulbi::edge::stomp::frame::{Command, Frame, Version};
+use neulbi::edge::stomp::frame::{Command, Frame};
 use neulbi::startup::Application;
 use neulbi::store::Metadata;
 use neulbi_domain::chat_room::RoomCommand;
-use neulbi_domain::{Actor, Context, Role, RoomId, UserId};
-use serde_json::json;
-use std::collections::VecDeque;
-use std::net::SocketAddr;
+use neulbi_domain::{Actor, Context, Role, RoomId};
 use std::time::Duration;
-use support::http::{post_json, request};
+use support::stomp::{Client, signup};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
-
-async fn signup(addr: SocketAddr, email: &str) -> (String, UserId) {
-    let r = post_json(
-        addr,
-        "/auth/signup",
-        &json!({ "email": email, "password": "a long password", "nickname": email.split('@').next() }),
-        &[],
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let token = r.json()["access_token"].as_str().expect("token").to_owned();
-    let me = request(
-        addr,
-        "GET",
-        "/users/me",
-        &[("Authorization", &format!("Bearer {token}"))],
-        "",
-    )
-    .await;
-    let id: Uuid = me.json()["id"].as_str().expect("id").parse().expect("uuid");
-    (token, UserId(id))
-}
-
-/// A minimal STOMP 1.2 client over tokio-tungstenite, using the server's own codec.
-struct Client {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    decoder: Decoder,
-    frames: VecDeque<Frame>,
-}
-
-impl Client {
-    async fn open(addr: SocketAddr) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/chat/websocket"))
-            .await
-            .expect("websocket");
-        let mut decoder = Decoder::new(Limits::default());
-        decoder.set_version(Version::V1_2);
-        Self {
-            ws,
-            decoder,
-            frames: VecDeque::new(),
-        }
-    }
-
-    async fn send(&mut self, frame: Frame) {
-        let mut bytes = Vec::new();
-        encode(&frame, Version::V1_2, &mut bytes).expect("encode");
-        let text = String::from_utf8(bytes).expect("text frame");
-        self.ws.send(Message::text(text)).await.expect("send");
-    }
-
-    /// The next frame (heart-beats skipped), or `None` when the server closed.
-    async fn next(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(f) = self.frames.pop_front() {
-                return Some(f);
-            }
-            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
-                .await
-                .expect("a frame within 10s");
-            let bytes = match msg {
-                Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
-                Some(Ok(Message::Binary(b))) => b.to_vec(),
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
-                Some(Ok(_)) => continue,
-            };
-            let mut out = Vec::new();
-            self.decoder
-                .feed(&bytes, &mut out)
-                .expect("server frames decode");
-            self.frames.extend(out);
-        }
-    }
-
-    async fn expect(&mut self, command: Command) -> Frame {
-        let f = self.next().await.expect("a frame");
-        assert_eq!(f.command, command, "{f:?}");
-        f
-    }
-
-    async fn connect(addr: SocketAddr, token: &str) -> Self {
-        let mut c = Self::open(addr).await;
-        c.send(
-            Frame::new(Command::Connect)
-                .header("accept-version", "1.1,1.2")
-                .header("host", "localhost")
-                .header("heart-beat", "0,0")
-                .header("Authorization", format!("Bearer {token}")),
-        )
-        .await;
-        let connected = c.expect(Command::Connected).await;
-        assert_eq!(connected.get("version"), Some("1.2"));
-        c
-    }
-
-    async fn subscribe(&mut self, room: RoomId, id: &str) -> Frame {
-        self.send(
-            Frame::new(Command::Subscribe)
-                .header("id", id)
-                .header("destination", format!("/topic/rooms.{room}"))
-                .header("receipt", format!("sub-{id}")),
-        )
-        .await;
-        self.next().await.expect("an answer")
-    }
-}
 
 #[actix_rt::test]
 async fn two_members_chat_and_outsiders_are_refused() {

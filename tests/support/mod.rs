@@ -5,6 +5,7 @@ pub mod http;
 pub mod oidc;
 pub mod pg;
 pub mod scenario;
+pub mod stomp;
 
 use neulbi::store::{self, SharedStore, StoreLimits};
 use std::sync::Arc;
