@@ -120,13 +120,18 @@ impl Application {
                 .context("seeding the demo users")?;
         }
         let (state_data, auth_data, images_data) = (state.clone(), auth.clone(), images.clone());
+        // Room messages for STOMP subscribers, from the log's live feed.
+        let broker =
+            web::Data::from(crate::edge::stomp::broker::Broker::start(store.clone()).await);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .app_data(auth_data.clone())
                 .app_data(images_data.clone())
+                .app_data(broker.clone())
                 .wrap(from_fn(http::trace::request_span))
                 .configure(http::configure)
+                .configure(crate::edge::stomp::websocket::configure)
                 .default_service(web::to(http::not_found))
         })
         .shutdown_timeout(config.shutdown_timeout_secs)

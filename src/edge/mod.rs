@@ -1,3 +1,4 @@
-//! Everything that speaks to the outside: HTTP now; STOMP and signaling as they land.
+//! Everything that speaks to the outside: HTTP and STOMP now; signaling as it lands.
 
 pub mod http;
+pub mod stomp;

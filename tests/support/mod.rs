@@ -8,6 +8,7 @@ pub mod oidc;
 pub mod pg;
 pub mod raw;
 pub mod scenario;
+pub mod stomp;
 
 use neulbi::store::{self, SharedStore, StoreLimits};
 use std::sync::Arc;

@@ -1,0 +1,122 @@
+//! A minimal STOMP 1.2 client over WebSocket (tokio-tungstenite) using the server's own codec,
+//! and a signup helper, for the STOMP black-box tests.
+
+use super::http::{post_json, request};
+use futures::{SinkExt, StreamExt};
+use neulbi::edge::stomp::codec::{Decoder, Limits, encode};
+use neulbi::edge::stomp::frame::{Command, Frame, Version};
+use neulbi_domain::{RoomId, UserId};
+use serde_json::json;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+pub async fn signup(addr: SocketAddr, email: &str) -> (String, UserId) {
+    let r = post_json(
+        addr,
+        "/auth/signup",
+        &json!({ "email": email, "password": "a long password", "nickname": email.split('@').next() }),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let token = r.json()["access_token"].as_str().expect("token").to_owned();
+    let me = request(
+        addr,
+        "GET",
+        "/users/me",
+        &[("Authorization", &format!("Bearer {token}"))],
+        "",
+    )
+    .await;
+    let id: Uuid = me.json()["id"].as_str().expect("id").parse().expect("uuid");
+    (token, UserId(id))
+}
+
+/// A minimal STOMP 1.2 client over tokio-tungstenite, using the server's own codec.
+pub struct Client {
+    pub ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    decoder: Decoder,
+    frames: VecDeque<Frame>,
+}
+
+impl Client {
+    pub async fn open(addr: SocketAddr) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/chat/websocket"))
+            .await
+            .expect("websocket");
+        let mut decoder = Decoder::new(Limits::default());
+        decoder.set_version(Version::V1_2);
+        Self {
+            ws,
+            decoder,
+            frames: VecDeque::new(),
+        }
+    }
+
+    pub async fn send(&mut self, frame: Frame) {
+        let mut bytes = Vec::new();
+        encode(&frame, Version::V1_2, &mut bytes).expect("encode");
+        let text = String::from_utf8(bytes).expect("text frame");
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    /// The next frame (heart-beats skipped), or `None` when the server closed.
+    pub async fn next(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(f) = self.frames.pop_front() {
+                return Some(f);
+            }
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("a frame within 10s");
+            let bytes = match msg {
+                Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
+                Some(Ok(Message::Binary(b))) => b.to_vec(),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            };
+            let mut out = Vec::new();
+            self.decoder
+                .feed(&bytes, &mut out)
+                .expect("server frames decode");
+            self.frames.extend(out);
+        }
+    }
+
+    pub async fn expect(&mut self, command: Command) -> Frame {
+        let f = self.next().await.expect("a frame");
+        assert_eq!(f.command, command, "{f:?}");
+        f
+    }
+
+    pub async fn connect(addr: SocketAddr, token: &str) -> Self {
+        let mut c = Self::open(addr).await;
+        c.send(
+            Frame::new(Command::Connect)
+                .header("accept-version", "1.1,1.2")
+                .header("host", "localhost")
+                .header("heart-beat", "0,0")
+                .header("Authorization", format!("Bearer {token}")),
+        )
+        .await;
+        let connected = c.expect(Command::Connected).await;
+        assert_eq!(connected.get("version"), Some("1.2"));
+        c
+    }
+
+    pub async fn subscribe(&mut self, room: RoomId, id: &str) -> Frame {
+        self.send(
+            Frame::new(Command::Subscribe)
+                .header("id", id)
+                .header("destination", format!("/topic/rooms.{room}"))
+                .header("receipt", format!("sub-{id}")),
+        )
+        .await;
+        self.next().await.expect("an answer")
+    }
+}
