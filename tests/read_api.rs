@@ -11,23 +11,9 @@ use neulbi_domain::chat_room::RoomCommand;
 use neulbi_domain::{Actor, Context, MessageId, Role, RoomId, UserId};
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::http::{get, post_json, request};
+use support::http::{get, request};
+use support::stomp::signup;
 use uuid::Uuid;
-
-async fn signup(addr: std::net::SocketAddr, email: &str) -> (String, UserId) {
-    let r = post_json(
-        addr,
-        "/auth/signup",
-        &json!({ "email": email, "password": "a long password", "nickname": email.split('@').next() }),
-        &[],
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let token = r.json()["access_token"].as_str().expect("token").to_owned();
-    let me = authed(addr, "GET", "/users/me", &token).await;
-    let id: Uuid = me.json()["id"].as_str().expect("id").parse().expect("uuid");
-    (token, UserId(id))
-}
 
 async fn authed(
     addr: std::net::SocketAddr,

@@ -715,23 +715,7 @@ mod tests {
     }
 
     fn command() -> impl Strategy<Value = Command> {
-        prop::sample::select(vec![
-            Command::Connect,
-            Command::Stomp,
-            Command::Send,
-            Command::Subscribe,
-            Command::Unsubscribe,
-            Command::Ack,
-            Command::Nack,
-            Command::Begin,
-            Command::Commit,
-            Command::Abort,
-            Command::Disconnect,
-            Command::Connected,
-            Command::Message,
-            Command::Receipt,
-            Command::Error,
-        ])
+        prop::sample::select(Command::ALL.to_vec())
     }
 
     fn version() -> impl Strategy<Value = Version> {

@@ -82,6 +82,27 @@ pub enum Command {
 }
 
 impl Command {
+    /// Every command, for tests and tools that enumerate the protocol.
+    pub const ALL: [Command; 15] = [
+        Command::Connect,
+        Command::Stomp,
+        Command::Send,
+        Command::Subscribe,
+        Command::Unsubscribe,
+        Command::Ack,
+        Command::Nack,
+        Command::Begin,
+        Command::Commit,
+        Command::Abort,
+        Command::Disconnect,
+        Command::Connected,
+        Command::Message,
+        Command::Receipt,
+        Command::Error,
+    ];
+}
+
+impl Command {
     /// The command as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -199,23 +220,7 @@ mod tests {
 
     #[test]
     fn commands_round_trip_through_their_names() {
-        for c in [
-            Command::Connect,
-            Command::Stomp,
-            Command::Send,
-            Command::Subscribe,
-            Command::Unsubscribe,
-            Command::Ack,
-            Command::Nack,
-            Command::Begin,
-            Command::Commit,
-            Command::Abort,
-            Command::Disconnect,
-            Command::Connected,
-            Command::Message,
-            Command::Receipt,
-            Command::Error,
-        ] {
+        for c in Command::ALL {
             assert_eq!(c.as_str().parse::<Command>(), Ok(c));
         }
         assert_eq!("send".parse::<Command>(), Err(UnknownCommand));
