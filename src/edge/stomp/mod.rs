@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod codec;
 pub mod connection;
+pub mod driver;
 pub mod frame;
 pub mod session;
 pub mod websocket;

@@ -1,21 +1,17 @@
-//! The raw WebSocket transport at `/chat/websocket`: moves bytes between the socket and the
-//! codec, time into the session, and deliveries from the [`Broker`]. Protocol decisions all
-//! live in the sans-IO [`Session`]; this file only does I/O.
+//! The raw WebSocket transport at `/chat/websocket`: the origin check, the upgrade, and a
+//! [`Transport`] over actix-ws. The connection loop is [`drive`]; protocol decisions live in
+//! the sans-IO session.
 
 use super::broker::Broker;
-use super::codec::{self, Decoder, Limits};
-use super::connection::{AppBackend, ChatBackend, Connection, Effect};
-use super::frame::Version;
-use super::session::{Session, SessionConfig};
+use super::codec::Limits;
+use super::connection::{AppBackend, ChatBackend};
+use super::driver::{Transport, TransportClosed, drive};
+use super::session::SessionConfig;
 use crate::auth::AuthService;
 use crate::startup::AppState;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::Message;
-use std::time::{Duration, Instant};
-
-/// How long one write may wait for a client that does not read before it is dropped.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// STOMP-over-WebSocket subprotocols, newest first (what stomp.js offers).
 const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
@@ -78,111 +74,58 @@ async fn websocket(
     Ok(response)
 }
 
+/// The actix-ws side of a raw STOMP-over-WebSocket connection.
+struct WsTransport {
+    ws: actix_ws::Session,
+    stream: actix_ws::MessageStream,
+}
+
+#[async_trait::async_trait(?Send)]
+impl Transport for WsTransport {
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        loop {
+            // Fragments go to the incremental decoder as they come; it bounds the frame size.
+            match self.stream.recv().await? {
+                Ok(Message::Text(text)) => return Some(text.into_bytes().to_vec()),
+                Ok(Message::Binary(bytes)) => return Some(bytes.to_vec()),
+                Ok(Message::Continuation(item)) => match item {
+                    actix_ws::Item::FirstText(b)
+                    | actix_ws::Item::FirstBinary(b)
+                    | actix_ws::Item::Continue(b)
+                    | actix_ws::Item::Last(b) => return Some(b.to_vec()),
+                },
+                Ok(Message::Ping(payload)) => {
+                    self.ws.pong(&payload).await.ok()?;
+                }
+                Ok(Message::Pong(_) | Message::Nop) => {}
+                Ok(Message::Close(_)) | Err(_) => return None,
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: Vec<u8>) -> Result<(), TransportClosed> {
+        let sent = match String::from_utf8(bytes) {
+            Ok(text) => self.ws.text(text).await,
+            Err(e) => self.ws.binary(e.into_bytes()).await,
+        };
+        sent.map_err(|_| TransportClosed)
+    }
+
+    async fn close(&mut self) {
+        let _ = self.ws.clone().close(None).await;
+    }
+}
+
 /// Runs one connection until the session or the peer closes it.
 async fn serve<B: ChatBackend>(
-    mut ws: actix_ws::Session,
+    ws: actix_ws::Session,
     stream: actix_ws::MessageStream,
     backend: B,
     broker: web::Data<Broker>,
     config: StompConfig,
 ) {
-    let mut stream = stream.max_frame_size(config.limits.max_frame_bytes);
-    let (conn_id, mut deliveries) = broker.register(config.session.max_outbound);
-    let mut conn = Connection::new(Session::new(config.session.clone(), Instant::now()));
-    let mut decoder = Decoder::new(config.limits);
-    let mut frames = Vec::new();
-    let mut out = Vec::new();
-    'run: loop {
-        let deadline = conn.session.poll_timeout();
-        let timer = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-                None => std::future::pending().await,
-            }
-        };
-        let mut decoded = Ok(());
-        tokio::select! {
-            message = stream.recv() => {
-                let now = Instant::now();
-                let bytes = match message {
-                    Some(Ok(Message::Text(text))) => text.into_bytes(),
-                    Some(Ok(Message::Binary(bytes))) => bytes,
-                    Some(Ok(Message::Continuation(item))) => match item {
-                        actix_ws::Item::FirstText(b)
-                        | actix_ws::Item::FirstBinary(b)
-                        | actix_ws::Item::Continue(b)
-                        | actix_ws::Item::Last(b) => b,
-                    },
-                    Some(Ok(Message::Ping(payload))) => {
-                        if ws.pong(&payload).await.is_err() {
-                            break 'run;
-                        }
-                        continue 'run;
-                    }
-                    Some(Ok(Message::Pong(_) | Message::Nop)) => continue 'run,
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => break 'run,
-                };
-                conn.session.handle_activity(now);
-                decoded = decoder.feed(&bytes, &mut frames);
-            }
-            delivery = deliveries.recv() => match delivery {
-                Some(delivery) => conn.session.deliver(&delivery, Instant::now()),
-                None => conn.session.handle_overflow(Instant::now()),
-            },
-            () = timer => conn.session.handle_timeout(Instant::now()),
-        }
-        // One frame at a time, each settled before the next, so replies keep their order.
-        let mut pending = std::mem::take(&mut frames).into_iter();
-        loop {
-            let effects = conn.settle(&backend, Instant::now).await;
-            if let Some(version) = conn.session.version() {
-                decoder.set_version(version);
-            }
-            for effect in effects {
-                match effect {
-                    Effect::Write(frame) => {
-                        out.clear();
-                        let version = conn.session.version().unwrap_or(Version::V1_0);
-                        if codec::encode(&frame, version, &mut out).is_err() {
-                            tracing::warn!(command = %frame.command, "STOMP: unencodable frame");
-                            break 'run;
-                        }
-                        let send = async {
-                            match std::str::from_utf8(&out) {
-                                Ok(text) => ws.text(text.to_owned()).await,
-                                Err(_) => ws.binary(out.clone()).await,
-                            }
-                        };
-                        if !matches!(tokio::time::timeout(WRITE_TIMEOUT, send).await, Ok(Ok(()))) {
-                            break 'run;
-                        }
-                    }
-                    Effect::Heartbeat => {
-                        let send = tokio::time::timeout(WRITE_TIMEOUT, ws.text("\n"));
-                        if !matches!(send.await, Ok(Ok(()))) {
-                            break 'run;
-                        }
-                    }
-                    Effect::Subscribed(room) => broker.join(conn_id, room),
-                    Effect::Unsubscribed(room) => broker.leave(conn_id, room),
-                    Effect::Close(reason) => {
-                        tracing::debug!(?reason, "STOMP session closed");
-                        break 'run;
-                    }
-                }
-            }
-            match pending.next() {
-                Some(frame) => conn.session.handle_frame(frame, Instant::now()),
-                None => match std::mem::replace(&mut decoded, Ok(())) {
-                    Err(error) => conn.session.handle_decode_error(&error, Instant::now()),
-                    Ok(()) => break,
-                },
-            }
-        }
-    }
-    broker.unregister(conn_id);
-    // The socket is going away either way; a client that does not read cannot hold the task.
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.close(None)).await;
+    let stream = stream.max_frame_size(config.limits.max_frame_bytes);
+    drive(WsTransport { ws, stream }, backend, &broker, config).await;
 }
 
 #[cfg(test)]

@@ -1,0 +1,116 @@
+//! Runs one STOMP connection over any [`Transport`]: bytes from the client into the codec,
+//! time into the session, deliveries from the [`Broker`], and the session's effects back out.
+//! The raw WebSocket and every SockJS transport share this loop; they differ only in how
+//! bytes move, which is all a [`Transport`] does.
+
+use super::broker::Broker;
+use super::codec::{self, Decoder};
+use super::connection::{ChatBackend, Connection, Effect};
+use super::frame::Version;
+use super::session::Session;
+use super::websocket::StompConfig;
+use std::time::{Duration, Instant};
+
+/// How long one write may wait for a client that does not read before it is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a transport could not carry a write; the connection ends.
+#[derive(Debug, thiserror::Error)]
+#[error("the transport is closed")]
+pub struct TransportClosed;
+
+/// Moves bytes between one client and the driver. `recv` must be cancel-safe: the driver
+/// polls it alongside deliveries and timers.
+#[async_trait::async_trait(?Send)]
+pub trait Transport {
+    /// The next chunk of client bytes (any framing of STOMP frames); `None` once the client
+    /// went away.
+    async fn recv(&mut self) -> Option<Vec<u8>>;
+    /// Writes one encoded STOMP frame or heart-beat EOL.
+    async fn send(&mut self, bytes: Vec<u8>) -> Result<(), TransportClosed>;
+    /// Closes the client side; called once, after the last write.
+    async fn close(&mut self);
+}
+
+/// Runs one connection until the session, the client or the broker ends it.
+pub async fn drive<T: Transport, B: ChatBackend>(
+    mut transport: T,
+    backend: B,
+    broker: &Broker,
+    config: StompConfig,
+) {
+    let (conn_id, mut deliveries) = broker.register(config.session.max_outbound);
+    let mut conn = Connection::new(Session::new(config.session.clone(), Instant::now()));
+    let mut decoder = Decoder::new(config.limits);
+    let mut frames = Vec::new();
+    'run: loop {
+        let deadline = conn.session.poll_timeout();
+        let timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut decoded = Ok(());
+        tokio::select! {
+            bytes = transport.recv() => {
+                let Some(bytes) = bytes else { break 'run };
+                conn.session.handle_activity(Instant::now());
+                decoded = decoder.feed(&bytes, &mut frames);
+            }
+            delivery = deliveries.recv() => match delivery {
+                Some(delivery) => conn.session.deliver(&delivery, Instant::now()),
+                None => conn.session.handle_overflow(Instant::now()),
+            },
+            () = timer => conn.session.handle_timeout(Instant::now()),
+        }
+        // One frame at a time, each settled before the next, so replies keep their order.
+        let mut pending = std::mem::take(&mut frames).into_iter();
+        loop {
+            let effects = conn.settle(&backend, Instant::now).await;
+            if let Some(version) = conn.session.version() {
+                decoder.set_version(version);
+            }
+            for effect in effects {
+                let bytes = match effect {
+                    Effect::Write(frame) => {
+                        let mut out = Vec::new();
+                        let version = conn.session.version().unwrap_or(Version::V1_0);
+                        if codec::encode(&frame, version, &mut out).is_err() {
+                            tracing::warn!(command = %frame.command, "STOMP: unencodable frame");
+                            break 'run;
+                        }
+                        out
+                    }
+                    Effect::Heartbeat => b"\n".to_vec(),
+                    Effect::Subscribed(room) => {
+                        broker.join(conn_id, room);
+                        continue;
+                    }
+                    Effect::Unsubscribed(room) => {
+                        broker.leave(conn_id, room);
+                        continue;
+                    }
+                    Effect::Close(reason) => {
+                        tracing::debug!(?reason, "STOMP session closed");
+                        break 'run;
+                    }
+                };
+                let sent = tokio::time::timeout(WRITE_TIMEOUT, transport.send(bytes)).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    break 'run;
+                }
+            }
+            match pending.next() {
+                Some(frame) => conn.session.handle_frame(frame, Instant::now()),
+                None => match std::mem::replace(&mut decoded, Ok(())) {
+                    Err(error) => conn.session.handle_decode_error(&error, Instant::now()),
+                    Ok(()) => break,
+                },
+            }
+        }
+    }
+    broker.unregister(conn_id);
+    // The client is going away either way; one that does not read cannot hold the task.
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, transport.close()).await;
+}
