@@ -125,6 +125,8 @@ pub struct Config {
     pub auth: crate::auth::AuthSettings,
     /// Profile images (`[images]`): limits, sweeper and blob backend.
     pub images: crate::blob::ImageSettings,
+    /// Chat over STOMP and SockJS (`[chat]`): limits, heart-beats, origins.
+    pub chat: crate::edge::stomp::settings::ChatSettings,
 }
 
 impl Default for Config {
@@ -141,6 +143,7 @@ impl Default for Config {
             actors: ActorSettings::default(),
             auth: crate::auth::AuthSettings::default(),
             images: crate::blob::ImageSettings::default(),
+            chat: crate::edge::stomp::settings::ChatSettings::default(),
         }
     }
 }
@@ -226,6 +229,12 @@ impl Config {
             .apply_env(&get)
             .map_err(|message| ConfigError::Env {
                 var: "NEULBI_IMAGES_*/NEULBI_S3_*",
+                message,
+            })?;
+        self.chat
+            .apply_env(&get)
+            .map_err(|message| ConfigError::Env {
+                var: "NEULBI_CHAT_*",
                 message,
             })?;
         Ok(())

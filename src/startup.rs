@@ -123,8 +123,10 @@ impl Application {
         // Room messages for STOMP subscribers, from the log's live feed.
         let broker =
             web::Data::from(crate::edge::stomp::broker::Broker::start(store.clone()).await);
+        let stomp = web::Data::new(config.chat.stomp_config());
         let server = HttpServer::new(move || {
             App::new()
+                .app_data(stomp.clone())
                 .app_data(state.clone())
                 .app_data(auth_data.clone())
                 .app_data(images_data.clone())

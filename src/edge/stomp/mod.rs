@@ -7,4 +7,5 @@ pub mod connection;
 pub mod driver;
 pub mod frame;
 pub mod session;
+pub mod settings;
 pub mod websocket;

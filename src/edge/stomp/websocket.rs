@@ -32,9 +32,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/chat/websocket", web::get().to(websocket));
 }
 
-/// Same origin (the `Host` the browser used, or the public URL) or a configured origin; a
-/// request without `Origin` is not from a browser page and cannot be a cross-site attack.
-fn origin_allowed(req: &HttpRequest, public_url: &str, allowed: &[String]) -> bool {
+/// Same origin (the `Host` the browser used, or the public URL) or a configured origin (`*`
+/// only when configured); a request without `Origin` is not from a browser page and cannot be
+/// a cross-site attack.
+pub fn origin_allowed(req: &HttpRequest, public_url: &str, allowed: &[String]) -> bool {
     let Some(origin) = req.headers().get(header::ORIGIN) else {
         return true;
     };
@@ -42,7 +43,8 @@ fn origin_allowed(req: &HttpRequest, public_url: &str, allowed: &[String]) -> bo
         return false;
     };
     let origin = origin.trim_end_matches('/');
-    if origin == public_url.trim_end_matches('/') || allowed.iter().any(|a| a == origin) {
+    if origin == public_url.trim_end_matches('/') || allowed.iter().any(|a| a == origin || a == "*")
+    {
         return true;
     }
     let host = req
@@ -153,5 +155,10 @@ mod tests {
         assert!(!check(Some("https://evil.example")));
         assert!(!check(Some("null")));
         assert!(!check(Some("https://neulbi.example.evil.example")));
+        let any = vec!["*".to_owned()];
+        let req = TestRequest::get()
+            .insert_header((header::ORIGIN, "https://evil.example"))
+            .to_http_request();
+        assert!(origin_allowed(&req, public, &any), "only when configured");
     }
 }
