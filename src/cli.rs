@@ -130,6 +130,12 @@ pub enum UsersCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Make a user a counselor, so clients can open rooms with them and they can publish a
+    /// directory profile (an operator's decision; recorded as `RoleGranted`).
+    GrantCounselor {
+        /// The user's id (a UUID).
+        user_id: String,
+    },
 }
 
 /// Options of `serve`.
@@ -239,6 +245,44 @@ pub async fn users_erase(
         writeln!(out, "user {user} erased")?;
     } else {
         writeln!(out, "user {user} was already erased; its key is destroyed")?;
+    }
+    Ok(())
+}
+
+/// `neulbi users grant-counselor ID`: appends `RoleGranted` as an operator.
+pub async fn users_grant_counselor(
+    storage: &crate::store::Storage,
+    user_id: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    use neulbi_domain::{Actor, Context, Role, UserId};
+    let user: UserId = user_id
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid user id {user_id:?}: expected a UUID"))?;
+    let users = crate::actors::Registry::<neulbi_domain::user::UserDecider>::new(
+        storage.events.clone(),
+        crate::actors::RegistryConfig::default(),
+    );
+    let ctx = Context::new(
+        Actor {
+            user_id: None,
+            role: Role::Operator,
+        },
+        chrono::Utc::now(),
+    );
+    let outcome = users
+        .execute(
+            user.as_uuid(),
+            neulbi_domain::user::UserCommand::GrantCounselorRole,
+            ctx,
+            crate::store::Metadata::default(),
+        )
+        .await
+        .with_context(|| format!("granting the counselor role to {user}"))?;
+    if outcome.events.is_empty() {
+        writeln!(out, "user {user} already is a counselor")?;
+    } else {
+        writeln!(out, "user {user} is now a counselor")?;
     }
     Ok(())
 }

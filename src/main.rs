@@ -202,6 +202,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             storage.events.close().await;
             result
         }
+        Command::Users(UsersCommand::GrantCounselor { user_id }) => {
+            let storage =
+                store::open_storage(&config.database_url(), config.store_limits(), true).await?;
+            let mut out = std::io::stdout().lock();
+            let result = cli::users_grant_counselor(&storage, &user_id, &mut out).await;
+            storage.events.close().await;
+            result
+        }
     }
 }
 

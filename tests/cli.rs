@@ -153,3 +153,77 @@ fn users_erase_refuses_without_confirmation_and_for_unknown_users() {
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     }
 }
+
+#[test]
+fn users_grant_counselor_refuses_bad_and_unknown_users() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let id = Uuid::now_v7().to_string();
+    let cases: [(&[&str], &str); 2] = [
+        (&["users", "grant-counselor", "x"], "invalid user id"),
+        (&["users", "grant-counselor", &id], "does not exist"),
+    ];
+    for (args, expected) in cases {
+        let out = neulbi(dir.path()).args(args).output().expect("run");
+        assert!(!out.status.success(), "{args:?} must fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+}
+
+#[actix_rt::test]
+async fn users_grant_counselor_makes_a_client_a_counselor_once() {
+    use neulbi_domain::user::{UserCommand, UserDecider};
+    use neulbi_domain::{Role, UserId};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("neulbi.db").display());
+    let storage = store::open_storage(&url, StoreLimits::default(), true)
+        .await
+        .expect("storage");
+    let users = neulbi::actors::Registry::<UserDecider>::new(
+        storage.events.clone(),
+        neulbi::actors::RegistryConfig::default(),
+    );
+    let user = UserId::from_uuid(Uuid::now_v7());
+    let register = UserCommand::Register {
+        user_id: user,
+        provider: "local".into(),
+        subject: "grant@example.com".into(),
+        email: "grant@example.com".into(),
+        nickname: "grant".into(),
+        role: Role::Client,
+    };
+    users
+        .execute(
+            user.as_uuid(),
+            register,
+            support::scenario::system(),
+            Default::default(),
+        )
+        .await
+        .expect("register");
+    let mut out = Vec::new();
+    for _ in 0..2 {
+        neulbi::cli::users_grant_counselor(&storage, &user.to_string(), &mut out)
+            .await
+            .expect("grant");
+    }
+    let out = String::from_utf8(out).expect("utf-8");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            format!("user {user} is now a counselor"),
+            format!("user {user} already is a counselor")
+        ]
+    );
+    let stream = StreamName::new(StreamKind::User, user.as_uuid());
+    let types: Vec<String> = storage
+        .events
+        .read_stream(&stream, 0, store::Direction::Forward, 10)
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect();
+    assert_eq!(types, ["Registered", "RoleGranted"]);
+    storage.events.close().await;
+}

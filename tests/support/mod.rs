@@ -1,6 +1,7 @@
 //! Shared helpers of the integration tests: real backends started per test.
 #![allow(dead_code)]
 
+pub mod app;
 pub mod capture;
 pub mod http;
 pub mod moto;

@@ -6,6 +6,7 @@ pub mod error;
 pub mod health;
 pub mod images;
 pub mod read_models;
+pub mod rooms;
 pub mod trace;
 pub mod users;
 
@@ -46,7 +47,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(auth::configure)
         .configure(users::configure)
         .configure(images::configure)
-        .configure(read_models::configure);
+        .configure(read_models::configure)
+        .configure(rooms::configure);
 }
 
 async fn index() -> HttpResponse {

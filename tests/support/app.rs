@@ -1,0 +1,118 @@
+//! One running Neulbi node per test, on 127.0.0.1 with an ephemeral port and a temp data dir,
+//! plus the people a chat test needs: clients, counselors and a room between them.
+
+use super::http::post_json;
+use super::stomp::signup;
+use neulbi::config::Config;
+use neulbi::startup::{AppState, Application};
+use neulbi::store::Metadata;
+use neulbi_domain::user::UserCommand;
+use neulbi_domain::{Actor, Context, Role, UserId};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A node serving in the background of the test.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub state: actix_web::web::Data<AppState>,
+    pub handle: actix_web::dev::ServerHandle,
+    _dir: tempfile::TempDir,
+}
+
+/// A signed-up person with a fresh access token.
+pub struct Person {
+    pub id: UserId,
+    pub token: String,
+}
+
+impl TestApp {
+    /// Starts a node with the embedded defaults; `tune` adjusts the config first.
+    pub async fn start(tune: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        };
+        tune(&mut config);
+        let app = Application::build(&config).await.expect("app");
+        let (addr, handle, state) = (app.local_addr(), app.handle(), app.state());
+        actix_rt::spawn(app.run_until_stopped());
+        Self {
+            addr,
+            state,
+            handle,
+            _dir: dir,
+        }
+    }
+
+    /// Signs up a client with a local account.
+    pub async fn client(&self, email: &str) -> Person {
+        let (token, id) = signup(self.addr, email).await;
+        Person { id, token }
+    }
+
+    /// Signs up a person, grants them the counselor role as an operator, and signs them in
+    /// again so their token carries the role.
+    pub async fn counselor(&self, email: &str) -> Person {
+        let (_, id) = signup(self.addr, email).await;
+        let operator = Context::new(
+            Actor {
+                user_id: None,
+                role: Role::Operator,
+            },
+            chrono::Utc::now(),
+        );
+        self.state
+            .users
+            .execute(
+                id.as_uuid(),
+                UserCommand::GrantCounselorRole,
+                operator,
+                Metadata::default(),
+            )
+            .await
+            .expect("grant counselor");
+        let r = post_json(
+            self.addr,
+            "/auth/login",
+            &json!({ "email": email, "password": "a long password" }),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let token = r.json()["access_token"].as_str().expect("token").to_owned();
+        Person { id, token }
+    }
+
+    /// `client` opens a room with `counselor` over HTTP; returns the room id.
+    pub async fn open_room(&self, client: &Person, counselor: &Person) -> String {
+        let r = post_json(
+            self.addr,
+            "/rooms",
+            &json!({ "counselor_id": counselor.id.to_string() }),
+            &[("Authorization", &format!("Bearer {}", client.token))],
+        )
+        .await;
+        assert!(matches!(r.status, 200 | 201), "{}: {}", r.status, r.body);
+        r.json()["room_id"].as_str().expect("room id").to_owned()
+    }
+
+    /// Waits until the read models list `person` as a member of `room` (the projection
+    /// trails the log by a few milliseconds), for at most 10 s.
+    pub async fn wait_member(&self, room: &str, person: &Person) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let user = person.id.to_string();
+        while !neulbi::projections::queries::is_member(&self.state.read, room, &user)
+            .await
+            .expect("query")
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{user} never became a member of {room}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
