@@ -359,6 +359,20 @@ async fn demo_counselor_gets_the_counselor_role_and_publishes_a_profile() {
     let token = field(&r.json(), "access_token");
     let p = me(&app, &token).await.json();
     assert_eq!(p["role"], "counselor");
+    // Seeded with a directory profile, so a demo client finds someone on the first run.
+    assert_eq!(
+        p["counselor_profile"]["headline"],
+        "Demo counselor: listening first"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let listed = get(app.addr, "/counselors").await.json();
+        if listed["items"][0]["user_id"] == p["id"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not listed: {listed}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let auth = bearer(&token);
     let profile = json!({"headline": "Listening first", "bio": "Ten years of counseling."});
     let r = request(

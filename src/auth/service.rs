@@ -700,6 +700,21 @@ impl AuthService {
                 )
                 .await
             {
+                // The demo counselor is listed in the directory, so a demo client can find
+                // someone to talk to on the first run.
+                Ok((id, true)) if role == Role::Counselor => {
+                    let command = UserCommand::PublishCounselorProfile {
+                        headline: "Demo counselor: listening first".into(),
+                        bio: "A demo account of the embedded setup. Start a chat to try Neulbi."
+                            .into(),
+                    };
+                    let ctx =
+                        Context::new(Actor::user(UserId::from_uuid(id), role), chrono::Utc::now());
+                    users
+                        .execute(id, command, ctx, Metadata::default())
+                        .await
+                        .map_err(AuthError::from)?;
+                }
                 Ok(_) | Err(AuthError::EmailTaken) => {}
                 Err(e) => return Err(e),
             }
