@@ -9,13 +9,11 @@ pub mod read_models;
 pub mod rooms;
 pub mod trace;
 pub mod users;
+pub mod web_client;
 
 use actix_web::{HttpResponse, web};
 
 pub use error::ApiError;
-
-/// The index page of the web client; the full client lands with the chat and call features.
-const INDEX_HTML: &str = include_str!("../../../web/index.html");
 
 /// Registers every route of the HTTP API.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -43,18 +41,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/counselors", web::get().to(directory::list))
-        .route("/", web::get().to(index))
+        .configure(web_client::configure)
         .configure(auth::configure)
         .configure(users::configure)
         .configure(images::configure)
         .configure(read_models::configure)
         .configure(rooms::configure);
-}
-
-async fn index() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(INDEX_HTML)
 }
 
 /// The answer for every unknown route: the JSON error shape, not an empty 404.

@@ -1,0 +1,71 @@
+// The web client in a real browser (Debian chromium, headless, driven by playwright-core),
+// run by tests/web_client.rs. The demo client signs in, finds the demo counselor in the
+// directory, opens a room and writes; the demo counselor, in a second browser context, sees
+// the room and the message live over STOMP and answers; the client sees the answer.
+// Usage: NEULBI_URL=http://127.0.0.1:PORT node web-chat.mjs   → prints "OK" or "FAIL <why>".
+import { chromium } from 'playwright-core';
+
+const base = process.env.NEULBI_URL;
+if (!base) {
+  console.error('usage: NEULBI_URL=http://127.0.0.1:PORT node web-chat.mjs');
+  process.exit(2);
+}
+const executablePath = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const TIMEOUT = 10_000;
+
+async function signIn(browser, email, password) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.setDefaultTimeout(TIMEOUT);
+  const problems = [];
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+  await page.goto(base);
+  await page.fill('#local input[name=email]', email);
+  await page.fill('#local input[name=password]', password);
+  await page.click('#local button');
+  await page.waitForSelector('#status:text("live")');
+  return { page, problems };
+}
+
+async function main() {
+  const browser = await chromium.launch({ executablePath, headless: true, args: ['--no-sandbox'] });
+  try {
+    const client = await signIn(browser, 'client@demo.neulbi.local', 'demo-client-pass');
+    await client.page.click('#counselors li button:has-text("Demo Counselor")');
+    await client.page.waitForSelector('#chat:not([hidden]) #room-title:has-text("Demo Counselor")');
+    const hello = `안녕하세요, browser ${Date.now()}`;
+    await client.page.fill('#text', hello);
+    await client.page.click('#compose button');
+    // Shown at once as pending, then confirmed by the message coming back from the log.
+    await client.page.waitForSelector(`.msg.mine:not(.pending):has-text("${hello}")`);
+
+    const counselor = await signIn(browser, 'counselor@demo.neulbi.local', 'demo-counselor-pass');
+    await counselor.page.click('#rooms li button');
+    await counselor.page.waitForSelector(`.msg:not(.mine):has-text("${hello}")`);
+    const answer = 'Thank you for writing. How are you feeling today?';
+    await counselor.page.fill('#text', answer);
+    await counselor.page.click('#compose button');
+    await client.page.waitForSelector(`.msg:not(.mine):has-text("${answer}")`);
+
+    // Server text is shown as text: markup in a message is not interpreted.
+    const markup = '<img src=x onerror="window.pwned=1"><b>bold?</b>';
+    await client.page.fill('#text', markup);
+    await client.page.click('#compose button');
+    await counselor.page.waitForSelector('.msg:not(.mine):has-text("<b>bold?</b>")');
+    if (await counselor.page.evaluate(() => window.pwned === 1 || document.querySelector('#messages b') !== null)) {
+      throw new Error('message markup was interpreted');
+    }
+    const problems = [...client.problems, ...counselor.problems];
+    if (problems.length) throw new Error(problems.join('; '));
+    console.log('OK');
+  } finally {
+    await browser.close();
+  }
+}
+
+const timer = setTimeout(() => { console.log('FAIL timed out'); process.exit(1); }, 60_000);
+main().then(() => { clearTimeout(timer); process.exit(0); }, (e) => {
+  console.log(`FAIL ${String(e?.message ?? e).split('\n')[0]}`);
+  process.exit(1);
+});

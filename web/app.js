@@ -1,0 +1,281 @@
+// The Neulbi web client: sign-in, the counselor directory, my rooms and a live chat over
+// STOMP (raw WebSocket at /chat/websocket, @stomp/stompjs from web/vendor/).
+// The access token lives in memory only; the refresh token is an HttpOnly cookie the page never
+// sees, and renews the access token on reload and before every STOMP (re)connect.
+// Every text from the server is put on the page with textContent, never as HTML.
+
+const $ = (id) => document.getElementById(id);
+const state = { access: null, me: null, room: null, rooms: [], names: new Map(), stomp: null, sub: null, lastSeen: null, readTimer: null };
+
+const fail = (e) => { $('error').textContent = e?.error?.message ?? e?.message ?? String(e); };
+const clearError = () => { $('error').textContent = ''; };
+
+/** Calls the JSON API with the access token; throws the API's error object on failure. */
+async function api(method, path, body) {
+  const headers = { Authorization: `Bearer ${state.access}` };
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  if (r.status === 204) return null;
+  const j = await r.json().catch(() => ({ error: { message: `HTTP ${r.status}` } }));
+  if (!r.ok) throw j;
+  return j;
+}
+
+async function tokens(body) {
+  const r = await fetch('/oauth/token', { method: 'POST', body: new URLSearchParams(body), credentials: 'same-origin' });
+  const j = await r.json();
+  if (!r.ok) throw j;
+  state.access = j.access_token;
+  return j;
+}
+
+// --- sign-in ------------------------------------------------------------------------------
+
+/** Seconds until a JWT's `exp` (read, not verified: the server verifies). */
+function expiresInSeconds(jwt) {
+  try {
+    const payload = JSON.parse(atob(jwt.split('.')[1].replace(/-/g, '+').replace(/_/g, '/')));
+    return payload.exp - Date.now() / 1000;
+  } catch {
+    return 0;
+  }
+}
+
+// Whether this browser signed in before, so a reload only tries the refresh cookie then.
+const SESSION_HINT = 'neulbi.signed-in';
+
+async function signedIn() {
+  state.me = await api('GET', '/users/me');
+  localStorage.setItem(SESSION_HINT, '1');
+  $('who').textContent = state.me.nickname ?? state.me.email;
+  $('role').textContent = state.me.role;
+  $('signin').hidden = true;
+  $('me').hidden = false;
+  $('app').hidden = false;
+  $('directory').hidden = state.me.role !== 'client';
+  await Promise.all([loadCounselors(), loadRooms()]);
+  connect();
+}
+
+$('local').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  clearError();
+  const f = new FormData(ev.target);
+  const r = await fetch('/auth/login', {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, credentials: 'same-origin',
+    body: JSON.stringify({ email: f.get('email'), password: f.get('password') }),
+  });
+  const j = await r.json();
+  if (!r.ok) return fail(j);
+  state.access = j.access_token;
+  signedIn().catch(fail);
+});
+
+$('logout').addEventListener('click', async () => {
+  await state.stomp?.deactivate();
+  await fetch('/auth/logout', { method: 'POST', credentials: 'same-origin' });
+  localStorage.removeItem(SESSION_HINT);
+  Object.assign(state, { access: null, me: null, room: null, stomp: null, sub: null });
+  $('me').hidden = true;
+  $('app').hidden = true;
+  $('chat').hidden = true;
+  $('signin').hidden = false;
+});
+
+// --- directory and rooms ------------------------------------------------------------------
+
+async function loadCounselors() {
+  const { items } = await fetch('/counselors').then((r) => r.json());
+  const list = $('counselors');
+  list.replaceChildren();
+  for (const c of items) {
+    state.names.set(c.user_id, c.nickname ?? 'counselor');
+    const li = document.createElement('li');
+    const b = document.createElement('button');
+    const name = document.createElement('strong');
+    name.textContent = c.nickname ?? 'counselor';
+    const headline = document.createElement('div');
+    headline.className = 'muted';
+    headline.textContent = c.headline;
+    b.append(name, headline);
+    b.addEventListener('click', () => startChat(c.user_id).catch(fail));
+    li.append(b);
+    list.append(li);
+  }
+  if (items.length === 0) list.textContent = 'No counselor has published a profile yet.';
+}
+
+async function startChat(counselorId) {
+  clearError();
+  const room = await api('POST', '/rooms', { counselor_id: counselorId });
+  await loadRooms();
+  openRoom(room.room_id);
+}
+
+function otherParty(r) {
+  const other = state.me.id === r.client_id ? r.counselor_id : r.client_id;
+  return state.names.get(other) ?? `${state.me.id === r.client_id ? 'counselor' : 'client'} ${other.slice(0, 8)}`;
+}
+
+async function loadRooms() {
+  const { items } = await api('GET', '/users/me/rooms');
+  state.rooms = items;
+  const list = $('rooms');
+  list.replaceChildren();
+  for (const r of items) {
+    const li = document.createElement('li');
+    if (r.room_id === state.room) li.className = 'active';
+    const b = document.createElement('button');
+    const title = document.createElement('strong');
+    title.textContent = otherParty(r) + (r.closed_at ? ' (closed)' : ' ');
+    b.append(title);
+    if (r.unread_count > 0 && r.room_id !== state.room) {
+      const badge = document.createElement('span');
+      badge.className = 'unread';
+      badge.textContent = String(r.unread_count);
+      b.append(badge);
+    }
+    const preview = document.createElement('div');
+    preview.className = 'muted';
+    preview.textContent = r.last_message_preview ?? 'no messages yet';
+    b.append(preview);
+    b.addEventListener('click', () => openRoom(r.room_id));
+    li.append(b);
+    list.append(li);
+  }
+  if (items.length === 0) list.textContent = 'No rooms yet.';
+}
+
+// --- chat ---------------------------------------------------------------------------------
+
+/** Shows one message; a pending one (sent, no RECEIPT yet) is replaced when it comes back. */
+function showMessage({ id, authorId, body, at, clientMessageId }, pending = false) {
+  const box = $('messages');
+  let el = clientMessageId && box.querySelector(`[data-cmid="${CSS.escape(clientMessageId)}"]`);
+  if (id && box.querySelector(`[data-id="${CSS.escape(id)}"]`)) return;
+  if (!el) {
+    el = document.createElement('div');
+    box.append(el);
+  }
+  el.className = `msg${authorId === state.me.id ? ' mine' : ''}${pending ? ' pending' : ''}`;
+  if (id) el.dataset.id = id;
+  if (clientMessageId) el.dataset.cmid = clientMessageId;
+  const text = document.createElement('div');
+  text.textContent = body ?? '(erased)';
+  const when = document.createElement('div');
+  when.className = 'muted';
+  when.textContent = pending ? 'sending…' : new Date(at).toLocaleTimeString();
+  el.replaceChildren(text, when);
+  box.scrollTop = box.scrollHeight;
+  if (id && !pending) state.lastSeen = id;
+}
+
+/** Tells the server what I have read, at most once a second. */
+function markRead() {
+  if (!state.room || !state.lastSeen || document.hidden) return;
+  clearTimeout(state.readTimer);
+  const [room, upTo] = [state.room, state.lastSeen];
+  state.readTimer = setTimeout(() => api('POST', `/rooms/${room}/read`, { up_to: upTo }).then(loadRooms).catch(() => {}), 1000);
+}
+
+async function openRoom(roomId) {
+  clearError();
+  state.room = roomId;
+  state.lastSeen = null;
+  const r = state.rooms.find((x) => x.room_id === roomId);
+  $('room-title').textContent = r ? `Chat with ${otherParty(r)}` : 'Chat';
+  $('compose').hidden = Boolean(r?.closed_at);
+  $('close-room').hidden = Boolean(r?.closed_at);
+  $('messages').replaceChildren();
+  $('chat').hidden = false;
+  const page = await api('GET', `/rooms/${roomId}/messages?limit=50`);
+  for (const m of page.items.reverse()) {
+    showMessage({ id: m.message_id, authorId: m.author_id, body: m.body, at: m.posted_at });
+  }
+  subscribeRoom();
+  markRead();
+  loadRooms().catch(() => {});
+}
+
+function subscribeRoom() {
+  state.sub?.unsubscribe();
+  state.sub = null;
+  if (!state.room || !state.stomp?.connected) return;
+  const room = state.room;
+  state.sub = state.stomp.subscribe(`/topic/rooms.${room}`, (frame) => {
+    if (state.room !== room) return;
+    showMessage(JSON.parse(frame.body));
+    markRead();
+  });
+}
+
+$('compose').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const text = $('text').value.trim();
+  if (!text || !state.stomp?.connected) return;
+  const clientMessageId = crypto.randomUUID();
+  showMessage({ authorId: state.me.id, body: text, clientMessageId }, true);
+  state.stomp.watchForReceipt(clientMessageId, () => {
+    const el = $('messages').querySelector(`[data-cmid="${CSS.escape(clientMessageId)}"].pending`);
+    if (el) el.lastChild.textContent = 'sent';
+  });
+  // The client message id makes a resend after a dropped connection harmless.
+  state.stomp.publish({
+    destination: `/app/rooms.${state.room}.send`,
+    headers: { receipt: clientMessageId, 'client-message-id': clientMessageId, 'content-type': 'text/plain' },
+    body: text,
+  });
+  $('text').value = '';
+});
+
+$('close-room').addEventListener('click', async () => {
+  if (!state.room || !confirm('Close this room? Nobody can post in it afterwards.')) return;
+  await api('POST', `/rooms/${state.room}/close`).catch(fail);
+  await loadRooms();
+  openRoom(state.room).catch(fail);
+});
+
+document.addEventListener('visibilitychange', markRead);
+
+function connect() {
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  const client = new StompJs.Client({
+    brokerURL: `${scheme}://${location.host}/chat/websocket`,
+    reconnectDelay: 2000,
+    heartbeatIncoming: 10000,
+    heartbeatOutgoing: 10000,
+    // A fresh access token for a (re)connect when the current one is about to expire.
+    beforeConnect: async () => {
+      if (expiresInSeconds(state.access) < 60) await tokens({ grant_type: 'refresh_token' }).catch(() => {});
+      client.connectHeaders = { Authorization: `Bearer ${state.access}` };
+    },
+  });
+  client.onConnect = () => {
+    $('status').textContent = 'live';
+    // Whatever arrived while the connection was down: reload the open room from history.
+    if (state.room) openRoom(state.room).catch(fail);
+  };
+  client.onWebSocketClose = () => { $('status').textContent = 'reconnecting…'; };
+  client.onStompError = (frame) => fail(frame.headers.message ?? 'chat error');
+  client.activate();
+  state.stomp = client;
+}
+
+// --- start --------------------------------------------------------------------------------
+
+fetch('/auth/providers').then((r) => r.json()).then(({ providers }) => {
+  for (const p of providers) {
+    const a = document.createElement('a');
+    a.href = p.authorization_url;
+    a.textContent = `Sign in with ${p.display_name}`;
+    $('providers').append(a, ' ');
+  }
+});
+const code = new URLSearchParams(location.hash.slice(1)).get('login_code');
+if (code) {
+  history.replaceState(null, '', location.pathname);
+  tokens({ grant_type: 'authorization_code', code }).then(signedIn).catch(fail);
+} else if (localStorage.getItem(SESSION_HINT)) {
+  // A page reload: the refresh cookie, if still valid, renews the session.
+  tokens({ grant_type: 'refresh_token' }).then(signedIn).catch(() => localStorage.removeItem(SESSION_HINT));
+}
