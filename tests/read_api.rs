@@ -4,15 +4,13 @@
 
 mod support;
 
-use neulbi::config::Config;
-use neulbi::startup::Application;
 use neulbi::store::Metadata;
 use neulbi_domain::chat_room::RoomCommand;
-use neulbi_domain::{Actor, Context, MessageId, Role, RoomId, UserId};
+use neulbi_domain::{Actor, Context, MessageId, Role, UserId};
 use serde_json::{Value, json};
 use std::time::Duration;
+use support::app::TestApp;
 use support::http::{get, request};
-use support::stomp::signup;
 use uuid::Uuid;
 
 async fn authed(
@@ -47,33 +45,22 @@ async fn items(addr: std::net::SocketAddr, path: &str, token: &str, n: usize) ->
 
 #[actix_rt::test]
 async fn my_rooms_history_and_export_over_http() {
-    let dir = tempfile::tempdir().expect("dir");
-    let config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: dir.path().to_owned(),
-        ..Config::default()
-    };
-    let app = Application::build(&config).await.expect("app");
-    let (addr, handle, state) = (app.local_addr(), app.handle(), app.state());
-    actix_rt::spawn(app.run_until_stopped());
-
-    let (client_token, client) = signup(addr, "client.read@example.com").await;
-    let (counselor_token, counselor) = signup(addr, "counselor.read@example.com").await;
-    let (outsider_token, _) = signup(addr, "outsider.read@example.com").await;
-
-    // Chat over STOMP is a later feature: drive the room through its actor.
-    let room = Uuid::now_v7();
-    let as_user = |u: UserId| Context::new(Actor::user(u, Role::Client), chrono::Utc::now());
-    let open = RoomCommand::Open {
-        room_id: RoomId(room),
-        client,
-        counselor,
-    };
-    state
-        .rooms
-        .execute(room, open, as_user(client), Metadata::default())
+    let app = TestApp::start(|_| {}).await;
+    let (addr, state) = (app.addr, app.state.clone());
+    let client_person = app.client("client.read@example.com").await;
+    let counselor_person = app.counselor("counselor.read@example.com").await;
+    let outsider = app.client("outsider.read@example.com").await;
+    let (client_token, client) = (client_person.token.clone(), client_person.id);
+    let (counselor_token, counselor) = (counselor_person.token.clone(), counselor_person.id);
+    let outsider_token = outsider.token;
+    let room: Uuid = app
+        .open_room(&client_person, &counselor_person)
         .await
-        .expect("open");
+        .parse()
+        .expect("uuid");
+
+    // Messages through the room actor (the STOMP path has tests of its own).
+    let as_user = |u: UserId| Context::new(Actor::user(u, Role::Client), chrono::Utc::now());
     for (author, text) in [
         (client, "client-wrote-this"),
         (counselor, "counselor-wrote-this"),
@@ -208,5 +195,5 @@ async fn my_rooms_history_and_export_over_http() {
         !history.contains("client-wrote-this") && history.contains("counselor-wrote-this"),
         "{history}"
     );
-    handle.stop(true).await;
+    app.handle.stop(true).await;
 }
