@@ -32,12 +32,14 @@ struct Routes {
     queues: HashMap<ConnId, mpsc::Sender<Arc<Delivery>>>,
     /// Per topic, the connections and how many of their subscriptions point at it.
     topics: HashMap<Topic, HashMap<ConnId, usize>>,
+    /// How many of `topics` are `/user/queue/rooms` ones (none: room-list pushes are skipped).
+    user_queues: usize,
 }
 
-/// Rooms whose members have a local `/user/queue/rooms` subscriber, with their members, so a
-/// room event is routed without asking the read model each time. Bounded: an entry goes when
-/// none of its members is subscribed here any more, when the room closes, or (least recently
-/// used first) when the map is full.
+/// Room members as last seen, so a room event is routed to members' queues without asking the
+/// read model each time (membership changes arrive on the same feed). Bounded: an entry goes
+/// when the room closes, when no `/user/queue/rooms` subscriber is left on this node, or
+/// (least recently used first) when the map is full.
 struct MemberCache {
     rooms: HashMap<RoomId, (Vec<UserId>, u64)>,
     tick: u64,
@@ -150,6 +152,9 @@ impl Broker {
     pub fn join(&self, conn: ConnId, topic: Topic) {
         let mut routes = self.routes();
         if routes.queues.contains_key(&conn) {
+            if matches!(topic, Topic::UserRooms(_)) && !routes.topics.contains_key(&topic) {
+                routes.user_queues += 1;
+            }
             *routes
                 .topics
                 .entry(topic)
@@ -171,6 +176,9 @@ impl Broker {
             }
             if members.is_empty() {
                 routes.topics.remove(&topic);
+                if matches!(topic, Topic::UserRooms(_)) {
+                    routes.user_queues = routes.user_queues.saturating_sub(1);
+                }
             }
         }
     }
@@ -178,10 +186,19 @@ impl Broker {
     /// Forgets a connection (it closed, or it was too slow).
     pub fn unregister(&self, conn: ConnId) {
         let mut routes = self.routes();
-        routes.queues.remove(&conn);
-        routes.topics.retain(|_, members| {
+        let Routes {
+            queues,
+            topics,
+            user_queues,
+        } = &mut *routes;
+        queues.remove(&conn);
+        topics.retain(|topic, members| {
             members.remove(&conn);
-            !members.is_empty()
+            let keep = !members.is_empty();
+            if !keep && matches!(topic, Topic::UserRooms(_)) {
+                *user_queues = user_queues.saturating_sub(1);
+            }
+            keep
         });
     }
 
@@ -244,7 +261,12 @@ impl Broker {
         };
         let mut members = match cached {
             Some(members) => members,
-            None => self.load_members(room).await,
+            None => match self.load_members(room).await {
+                Some(members) => members,
+                // Unknown to the read model (yet): nothing to push, and nothing cached, so
+                // the next event asks again.
+                None => return,
+            },
         };
         for &user in &members {
             if self.has_user_queue(user)
@@ -256,10 +278,8 @@ impl Broker {
         if let RoomEvent::MemberLeft { user_id, .. } = event {
             members.retain(|u| u != user_id);
         }
-        let keep = !matches!(event, RoomEvent::Closed { .. })
-            && members.iter().any(|&u| self.has_user_queue(u));
         let mut cache = self.members_cache();
-        if keep {
+        if !matches!(event, RoomEvent::Closed { .. }) {
             cache.put(room, members);
         } else {
             cache.rooms.remove(&room);
@@ -267,16 +287,18 @@ impl Broker {
     }
 
     /// The room's current members from the read model (rooms opened before this node's feed
-    /// started); none if there is no read model or it cannot be asked.
-    async fn load_members(&self, room: RoomId) -> Vec<UserId> {
-        let Some(read) = &self.read else {
-            return Vec::new();
-        };
+    /// started); `None` if there is no read model, it cannot be asked, or it does not know the
+    /// room yet (it trails the log).
+    async fn load_members(&self, room: RoomId) -> Option<Vec<UserId>> {
+        let read = self.read.as_ref()?;
         match crate::projections::queries::room_members(read, &room.to_string()).await {
-            Ok(ids) => ids.iter().filter_map(|id| id.parse().ok()).collect(),
+            Ok(ids) => {
+                let members: Vec<UserId> = ids.iter().filter_map(|id| id.parse().ok()).collect();
+                (!members.is_empty()).then_some(members)
+            }
             Err(error) => {
                 tracing::warn!(%error, %room, "STOMP broker: room members could not be read");
-                Vec::new()
+                None
             }
         }
     }
@@ -288,10 +310,7 @@ impl Broker {
     }
 
     fn any_user_queue(&self) -> bool {
-        self.routes()
-            .topics
-            .keys()
-            .any(|t| matches!(t, Topic::UserRooms(_)))
+        self.routes().user_queues > 0
     }
 
     fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
@@ -487,7 +506,14 @@ mod tests {
         broker.leave(c2, Topic::Room(b));
         broker.publish(delivery(b));
         assert!(r2.try_recv().is_err());
+        let me = Topic::UserRooms(UserId::from_uuid(Uuid::from_u128(9)));
+        broker.join(c2, me);
+        broker.join(c2, me);
+        assert!(broker.any_user_queue());
+        broker.leave(c2, me);
+        assert!(broker.any_user_queue(), "one subscription left");
         broker.unregister(c2);
+        assert!(!broker.any_user_queue());
         assert!(broker.routes().topics.is_empty());
         assert!(broker.routes().queues.is_empty());
     }
