@@ -8,8 +8,8 @@ mod support;
 
 use futures::SinkExt;
 use neulbi::config::Config;
-use neulbi::edge::stomp::settings::ChatSettings;
 use neulbi::edge::stomp::frame::{Command, Frame};
+use neulbi::edge::stomp::settings::ChatSettings;
 use neulbi::startup::Application;
 use neulbi::store::Metadata;
 use neulbi_domain::chat_room::RoomCommand;
@@ -330,9 +330,7 @@ async fn my_room_list_queue_gets_opened_message_read_and_closed_pushes() {
     let first = open_room(&state, alice, bob).await;
 
     let mut alice_ws = Client::connect(addr, &alice_token).await;
-    let answer = alice_ws
-        .subscribe_with("/user/queue/rooms", "q", &[])
-        .await;
+    let answer = alice_ws.subscribe_with("/user/queue/rooms", "q", &[]).await;
     assert_eq!(answer.command, Command::Receipt, "{answer:?}");
 
     let mut bob_ws = Client::connect(addr, &bob_token).await;
@@ -341,7 +339,10 @@ async fn my_room_list_queue_gets_opened_message_read_and_closed_pushes() {
     assert_eq!(message.get("destination"), Some("/user/queue/rooms"));
     assert_eq!(message.get("subscription"), Some("q"));
     let text = String::from_utf8(message.body.clone()).expect("utf8");
-    assert!(!text.contains("private"), "no bodies in room-list pushes: {text}");
+    assert!(
+        !text.contains("private"),
+        "no bodies in room-list pushes: {text}"
+    );
     let push: serde_json::Value = serde_json::from_str(&text).expect("json");
     assert_eq!(push["type"], "message");
     assert_eq!(push["roomId"], first.to_string());

@@ -304,9 +304,7 @@ impl Broker {
     }
 
     fn has_user_queue(&self, user: UserId) -> bool {
-        self.routes()
-            .topics
-            .contains_key(&Topic::UserRooms(user))
+        self.routes().topics.contains_key(&Topic::UserRooms(user))
     }
 
     fn any_user_queue(&self) -> bool {

@@ -277,7 +277,9 @@ impl ChatBackend for AppBackend {
                 .await
                 .map_err(|_| Refusal("the history could not be read; retry".into()))?;
             let Some(last) = page.last() else {
-                return Err(Refusal("since-message-id is not a message of this room".into()));
+                return Err(Refusal(
+                    "since-message-id is not a message of this room".into(),
+                ));
             };
             let next_from = last.version.checked_sub(1);
             for event in &page {
@@ -467,10 +469,7 @@ mod tests {
                 .header("destination", Destination::RoomTopic(ROOM).to_wire()),
         );
         assert!(effects.is_empty(), "{effects:?}");
-        assert_eq!(
-            *backend.routes.borrow(),
-            [Route::Join(Topic::Room(ROOM))]
-        );
+        assert_eq!(*backend.routes.borrow(), [Route::Join(Topic::Room(ROOM))]);
         let effects = run(
             &mut conn,
             &backend,

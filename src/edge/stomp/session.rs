@@ -968,7 +968,12 @@ impl Session {
         true
     }
 
-    fn transaction_id<'f>(&mut self, frame: &'f Frame, receipt: &Option<String>, now: Instant) -> Option<&'f str> {
+    fn transaction_id<'f>(
+        &mut self,
+        frame: &'f Frame,
+        receipt: &Option<String>,
+        now: Instant,
+    ) -> Option<&'f str> {
         let tx = frame.get("transaction");
         if tx.is_none() {
             let what = frame.command;
@@ -1096,7 +1101,13 @@ impl Session {
 
     /// Writes one MESSAGE for subscription `id`, tracking it until acknowledged in the client
     /// modes. False if the session ended instead (slow consumer).
-    fn send_message(&mut self, id: &str, delivery: &Delivery, redelivered: bool, now: Instant) -> bool {
+    fn send_message(
+        &mut self,
+        id: &str,
+        delivery: &Delivery,
+        redelivered: bool,
+        now: Instant,
+    ) -> bool {
         if self.out.len() >= self.config.max_outbound {
             self.handle_overflow(now);
             return false;
@@ -1914,7 +1925,11 @@ mod tests {
         );
         let out = drain(&mut s);
         let receipts: Vec<_> = frames(&out).iter().map(|f| f.get("receipt-id")).collect();
-        assert_eq!(receipts, [Some("b"), Some("s1")], "buffered, nothing performed");
+        assert_eq!(
+            receipts,
+            [Some("b"), Some("s1")],
+            "buffered, nothing performed"
+        );
         assert!(!out.iter().any(Output::is_request), "{out:?}");
         s.handle_frame(
             Frame::new(Command::Commit)
@@ -1943,7 +1958,10 @@ mod tests {
             ]
         );
         s.posted(Some("c".into()), false, Ok(()), now);
-        assert!(drain(&mut s).is_empty(), "no RECEIPT before the last append");
+        assert!(
+            drain(&mut s).is_empty(),
+            "no RECEIPT before the last append"
+        );
         s.posted(Some("c".into()), true, Ok(()), now);
         let out = drain(&mut s);
         assert_eq!(frames(&out)[0].get("receipt-id"), Some("c"));
@@ -1971,7 +1989,10 @@ mod tests {
                 .header("receipt", "c"),
             now,
         );
-        assert!(matches!(s.poll_output(), Some(Output::Post { confirm: false, .. })));
+        assert!(matches!(
+            s.poll_output(),
+            Some(Output::Post { confirm: false, .. })
+        ));
         s.posted(
             Some("c".into()),
             false,
@@ -2252,7 +2273,10 @@ mod tests {
         assert_eq!(frames(&out)[0].get("receipt-id"), Some("r"));
         s.deliver(&msg(Topic::UserRooms(USER), "p", 1), now);
         let out = drain(&mut s);
-        assert_eq!(frames(&out)[0].get("destination"), Some("/user/queue/rooms"));
+        assert_eq!(
+            frames(&out)[0].get("destination"),
+            Some("/user/queue/rooms")
+        );
         let other = UserId::from_uuid(Uuid::from_u128(43));
         s.deliver(&msg(Topic::UserRooms(other), "p", 2), now);
         assert!(drain(&mut s).is_empty());
