@@ -952,12 +952,8 @@ impl Session {
                 sub.unacked.remove(index).into_iter().collect()
             }
         };
-        tracing::debug!(
-            subscription = %id,
-            count = settled.len(),
-            nack,
-            "STOMP acknowledgement"
-        );
+        // Counts only: subscription ids are client-chosen text.
+        tracing::debug!(count = settled.len(), nack, "STOMP acknowledgement");
         if nack {
             for u in settled.into_iter().filter(|u| !u.redelivered) {
                 if !self.send_message(&id, &u.delivery, true, now) {
