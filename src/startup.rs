@@ -67,6 +67,24 @@ pub struct Application {
     store: SharedStore,
     public_url: String,
     projections: Arc<projections::runtime::Running>,
+    broker: Arc<crate::edge::stomp::broker::Broker>,
+}
+
+/// Stops a running node gracefully: open STOMP connections are told and closed first, so the
+/// HTTP server's graceful shutdown does not wait for them until its timeout.
+#[derive(Clone)]
+pub struct Stopper {
+    server: ServerHandle,
+    broker: Arc<crate::edge::stomp::broker::Broker>,
+}
+
+impl Stopper {
+    /// Closes every STOMP connection, then stops the server (waiting for in-flight requests
+    /// when `graceful`).
+    pub async fn stop(&self, graceful: bool) {
+        self.broker.shutdown();
+        self.server.stop(graceful).await;
+    }
 }
 
 impl Application {
@@ -121,8 +139,10 @@ impl Application {
         }
         let (state_data, auth_data, images_data) = (state.clone(), auth.clone(), images.clone());
         // Room messages for STOMP subscribers, from the log's live feed.
-        let broker =
-            web::Data::from(crate::edge::stomp::broker::Broker::start(store.clone()).await);
+        let broker_arc =
+            crate::edge::stomp::broker::Broker::start(store.clone(), Some(state.read.clone()))
+                .await;
+        let broker = web::Data::from(broker_arc.clone());
         let stomp = web::Data::new(config.chat.stomp_config());
         let server = HttpServer::new(move || {
             App::new()
@@ -149,6 +169,7 @@ impl Application {
             store,
             public_url,
             projections: running,
+            broker: broker_arc,
         })
     }
 
@@ -182,13 +203,53 @@ impl Application {
         self.server.handle()
     }
 
+    /// A handle that closes open STOMP connections before stopping the server; prefer it to
+    /// [`Application::handle`] when clients may be connected.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            server: self.server.handle(),
+            broker: self.broker.clone(),
+        }
+    }
+
     /// Serves until SIGTERM/SIGINT (or `handle().stop()`), waits for in-flight requests, then
-    /// closes the store so every acknowledged and queued append is durable before exit.
+    /// closes the store so every acknowledged and queued append is durable before exit. On
+    /// SIGTERM/SIGINT open STOMP connections get ERROR "server shutting down" and close, while
+    /// actix (which listens for the same signals) stops the HTTP server.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let on_signal = tokio::spawn(close_stomp_on_signal(self.broker.clone()));
         let result = self.server.await;
+        on_signal.abort();
+        // Whatever stopped the server, no STOMP connection outlives it.
+        self.broker.shutdown();
         self.projections.stop().await;
         self.store.close().await;
         tracing::info!("stopped");
         result.context("HTTP server failed")
     }
+}
+
+/// Waits for SIGTERM or SIGINT, then closes every open STOMP connection.
+async fn close_stomp_on_signal(broker: Arc<crate::edge::stomp::broker::Broker>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::warn!("STOMP: cannot listen for shutdown signals");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    if tokio::signal::ctrl_c().await.is_err() {
+        return;
+    }
+    tracing::info!("shutting down: closing STOMP connections");
+    broker.shutdown();
 }

@@ -64,6 +64,64 @@ async fn serve_prints_its_url_answers_and_stops_cleanly_on_sigterm() {
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
 }
 
+/// SIGTERM with a STOMP client connected: the client gets ERROR "server shutting down" and a
+/// close, and the process exits long before its 60 s graceful timeout.
+#[tokio::test]
+async fn sigterm_closes_open_stomp_connections_instead_of_waiting_for_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = neulbi(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("NEULBI_SHUTDOWN_TIMEOUT", "60")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn neulbi serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    });
+    let line = tokio::time::timeout(Duration::from_secs(30), line)
+        .await
+        .expect("serve printed its URL in time")
+        .expect("join")
+        .expect("read line");
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .trim_start_matches("Neulbi is ready at ")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("URL names the bound address");
+    let (token, _) = support::stomp::signup(addr, "sigterm.stomp@example.com").await;
+    let mut client = support::stomp::Client::connect(addr, &token).await;
+
+    let started = std::time::Instant::now();
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let error = client
+        .expect(neulbi::edge::stomp::frame::Command::Error)
+        .await;
+    assert_eq!(error.get("message"), Some("server shutting down"));
+    assert!(client.next().await.is_none(), "the socket closes");
+    let status = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await
+    .expect("exited without waiting for the graceful timeout")
+    .expect("join")
+    .expect("wait");
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
 #[tokio::test]
 async fn events_read_and_tail_print_the_log() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -1,12 +1,15 @@
 //! STOMP over WebSocket at `/chat/websocket`, black-box over 127.0.0.1 with a real WebSocket
 //! client: two members chat (RECEIPT after the append, delivery from the log's live feed), an
-//! outsider is refused, and a bad token is refused.
+//! outsider is refused, and a bad token is refused; a reconnecting subscriber catches up by
+//! `since-message-id`; `/user/queue/rooms` pushes; one send rate per user across sessions;
+//! stopping the server closes open connections.
 
 mod support;
 
 use futures::SinkExt;
 use neulbi::config::Config;
 use neulbi::edge::stomp::frame::{Command, Frame};
+use neulbi::edge::stomp::settings::ChatSettings;
 use neulbi::startup::Application;
 use neulbi::store::Metadata;
 use neulbi_domain::chat_room::RoomCommand;
@@ -185,4 +188,265 @@ async fn malformed_and_oversized_input_gets_error_then_close() {
     assert!(c.next().await.is_none());
 
     handle.stop(true).await;
+}
+
+/// A node on 127.0.0.1 with these chat settings; the temp dir lives as long as the guard.
+async fn start(
+    chat: ChatSettings,
+) -> (
+    std::net::SocketAddr,
+    neulbi::startup::Stopper,
+    actix_web::web::Data<neulbi::startup::AppState>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir.path().to_owned(),
+        shutdown_timeout_secs: 60,
+        chat,
+        ..Config::default()
+    };
+    let app = Application::build(&config).await.expect("app");
+    let (addr, stopper, state) = (app.local_addr(), app.stopper(), app.state());
+    actix_rt::spawn(app.run_until_stopped());
+    (addr, stopper, state, dir)
+}
+
+/// Opens a room through the actor and waits until the read model lists both members.
+async fn open_room(
+    state: &neulbi::startup::AppState,
+    client: neulbi_domain::UserId,
+    counselor: neulbi_domain::UserId,
+) -> RoomId {
+    let room = RoomId(Uuid::now_v7());
+    let open = RoomCommand::Open {
+        room_id: room,
+        client,
+        counselor,
+    };
+    let ctx = Context::new(Actor::user(client, Role::Client), chrono::Utc::now());
+    state
+        .rooms
+        .execute(room.0, open, ctx, Metadata::default())
+        .await
+        .expect("open");
+    for _ in 0..200 {
+        let member = neulbi::projections::queries::is_member(
+            &state.read,
+            &room.to_string(),
+            &counselor.to_string(),
+        )
+        .await
+        .expect("query");
+        if member {
+            return room;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the read model never listed the room's members");
+}
+
+#[actix_rt::test]
+async fn reconnect_with_since_message_id_gets_exactly_the_missed_messages_then_live_ones() {
+    let chat = ChatSettings {
+        max_catch_up: 3,
+        ..ChatSettings::default()
+    };
+    let (addr, stopper, state, _dir) = start(chat).await;
+    let (alice_token, alice) = signup(addr, "alice.catchup@example.com").await;
+    let (bob_token, bob) = signup(addr, "bob.catchup@example.com").await;
+    let room = open_room(&state, alice, bob).await;
+    let topic = format!("/topic/rooms.{room}");
+
+    let mut bob_ws = Client::connect(addr, &bob_token).await;
+    assert_eq!(bob_ws.subscribe(room, "b").await.command, Command::Receipt);
+    let mut alice_ws = Client::connect(addr, &alice_token).await;
+    alice_ws.post(room, "one").await;
+    let seen = bob_ws.next_json().await;
+    assert_eq!(seen["body"], "one");
+    let last_seen = seen["id"].as_str().expect("id").to_owned();
+    bob_ws.send(Frame::new(Command::Disconnect)).await;
+    assert!(bob_ws.next().await.is_none());
+
+    // Bob is away while two messages are posted.
+    alice_ws.post(room, "two").await;
+    alice_ws.post(room, "three").await;
+
+    let mut bob_ws = Client::connect(addr, &bob_token).await;
+    bob_ws
+        .send(
+            Frame::new(Command::Subscribe)
+                .header("id", "b")
+                .header("destination", topic.as_str())
+                .header("since-message-id", last_seen.as_str())
+                .header("receipt", "caught-up"),
+        )
+        .await;
+    assert_eq!(bob_ws.next_json().await["body"], "two");
+    assert_eq!(bob_ws.next_json().await["body"], "three");
+    assert_eq!(
+        bob_ws.expect(Command::Receipt).await.get("receipt-id"),
+        Some("caught-up"),
+        "the RECEIPT follows the replay"
+    );
+    // An id that is not a message of this room is refused too.
+    let mut odd = Client::connect(addr, &bob_token).await;
+    let unknown = Uuid::now_v7().to_string();
+    let refused = odd
+        .subscribe_with(&topic, "o", &[("since-message-id", unknown.as_str())])
+        .await;
+    assert_eq!(
+        refused.get("message"),
+        Some("since-message-id is not a message of this room")
+    );
+    // Then live ones, each once.
+    alice_ws.post(room, "four").await;
+    assert_eq!(bob_ws.next_json().await["body"], "four");
+    alice_ws.post(room, "five").await;
+    assert_eq!(bob_ws.next_json().await["body"], "five");
+
+    // Four missed messages are more than the configured three: page over HTTP instead.
+    let mut late = Client::connect(addr, &bob_token).await;
+    let refused = late
+        .subscribe_with(&topic, "l", &[("since-message-id", last_seen.as_str())])
+        .await;
+    assert_eq!(refused.command, Command::Error, "{refused:?}");
+    assert!(
+        refused
+            .get("message")
+            .is_some_and(|m| m.contains(&format!("GET /rooms/{room}/messages"))),
+        "{refused:?}"
+    );
+    stopper.stop(true).await;
+}
+
+#[actix_rt::test]
+async fn my_room_list_queue_gets_opened_message_read_and_closed_pushes() {
+    let (addr, stopper, state, _dir) = start(ChatSettings::default()).await;
+    let (alice_token, alice) = signup(addr, "alice.queue@example.com").await;
+    let (bob_token, bob) = signup(addr, "bob.queue@example.com").await;
+    // Opened before anyone subscribed: its members come from the read model.
+    let first = open_room(&state, alice, bob).await;
+
+    let mut alice_ws = Client::connect(addr, &alice_token).await;
+    let answer = alice_ws.subscribe_with("/user/queue/rooms", "q", &[]).await;
+    assert_eq!(answer.command, Command::Receipt, "{answer:?}");
+
+    let mut bob_ws = Client::connect(addr, &bob_token).await;
+    bob_ws.post(first, "a private text").await;
+    let message = alice_ws.expect(Command::Message).await;
+    assert_eq!(message.get("destination"), Some("/user/queue/rooms"));
+    assert_eq!(message.get("subscription"), Some("q"));
+    let text = String::from_utf8(message.body.clone()).expect("utf8");
+    assert!(
+        !text.contains("private"),
+        "no bodies in room-list pushes: {text}"
+    );
+    let push: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(push["type"], "message");
+    assert_eq!(push["roomId"], first.to_string());
+    assert_eq!(push["authorId"], bob.to_string());
+    assert_eq!(push["unread"], true);
+    let message_id = push["messageId"].as_str().expect("id").to_owned();
+
+    // Read marker over STOMP: RECEIPT once durable, and a push to my queue.
+    alice_ws
+        .send(
+            Frame::new(Command::Send)
+                .header("destination", format!("/app/rooms.{first}.read"))
+                .header("message-id", message_id.as_str())
+                .header("receipt", "read-1"),
+        )
+        .await;
+    let (mut receipted, mut pushed) = (false, false);
+    while !(receipted && pushed) {
+        let f = alice_ws.next().await.expect("a frame");
+        match f.command {
+            Command::Receipt => {
+                assert_eq!(f.get("receipt-id"), Some("read-1"));
+                receipted = true;
+            }
+            Command::Message => {
+                let push: serde_json::Value = serde_json::from_slice(&f.body).expect("json");
+                assert_eq!(push["type"], "read");
+                assert_eq!(push["upTo"], message_id.as_str());
+                pushed = true;
+            }
+            other => panic!("unexpected {other}: {f:?}"),
+        }
+    }
+
+    // A room opened now is pushed from the live feed.
+    let second = open_room(&state, alice, bob).await;
+    let push = alice_ws.next_json().await;
+    assert_eq!(push["type"], "opened");
+    assert_eq!(push["roomId"], second.to_string());
+    assert_eq!(push["counselorId"], bob.to_string());
+
+    // Closed.
+    let ctx = Context::new(Actor::user(bob, Role::Client), chrono::Utc::now());
+    state
+        .rooms
+        .execute(first.0, RoomCommand::Close, ctx, Metadata::default())
+        .await
+        .expect("close");
+    let push = alice_ws.next_json().await;
+    assert_eq!(push["type"], "closed");
+    assert_eq!(push["roomId"], first.to_string());
+
+    // Someone else's queue is refused.
+    let refused = bob_ws
+        .subscribe_with(&format!("/user/{alice}/queue/rooms"), "x", &[])
+        .await;
+    assert_eq!(refused.command, Command::Error);
+    stopper.stop(true).await;
+}
+
+#[actix_rt::test]
+async fn two_sessions_of_one_user_share_one_send_rate() {
+    let chat = ChatSettings {
+        send_burst: 3,
+        sends_per_second: 1,
+        ..ChatSettings::default()
+    };
+    let (addr, stopper, state, _dir) = start(chat).await;
+    let (alice_token, alice) = signup(addr, "alice.rate@example.com").await;
+    let (_, bob) = signup(addr, "bob.rate@example.com").await;
+    let room = open_room(&state, alice, bob).await;
+    let mut first = Client::connect(addr, &alice_token).await;
+    let mut second = Client::connect(addr, &alice_token).await;
+    first.post(room, "1").await;
+    second.post(room, "2").await;
+    first.post(room, "3").await;
+    // The burst of three is spent across both sessions; each alone sent fewer.
+    second
+        .send(
+            Frame::new(Command::Send)
+                .header("destination", format!("/app/rooms.{room}.send"))
+                .body("4"),
+        )
+        .await;
+    let error = second.expect(Command::Error).await;
+    assert_eq!(error.get("message"), Some("sending too fast"));
+    assert!(second.next().await.is_none(), "ERROR closes");
+    stopper.stop(true).await;
+}
+
+#[actix_rt::test]
+async fn stopping_the_server_closes_open_stomp_connections_promptly() {
+    let (addr, stopper, _state, _dir) = start(ChatSettings::default()).await;
+    let (token, _) = signup(addr, "alice.shutdown@example.com").await;
+    let mut idle = Client::connect(addr, &token).await;
+    let answer = idle.subscribe_with("/user/queue/rooms", "q", &[]).await;
+    assert_eq!(answer.command, Command::Receipt);
+    let started = std::time::Instant::now();
+    // The server's graceful timeout is 60 s; the open socket must not hold it.
+    tokio::time::timeout(Duration::from_secs(10), stopper.stop(true))
+        .await
+        .expect("graceful stop did not wait for the STOMP connection");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let error = idle.expect(Command::Error).await;
+    assert_eq!(error.get("message"), Some("server shutting down"));
+    assert!(idle.next().await.is_none(), "the transport closed");
 }

@@ -162,6 +162,17 @@ pub async fn is_member(db: &ReadDb, room_id: &str, user_id: &str) -> Result<bool
     Ok(n.is_some())
 }
 
+/// The current members of `room_id` (for routing room-list pushes to them).
+pub async fn room_members(db: &ReadDb, room_id: &str) -> Result<Vec<String>, ProjectionError> {
+    let members: Vec<String> = sqlx::query_scalar(
+        "SELECT user_id FROM rm_room_members WHERE room_id = $1 AND left_at IS NULL LIMIT 16",
+    )
+    .bind(room_id)
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(members)
+}
+
 /// One message of a room's history.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Message {

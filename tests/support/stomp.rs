@@ -119,4 +119,51 @@ impl Client {
         .await;
         self.next().await.expect("an answer")
     }
+
+    /// SUBSCRIBE to any destination with extra headers and a receipt `sub-{id}`; the answer.
+    pub async fn subscribe_with(
+        &mut self,
+        destination: &str,
+        id: &str,
+        headers: &[(&str, &str)],
+    ) -> Frame {
+        let mut frame = Frame::new(Command::Subscribe)
+            .header("id", id)
+            .header("destination", destination)
+            .header("receipt", format!("sub-{id}"));
+        for (name, value) in headers {
+            frame = frame.header(*name, *value);
+        }
+        self.send(frame).await;
+        self.next().await.expect("an answer")
+    }
+
+    /// Posts `body` to `room` and waits for its RECEIPT (skipping MESSAGEs meanwhile).
+    pub async fn post(&mut self, room: RoomId, body: &str) {
+        let receipt = format!("post-{}", Uuid::new_v4());
+        self.send(
+            Frame::new(Command::Send)
+                .header("destination", format!("/app/rooms.{room}.send"))
+                .header("receipt", receipt.clone())
+                .body(body),
+        )
+        .await;
+        loop {
+            let f = self.next().await.expect("a RECEIPT");
+            match f.command {
+                Command::Receipt => {
+                    assert_eq!(f.get("receipt-id"), Some(receipt.as_str()));
+                    return;
+                }
+                Command::Message => continue,
+                other => panic!("unexpected {other}: {f:?}"),
+            }
+        }
+    }
+
+    /// The next MESSAGE's JSON body (other frames are a failure).
+    pub async fn next_json(&mut self) -> serde_json::Value {
+        let f = self.expect(Command::Message).await;
+        serde_json::from_slice(&f.body).expect("json body")
+    }
 }

@@ -3,14 +3,17 @@
 //! with a fake; [`AppBackend`] is the real one over [`AuthService`] and [`AppState`].
 
 use super::frame::Frame;
-use super::session::{CloseReason, Output, Refusal, Session};
+use super::session::{CatchUp, CloseReason, Output, Refusal, Session, Topic};
 use crate::actors::ActorError;
 use crate::auth::AuthService;
 use crate::startup::AppState;
-use crate::store::Metadata;
+use crate::store::{Direction, Metadata};
 use neulbi_domain::chat_room::RoomCommand;
-use neulbi_domain::{Actor, Context, DomainError, MessageId, Role, RoomId, UserId};
+use neulbi_domain::{
+    Actor, Context, DomainError, MessageId, Role, RoomId, StreamKind, StreamName, UserId,
+};
 use std::time::Instant;
+use tracing::Instrument;
 
 /// Who a verified token speaks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +39,28 @@ pub trait ChatBackend {
         body: String,
         client_message_id: Option<String>,
     ) -> Result<(), Refusal>;
+    /// Moves `who`'s read marker in `room` to `up_to`; returns once durable.
+    async fn mark_read(&self, who: Identity, room: RoomId, up_to: MessageId)
+    -> Result<(), Refusal>;
+    /// The room's messages after `since` (oldest first, at most `limit`), for a reconnecting
+    /// subscriber; more than `limit` (or an unknown `since`) is a refusal telling the client
+    /// to page the history over HTTP.
+    async fn history_after(
+        &self,
+        room: RoomId,
+        since: MessageId,
+        limit: usize,
+    ) -> Result<CatchUp, Refusal>;
+}
+
+/// Routes deliveries to this connection: the broker in production, a recorder in tests. Called
+/// while the session's requests are answered, so a catch-up reads history only after its
+/// live feed is routed (no gap).
+pub trait Router {
+    /// Starts routing `topic` to this connection (once more, for one more subscription).
+    fn join(&self, topic: Topic);
+    /// Undoes one [`Router::join`].
+    fn leave(&self, topic: Topic);
 }
 
 /// What the transport must do after the session's requests were answered.
@@ -45,10 +70,6 @@ pub enum Effect {
     Write(Frame),
     /// Write a heart-beat EOL.
     Heartbeat,
-    /// Start routing `room`'s deliveries to this connection.
-    Subscribed(RoomId),
-    /// Stop routing `room`'s deliveries for one subscription.
-    Unsubscribed(RoomId),
     /// Flush and close.
     Close(CloseReason),
 }
@@ -71,10 +92,12 @@ impl Connection {
     }
 
     /// Drains the session, answering each request with `backend` in order (so a RECEIPT is
-    /// never written before the append it confirms), and returns what the transport must do.
-    pub async fn settle<B: ChatBackend + ?Sized>(
+    /// never written before the append it confirms) and routing subscriptions with `router`,
+    /// and returns what the transport must do.
+    pub async fn settle<B: ChatBackend + ?Sized, R: Router + ?Sized>(
         &mut self,
         backend: &B,
+        router: &R,
         now: impl Fn() -> Instant,
     ) -> Vec<Effect> {
         let mut effects = Vec::new();
@@ -82,8 +105,8 @@ impl Connection {
             match output {
                 Output::Frame(frame) => effects.push(Effect::Write(frame)),
                 Output::Heartbeat => effects.push(Effect::Heartbeat),
-                Output::Subscribed { room, .. } => effects.push(Effect::Subscribed(room)),
-                Output::Unsubscribed { room, .. } => effects.push(Effect::Unsubscribed(room)),
+                Output::Subscribed { topic, .. } => router.join(topic),
+                Output::Unsubscribed { topic, .. } => router.leave(topic),
                 Output::Close(reason) => effects.push(Effect::Close(reason)),
                 Output::Authenticate(token) => {
                     let result = backend.verify(&token.0).await;
@@ -99,18 +122,52 @@ impl Connection {
                     let result = backend.may_read(user, room).await;
                     self.session.authorized(&subscription, result, now());
                 }
+                Output::CatchUp {
+                    subscription,
+                    room,
+                    since,
+                    limit,
+                } => {
+                    let span = tracing::debug_span!("stomp.catch_up", %room, limit);
+                    let result = backend
+                        .history_after(room, since, limit)
+                        .instrument(span)
+                        .await;
+                    self.session.caught_up(&subscription, result, now());
+                }
                 Output::Post {
                     room,
                     body,
                     client_message_id,
                     receipt,
+                    confirm,
                     ..
                 } => {
+                    let span = tracing::debug_span!("stomp.send", %room);
                     let result = match self.identity {
-                        Some(who) => backend.post(who, room, body, client_message_id).await,
+                        Some(who) => {
+                            backend
+                                .post(who, room, body, client_message_id)
+                                .instrument(span)
+                                .await
+                        }
                         None => Err(Refusal("not connected".into())),
                     };
-                    self.session.posted(receipt, result, now());
+                    self.session.posted(receipt, confirm, result, now());
+                }
+                Output::MarkRead {
+                    room,
+                    up_to,
+                    receipt,
+                    confirm,
+                    ..
+                } => {
+                    let span = tracing::debug_span!("stomp.mark_read", %room);
+                    let result = match self.identity {
+                        Some(who) => backend.mark_read(who, room, up_to).instrument(span).await,
+                        None => Err(Refusal("not connected".into())),
+                    };
+                    self.session.posted(receipt, confirm, result, now());
                 }
             }
         }
@@ -181,6 +238,93 @@ impl ChatBackend for AppBackend {
             body,
             client_message_id,
         };
+        self.execute(who, room, command).await
+    }
+
+    async fn mark_read(
+        &self,
+        who: Identity,
+        room: RoomId,
+        up_to: MessageId,
+    ) -> Result<(), Refusal> {
+        self.execute(who, room, RoomCommand::MarkRead { up_to })
+            .await
+    }
+
+    async fn history_after(
+        &self,
+        room: RoomId,
+        since: MessageId,
+        limit: usize,
+    ) -> Result<CatchUp, Refusal> {
+        let stream = StreamName::new(StreamKind::Room, room.as_uuid());
+        let too_many = || {
+            Refusal(format!(
+                "more than {limit} messages were missed; page the history over HTTP GET /rooms/{room}/messages"
+            ))
+        };
+        // Newest first, page by page, until the `since` message; other room events (read
+        // markers) count against a scan bound so a chatty stream cannot make this unbounded.
+        let max_events = limit.saturating_mul(4).saturating_add(CATCH_UP_PAGE);
+        let mut newer = Vec::new();
+        let mut scanned = 0usize;
+        let mut from = u64::MAX;
+        loop {
+            let page = self
+                .state
+                .store
+                .read_stream(&stream, from, Direction::Backward, CATCH_UP_PAGE)
+                .await
+                .map_err(|_| Refusal("the history could not be read; retry".into()))?;
+            let Some(last) = page.last() else {
+                return Err(Refusal(
+                    "since-message-id is not a message of this room".into(),
+                ));
+            };
+            let next_from = last.version.checked_sub(1);
+            for event in &page {
+                scanned += 1;
+                let Some(delivery) = super::broker::delivery_of(event) else {
+                    continue;
+                };
+                if delivery.message_id == since.to_string() {
+                    newer.reverse();
+                    return Ok(CatchUp {
+                        messages: newer,
+                        floor: event.position,
+                    });
+                }
+                if newer.len() >= limit {
+                    return Err(too_many());
+                }
+                newer.push(delivery);
+            }
+            if scanned >= max_events {
+                return Err(too_many());
+            }
+            match next_from {
+                Some(v) => from = v,
+                None => {
+                    return Err(Refusal(
+                        "since-message-id is not a message of this room".into(),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Events read per page while looking for a catch-up's `since` message.
+const CATCH_UP_PAGE: usize = 256;
+
+impl AppBackend {
+    /// Runs a room command as `who` and maps its failure to a refusal safe to show.
+    async fn execute(
+        &self,
+        who: Identity,
+        room: RoomId,
+        command: RoomCommand,
+    ) -> Result<(), Refusal> {
         let ctx = Context::new(Actor::user(who.user, who.role), chrono::Utc::now());
         let metadata = Metadata {
             correlation_id: Some(uuid::Uuid::now_v7()),
@@ -210,7 +354,7 @@ impl ChatBackend for AppBackend {
 mod tests {
     use super::*;
     use crate::edge::stomp::frame::Command;
-    use crate::edge::stomp::session::{Destination, SessionConfig};
+    use crate::edge::stomp::session::{Delivery, Destination, SessionConfig};
     use std::cell::RefCell;
     use uuid::Uuid;
 
@@ -221,6 +365,7 @@ mod tests {
     #[derive(Default)]
     struct Fake {
         posts: RefCell<Vec<(UserId, RoomId, String)>>,
+        routes: RefCell<Vec<Route>>,
     }
 
     #[async_trait::async_trait(?Send)]
@@ -248,11 +393,48 @@ mod tests {
             self.posts.borrow_mut().push((who.user, room, body));
             Ok(())
         }
+        async fn mark_read(&self, _: Identity, _: RoomId, _: MessageId) -> Result<(), Refusal> {
+            Ok(())
+        }
+        async fn history_after(
+            &self,
+            room: RoomId,
+            _: MessageId,
+            _: usize,
+        ) -> Result<CatchUp, Refusal> {
+            // The history is read after the live route is in place.
+            assert_eq!(*self.routes.borrow(), [Route::Join(Topic::Room(room))]);
+            Ok(CatchUp {
+                messages: vec![Delivery {
+                    topic: Topic::Room(room),
+                    message_id: "missed".into(),
+                    position: 3,
+                    body: Vec::new(),
+                    content_type: "application/json",
+                }],
+                floor: 2,
+            })
+        }
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Route {
+        Join(Topic),
+        Leave(Topic),
+    }
+
+    impl Router for Fake {
+        fn join(&self, topic: Topic) {
+            self.routes.borrow_mut().push(Route::Join(topic));
+        }
+        fn leave(&self, topic: Topic) {
+            self.routes.borrow_mut().push(Route::Leave(topic));
+        }
     }
 
     fn run(conn: &mut Connection, backend: &Fake, frame: Frame) -> Vec<Effect> {
         conn.session.handle_frame(frame, Instant::now());
-        futures::executor::block_on(conn.settle(backend, Instant::now))
+        futures::executor::block_on(conn.settle(backend, backend, Instant::now))
     }
 
     fn commands(effects: &[Effect]) -> Vec<Command> {
@@ -286,7 +468,8 @@ mod tests {
                 .header("id", "0")
                 .header("destination", Destination::RoomTopic(ROOM).to_wire()),
         );
-        assert_eq!(effects, [Effect::Subscribed(ROOM)]);
+        assert!(effects.is_empty(), "{effects:?}");
+        assert_eq!(*backend.routes.borrow(), [Route::Join(Topic::Room(ROOM))]);
         let effects = run(
             &mut conn,
             &backend,
@@ -318,5 +501,34 @@ mod tests {
                 .header("destination", Destination::RoomTopic(other).to_wire()),
         );
         assert_eq!(commands(&effects), [Command::Error]);
+    }
+
+    #[test]
+    fn a_catch_up_reads_history_after_routing_then_unsubscribe_leaves() {
+        let backend = Fake::default();
+        let mut conn = Connection::new(Session::new(SessionConfig::default(), Instant::now()));
+        run(&mut conn, &backend, connect("alice"));
+        let effects = run(
+            &mut conn,
+            &backend,
+            Frame::new(Command::Subscribe)
+                .header("id", "0")
+                .header("destination", Destination::RoomTopic(ROOM).to_wire())
+                .header("since-message-id", Uuid::from_u128(5).to_string())
+                .header("receipt", "r"),
+        );
+        assert_eq!(commands(&effects), [Command::Message, Command::Receipt]);
+        run(
+            &mut conn,
+            &backend,
+            Frame::new(Command::Unsubscribe).header("id", "0"),
+        );
+        assert_eq!(
+            *backend.routes.borrow(),
+            [
+                Route::Join(Topic::Room(ROOM)),
+                Route::Leave(Topic::Room(ROOM))
+            ]
+        );
     }
 }

@@ -3,11 +3,11 @@
 //! The raw WebSocket and every SockJS transport share this loop; they differ only in how
 //! bytes move, which is all a [`Transport`] does.
 
-use super::broker::Broker;
+use super::broker::{Broker, ConnId};
 use super::codec::{self, Decoder};
-use super::connection::{ChatBackend, Connection, Effect};
+use super::connection::{ChatBackend, Connection, Effect, Router};
 use super::frame::Version;
-use super::session::Session;
+use super::session::{Session, Topic};
 use super::websocket::StompConfig;
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,24 @@ pub trait Transport {
     async fn close(&mut self);
 }
 
-/// Runs one connection until the session, the client or the broker ends it.
+/// One connection's routes in the broker.
+struct BrokerRoute<'a> {
+    broker: &'a Broker,
+    conn: ConnId,
+}
+
+impl Router for BrokerRoute<'_> {
+    fn join(&self, topic: Topic) {
+        self.broker.join(self.conn, topic);
+    }
+
+    fn leave(&self, topic: Topic) {
+        self.broker.leave(self.conn, topic);
+    }
+}
+
+/// Runs one connection until the session, the client or the broker ends it (the broker's
+/// shutdown signal included: the client then gets ERROR "server shutting down").
 pub async fn drive<T: Transport, B: ChatBackend>(
     mut transport: T,
     backend: B,
@@ -40,7 +57,16 @@ pub async fn drive<T: Transport, B: ChatBackend>(
     config: StompConfig,
 ) {
     let (conn_id, mut deliveries) = broker.register(config.session.max_outbound);
-    let mut conn = Connection::new(Session::new(config.session.clone(), Instant::now()));
+    let router = BrokerRoute {
+        broker,
+        conn: conn_id,
+    };
+    let mut shutdown = broker.shutdown_signal();
+    let mut stopping = false;
+    let mut session_config = config.session.clone();
+    // One SEND budget per user across every session on this node.
+    session_config.send_limiter = broker.send_limiter();
+    let mut conn = Connection::new(Session::new(session_config, Instant::now()));
     let mut decoder = Decoder::new(config.limits);
     let mut frames = Vec::new();
     'run: loop {
@@ -63,11 +89,15 @@ pub async fn drive<T: Transport, B: ChatBackend>(
                 None => conn.session.handle_overflow(Instant::now()),
             },
             () = timer => conn.session.handle_timeout(Instant::now()),
+            Ok(_) = shutdown.wait_for(|stop| *stop), if !stopping => {
+                stopping = true;
+                conn.session.handle_shutdown(Instant::now());
+            }
         }
         // One frame at a time, each settled before the next, so replies keep their order.
         let mut pending = std::mem::take(&mut frames).into_iter();
         loop {
-            let effects = conn.settle(&backend, Instant::now).await;
+            let effects = conn.settle(&backend, &router, Instant::now).await;
             if let Some(version) = conn.session.version() {
                 decoder.set_version(version);
             }
@@ -83,14 +113,6 @@ pub async fn drive<T: Transport, B: ChatBackend>(
                         out
                     }
                     Effect::Heartbeat => b"\n".to_vec(),
-                    Effect::Subscribed(room) => {
-                        broker.join(conn_id, room);
-                        continue;
-                    }
-                    Effect::Unsubscribed(room) => {
-                        broker.leave(conn_id, room);
-                        continue;
-                    }
                     Effect::Close(reason) => {
                         tracing::debug!(?reason, "STOMP session closed");
                         break 'run;

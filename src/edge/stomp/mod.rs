@@ -6,6 +6,7 @@ pub mod codec;
 pub mod connection;
 pub mod driver;
 pub mod frame;
+pub mod limiter;
 pub mod session;
 pub mod settings;
 pub mod websocket;

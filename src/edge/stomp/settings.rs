@@ -34,6 +34,16 @@ pub struct ChatSettings {
     pub send_burst: u32,
     /// SENDs per second one user may sustain, across all of their sessions.
     pub sends_per_second: u32,
+    /// Unacknowledged MESSAGEs one `client`/`client-individual` subscription may have before
+    /// the client is closed as a slow consumer.
+    pub max_unacked: usize,
+    /// Transactions (BEGIN without COMMIT/ABORT yet) one session may have open.
+    pub max_transactions: usize,
+    /// SEND/ACK/NACK frames one transaction may buffer.
+    pub max_transaction_frames: usize,
+    /// Most missed messages a SUBSCRIBE with `since-message-id` replays; more → ERROR asking
+    /// the client to page `GET /rooms/{id}/messages`.
+    pub max_catch_up: usize,
     /// The SockJS transports at `/chat`.
     pub sockjs: SockJsSettings,
 }
@@ -54,6 +64,10 @@ impl Default for ChatSettings {
             connect_timeout_secs: session.connect_timeout.as_secs(),
             send_burst: session.send_burst,
             sends_per_second: session.sends_per_second,
+            max_unacked: session.max_unacked,
+            max_transactions: session.max_transactions,
+            max_transaction_frames: session.max_transaction_frames,
+            max_catch_up: session.max_catch_up,
             sockjs: SockJsSettings::default(),
         }
     }
@@ -139,6 +153,12 @@ impl ChatSettings {
             connect_timeout: Duration::from_secs(self.connect_timeout_secs.max(1)),
             send_burst: self.send_burst.max(1),
             sends_per_second: self.sends_per_second.max(1),
+            // The driver swaps in the broker's node-wide limiter.
+            send_limiter: super::limiter::SendLimiter::default(),
+            max_unacked: self.max_unacked.max(1),
+            max_transactions: self.max_transactions,
+            max_transaction_frames: self.max_transaction_frames.max(1),
+            max_catch_up: self.max_catch_up.max(1),
         }
     }
 
