@@ -107,9 +107,9 @@ async function loadCounselors() {
 
 async function startChat(counselorId) {
   clearError();
+  // The room list is a read model that may not list the new room yet: title it from the answer.
   const room = await api('POST', '/rooms', { counselor_id: counselorId });
-  await loadRooms();
-  openRoom(room.room_id);
+  await openRoom(room.room_id, room);
 }
 
 function otherParty(r) {
@@ -178,34 +178,72 @@ function markRead() {
   state.readTimer = setTimeout(() => api('POST', `/rooms/${room}/read`, { up_to: upTo }).then(loadRooms).catch(() => {}), 1000);
 }
 
-async function openRoom(roomId) {
+function setComposing(enabled) {
+  $('text').disabled = !enabled;
+  $('compose').querySelector('button').disabled = !enabled;
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The newest page of a room's history. A room opened a moment ago may not be in the read
+ * model yet (it follows the log by milliseconds), so a 404 is retried for a few seconds. */
+async function history(roomId) {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await api('GET', `/rooms/${roomId}/messages?limit=50`);
+    } catch (e) {
+      if (e?.error?.code !== 'not_found' || attempt >= 30) throw e;
+      await sleep(100);
+    }
+  }
+}
+
+async function openRoom(roomId, known) {
   clearError();
   state.room = roomId;
   state.lastSeen = null;
-  const r = state.rooms.find((x) => x.room_id === roomId);
+  const r = state.rooms.find((x) => x.room_id === roomId) ?? known;
   $('room-title').textContent = r ? `Chat with ${otherParty(r)}` : 'Chat';
   $('compose').hidden = Boolean(r?.closed_at);
   $('close-room').hidden = Boolean(r?.closed_at);
   $('messages').replaceChildren();
   $('chat').hidden = false;
-  const page = await api('GET', `/rooms/${roomId}/messages?limit=50`);
+  // Writing waits for the history: a message sent meanwhile could come back in it, without
+  // the client message id that ties it to what is on screen.
+  setComposing(false);
+  const page = await history(roomId);
+  if (state.room !== roomId) return;
   for (const m of page.items.reverse()) {
     showMessage({ id: m.message_id, authorId: m.author_id, body: m.body, at: m.posted_at });
   }
   subscribeRoom();
+  setComposing(true);
   markRead();
   loadRooms().catch(() => {});
 }
 
+/** Follows the open room live; with the last message shown, the server first replays what
+ * came after it (since-message-id), so nothing falls between history and live messages. */
 function subscribeRoom() {
   state.sub?.unsubscribe();
   state.sub = null;
   if (!state.room || !state.stomp?.connected) return;
   const room = state.room;
+  const headers = state.lastSeen ? { 'since-message-id': state.lastSeen } : {};
   state.sub = state.stomp.subscribe(`/topic/rooms.${room}`, (frame) => {
     if (state.room !== room) return;
     showMessage(JSON.parse(frame.body));
     markRead();
+  }, headers);
+}
+
+/** Room-list changes pushed for me (new message, read marker, opened, closed): reload the
+ * list, at most every half second. */
+let roomsTimer = null;
+function followRoomList() {
+  state.stomp.subscribe('/user/queue/rooms', () => {
+    clearTimeout(roomsTimer);
+    roomsTimer = setTimeout(() => loadRooms().catch(() => {}), 500);
   });
 }
 
@@ -252,11 +290,22 @@ function connect() {
   });
   client.onConnect = () => {
     $('status').textContent = 'live';
-    // Whatever arrived while the connection was down: reload the open room from history.
-    if (state.room) openRoom(state.room).catch(fail);
+    followRoomList();
+    // After a reconnect the server replays what the open room missed since the last message.
+    subscribeRoom();
+    loadRooms().catch(() => {});
   };
   client.onWebSocketClose = () => { $('status').textContent = 'reconnecting…'; };
-  client.onStompError = (frame) => fail(frame.headers.message ?? 'chat error');
+  client.onStompError = (frame) => {
+    const message = frame.headers.message ?? 'chat error';
+    // Too much missed to replay: start the room over from its history.
+    if (/history|messages/.test(message) && state.room) {
+      state.lastSeen = null;
+      openRoom(state.room).catch(fail);
+      return;
+    }
+    fail(message);
+  };
   client.activate();
   state.stomp = client;
 }
