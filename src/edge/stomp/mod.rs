@@ -8,4 +8,5 @@ pub mod driver;
 pub mod frame;
 pub mod session;
 pub mod settings;
+pub mod sockjs;
 pub mod websocket;
