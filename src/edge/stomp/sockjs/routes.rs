@@ -423,10 +423,11 @@ async fn send(ctx: Ctx, body: &[u8], jsonp: bool) -> HttpResponse {
             return server_error(&e.to_string());
         }
     };
+    // A closed session takes nothing more.
+    let Some(inbound) = session.inbound() else {
+        return not_found();
+    };
     if !messages.is_empty() {
-        let Some(inbound) = session.inbound() else {
-            return not_found();
-        };
         // A full queue holds this request (back-pressure) up to the write timeout.
         if !matches!(
             tokio::time::timeout(WRITE_TIMEOUT, inbound.send(messages)).await,

@@ -124,12 +124,13 @@ impl Session {
         self.lifecycle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The sender of client messages, while the session is live.
+    /// The sender of client messages, while the session and its application are live.
     pub fn inbound(&self) -> Option<mpsc::Sender<Vec<String>>> {
         self.inbound
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+            .filter(|tx| !tx.is_closed())
     }
 
     /// Ends the application: its `recv` returns `None` once queued messages are read.
