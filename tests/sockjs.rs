@@ -454,3 +454,51 @@ async fn stomp_over_sockjs_websocket_xhr_streaming_and_polling() {
 
     handle.stop(true).await;
 }
+
+#[actix_rt::test]
+async fn sessions_expire_are_interrupted_and_are_bounded_per_node() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir.path().to_owned(),
+        ..Config::default()
+    };
+    config.chat.sockjs.disconnect_delay_secs = 1;
+    config.chat.sockjs.max_sessions = 2;
+    let app = Application::build(&config).await.expect("app");
+    let (addr, handle) = (app.local_addr(), app.handle());
+    actix_rt::spawn(app.run_until_stopped());
+
+    // A session without a receiver is forgotten after the disconnect delay.
+    let idle = Uuid::new_v4().simple().to_string();
+    assert_eq!(xhr_poll(addr, &idle).await, "o\n");
+    assert_eq!(xhr_send(addr, &idle, &[]).await.status, 204, "live");
+    // Two sessions at most: a third is refused while both live.
+    let vanishing = Uuid::new_v4().simple().to_string();
+    assert_eq!(xhr_poll(addr, &vanishing).await, "o\n");
+    let third = request(addr, "POST", "/chat/1/third/xhr", &[], "").await;
+    assert_eq!(third.status, 503);
+
+    // A long-poll whose client vanishes interrupts its session at once.
+    let mut poll = TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "POST /chat/1/{vanishing}/xhr HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    );
+    poll.write_all(req.as_bytes()).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(poll);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        xhr_poll(addr, &vanishing).await,
+        "c[1002,\"Connection interrupted\"]\n"
+    );
+    assert_eq!(xhr_send(addr, &vanishing, &[]).await.status, 404, "ended");
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(xhr_send(addr, &idle, &[]).await.status, 404, "expired");
+    assert_eq!(xhr_poll(addr, &idle).await, "o\n", "the id is free again");
+    let third = request(addr, "POST", "/chat/1/third/xhr", &[], "").await;
+    assert_eq!(third.status, 200, "slots were freed");
+
+    handle.stop(true).await;
+}
