@@ -189,14 +189,17 @@ impl Slots {
     }
 }
 
+/// Sessions by (service base, session id), each with its slot.
+type Sessions = HashMap<(&'static str, String), (Arc<Session>, Slot)>;
+
 /// The HTTP-transport sessions of one node, keyed by service and session id.
 #[derive(Default)]
 pub struct Registry {
-    sessions: Mutex<HashMap<(&'static str, String), (Arc<Session>, Slot)>>,
+    sessions: Mutex<Sessions>,
 }
 
 impl Registry {
-    fn map(&self) -> MutexGuard<'_, HashMap<(&'static str, String), (Arc<Session>, Slot)>> {
+    fn map(&self) -> MutexGuard<'_, Sessions> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
