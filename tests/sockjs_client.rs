@@ -38,7 +38,9 @@ async fn sockjs_client_connects_over_websocket_xhr_streaming_and_xhr_polling() {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run `node` ({e}): install Node.js 20+ (bash .ci/run does)"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run `node` ({e}): install Node.js 20+ (bash .ci/run does)")
+        });
     let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
         .await
         .expect("sockjs-client finished within 60 s")

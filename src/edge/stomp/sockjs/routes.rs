@@ -707,6 +707,14 @@ async fn websocket(
     Ok(response)
 }
 
+/// Writes one text frame; a client that does not read for [`WRITE_TIMEOUT`] is dropped.
+async fn send_text(ws: &mut actix_ws::Session, text: String) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, ws.text(text)).await,
+        Ok(Ok(()))
+    )
+}
+
 async fn serve_websocket(
     mut ws: actix_ws::Session,
     mut stream: actix_ws::AggregatedMessageStream,
@@ -715,7 +723,7 @@ async fn serve_websocket(
     heartbeat: Duration,
     raw: bool,
 ) {
-    if !raw && ws.text("o").await.is_err() {
+    if !raw && !send_text(&mut ws, "o".to_owned()).await {
         return;
     }
     // A parsed batch the application has no room for yet: stop reading until it has.
@@ -734,7 +742,8 @@ async fn serve_websocket(
                         String::from_utf8_lossy(&bytes).into_owned()
                     }
                     Some(Ok(AggregatedMessage::Ping(payload))) => {
-                        if ws.pong(&payload).await.is_err() { break }
+                        let pong = tokio::time::timeout(WRITE_TIMEOUT, ws.pong(&payload)).await;
+                        if !matches!(pong, Ok(Ok(()))) { break }
                         continue;
                     }
                     Some(Ok(AggregatedMessage::Pong(_))) => continue,
@@ -759,13 +768,13 @@ async fn serve_websocket(
                         description: Some("Go away!".into()),
                     };
                     if !raw {
-                        let _ = ws.text(Frame::go_away().encode()).await;
+                        send_text(&mut ws, Frame::go_away().encode()).await;
                     }
                     let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.close(Some(close))).await;
                     return;
                 };
                 let sent = if raw {
-                    ws.text(first).await
+                    send_text(&mut ws, first).await
                 } else {
                     let mut size = first.len();
                     let mut messages = vec![first];
@@ -774,12 +783,12 @@ async fn serve_websocket(
                         size += m.len();
                         messages.push(m);
                     }
-                    ws.text(Frame::Messages(messages).encode()).await
+                    send_text(&mut ws, Frame::Messages(messages).encode()).await
                 };
-                if sent.is_err() { break }
+                if !sent { break }
             }
             () = beat, if !raw => {
-                if ws.text(Frame::Heartbeat.encode()).await.is_err() { break }
+                if !send_text(&mut ws, Frame::Heartbeat.encode()).await { break }
             }
         }
     }
