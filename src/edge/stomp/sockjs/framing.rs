@@ -295,9 +295,35 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn any_bytes_parse_to_messages_or_an_error(body in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
-            let _ = parse_messages(&body);
-            let _ = parse_jsonp_send(&body, true);
-            let _ = parse_jsonp_send(&body, false);
+            for parsed in [
+                parse_messages(&body),
+                parse_jsonp_send(&body, true),
+                parse_jsonp_send(&body, false),
+            ] {
+                if let Err(e) = parsed {
+                    let text = e.to_string();
+                    proptest::prop_assert!(text == "Payload expected." || text == "Broken JSON encoding.");
+                }
+            }
+        }
+
+        #[test]
+        fn json_like_bodies_parse_to_what_they_say_or_an_error(body in r#"[\[\]",a-z\\u0-9d=% {}]{0,64}"#) {
+            match parse_messages(body.as_bytes()) {
+                Ok(messages) => {
+                    // What was accepted is exactly the JSON's strings.
+                    let value: serde_json::Value = serde_json::from_str(&body).expect("accepted JSON");
+                    let expected: Vec<String> = match value {
+                        Value::String(s) => vec![s],
+                        Value::Array(items) => items.into_iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+                        other => panic!("accepted {other}"),
+                    };
+                    proptest::prop_assert_eq!(messages, expected);
+                }
+                Err(PayloadError::Expected) => proptest::prop_assert!(body.trim().is_empty()),
+                Err(PayloadError::BrokenJson) => {}
+            }
+            let _ = parse_jsonp_send(body.as_bytes(), true);
         }
 
         #[test]

@@ -76,7 +76,6 @@ pub fn configure(cfg: &mut web::ServiceConfig, sockjs: web::Data<SockJs>) {
         let mut scope = web::scope(service.base)
             .app_data(web::Data::new(service))
             .app_data(sockjs.clone())
-            .app_data(web::PayloadConfig::new(sockjs.max_message_bytes()))
             .route("", web::get().to(greeting))
             .route("/", web::get().to(greeting))
             .route("/info", web::route().to(info));
