@@ -55,9 +55,9 @@ async fn the_sockjs_protocol_suite_passes_against_the_test_services() {
         cmd.args(["--exclude", case]);
     }
     let child = cmd.spawn().expect("start the suite");
-    let out = tokio::time::timeout(Duration::from_secs(240), child.wait_with_output())
+    let out = tokio::time::timeout(Duration::from_secs(150), child.wait_with_output())
         .await
-        .expect("the suite finished within 240 s")
+        .expect("the suite finished within 150 s")
         .expect("suite output");
     handle.stop(false).await;
     let report = format!(

@@ -18,7 +18,8 @@ class HttpResponse:
 
     def __init__(self, method, url, headers={}, body=None, load=True):
         u = urllib.parse.urlparse(url)
-        self.conn = http.client.HTTPConnection(u.netloc, timeout=1.0)
+        # Upstream waits 1 s; a loaded CI machine needs more (only failures wait this long).
+        self.conn = http.client.HTTPConnection(u.netloc, timeout=5.0)
         path = u.path + ('?' + u.query if u.query else '')
         headers = dict(headers)
         if not body and method == 'POST':
@@ -60,7 +61,7 @@ class WebSocket8Client(object):
         pass
 
     def __init__(self, url):
-        self.ws = _websocket.create_connection(url, timeout=1.0)
+        self.ws = _websocket.create_connection(url, timeout=5.0)
 
     def close(self):
         if self.ws:
@@ -135,7 +136,8 @@ class Response(object):
 class RawHttpConnection(object):
     def __init__(self, url):
         u = urllib.parse.urlparse(url)
-        self.s = socket.create_connection((u.hostname, u.port), timeout=1)
+        # Upstream waits 1 s; a loaded CI machine needs more (only failures wait this long).
+        self.s = socket.create_connection((u.hostname, u.port), timeout=5)
 
     def request(self, method, url, headers={}, body=None, timeout=1, http="1.1"):
         headers = CaseInsensitiveDict(headers)
