@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 /// Batches of client messages an application has not read yet, per session; a client that
 /// sends faster than the application reads waits (and then fails) instead of growing memory.
-pub const INBOUND_BATCHES: usize = 16;
+pub const INBOUND_BATCHES: usize = 4;
 
 /// What a receiving request does on a session, decided by [`Lifecycle::attach`].
 #[derive(Debug, Clone, PartialEq, Eq)]
