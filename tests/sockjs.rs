@@ -456,7 +456,7 @@ async fn stomp_over_sockjs_websocket_xhr_streaming_and_polling() {
 }
 
 #[actix_rt::test]
-async fn sessions_expire_are_interrupted_and_are_bounded_per_node() {
+async fn sessions_beat_expire_are_interrupted_and_are_bounded_per_node() {
     let dir = tempfile::tempdir().expect("dir");
     let mut config = Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
@@ -465,6 +465,7 @@ async fn sessions_expire_are_interrupted_and_are_bounded_per_node() {
     };
     config.chat.sockjs.disconnect_delay_secs = 1;
     config.chat.sockjs.max_sessions = 2;
+    config.chat.sockjs.heartbeat_secs = 1;
     let app = Application::build(&config).await.expect("app");
     let (addr, handle) = (app.local_addr(), app.handle());
     actix_rt::spawn(app.run_until_stopped());
@@ -473,6 +474,14 @@ async fn sessions_expire_are_interrupted_and_are_bounded_per_node() {
     let idle = Uuid::new_v4().simple().to_string();
     assert_eq!(xhr_poll(addr, &idle).await, "o\n");
     assert_eq!(xhr_send(addr, &idle, &[]).await.status, 204, "live");
+    // A poll with nothing to deliver is answered with a heart-beat frame.
+    let started = std::time::Instant::now();
+    assert_eq!(xhr_poll(addr, &idle).await, "h\n");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
     // Two sessions at most: a third is refused while both live.
     let vanishing = Uuid::new_v4().simple().to_string();
     assert_eq!(xhr_poll(addr, &vanishing).await, "o\n");
