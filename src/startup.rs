@@ -144,6 +144,7 @@ impl Application {
                 .await;
         let broker = web::Data::from(broker_arc.clone());
         let stomp = web::Data::new(config.chat.stomp_config());
+        let sockjs = web::Data::new(crate::edge::stomp::sockjs::SockJs::new(&config.chat));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(stomp.clone())
@@ -154,9 +155,14 @@ impl Application {
                 .wrap(from_fn(http::trace::request_span))
                 .configure(http::configure)
                 .configure(crate::edge::stomp::websocket::configure)
+                .configure(|cfg| crate::edge::stomp::sockjs::routes::configure(cfg, sockjs.clone()))
                 .default_service(web::to(http::not_found))
         })
         .shutdown_timeout(config.shutdown_timeout_secs)
+        // A client that closes its side is gone: drop its response at once, so a SockJS
+        // long-poll or stream whose browser vanished ends its session now, not at the next
+        // heart-beat write.
+        .h1_allow_half_closed(false)
         .client_request_timeout(Duration::from_secs(10))
         .listen(listener)?
         .run();

@@ -12,10 +12,16 @@ pub async fn request_span(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    // A SockJS session id works like a bearer secret (whoever has it can poll or send in
+    // the session): those routes are logged by their pattern.
+    let path = match req.match_pattern() {
+        Some(pattern) if pattern.ends_with("/{session}/{transport}") => pattern,
+        _ => req.path().to_owned(),
+    };
     let span = tracing::info_span!(
         "request",
         method = %req.method(),
-        path = %req.path(),
+        path = %path,
         status = tracing::field::Empty,
     );
     let res = next.call(req).instrument(span.clone()).await;

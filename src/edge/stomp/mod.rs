@@ -9,4 +9,5 @@ pub mod frame;
 pub mod limiter;
 pub mod session;
 pub mod settings;
+pub mod sockjs;
 pub mod websocket;

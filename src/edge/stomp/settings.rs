@@ -90,6 +90,8 @@ pub struct SockJsSettings {
     /// Test only: also serve the SockJS protocol test services (`/echo`, `/close`,
     /// `/disabled_websocket_echo`, `/cookie_needed_echo`) for conformance suites.
     pub test_services: bool,
+    /// SockJS sessions (all transports) one node holds at most; more are refused with 503.
+    pub max_sessions: usize,
 }
 
 impl Default for SockJsSettings {
@@ -101,6 +103,7 @@ impl Default for SockJsSettings {
             response_limit_bytes: 128 * 1024,
             cookie_needed: false,
             test_services: false,
+            max_sessions: 10_000,
         }
     }
 }

@@ -1,0 +1,389 @@
+//! SockJS sessions of the HTTP transports: the registry keyed by session id, the lifecycle
+//! rules (first receiver gets `o`, one receiver at a time, closed sessions answer with their
+//! close frame until they expire, a vanished receiver interrupts the session) as a pure state
+//! machine over simulated time, and the channel an application reads and writes through.
+
+use super::framing::Frame;
+use crate::edge::stomp::driver::{Transport, TransportClosed};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Batches of client messages an application has not read yet, per session; a client that
+/// sends faster than the application reads waits (and then fails) instead of growing memory.
+pub const INBOUND_BATCHES: usize = 4;
+
+/// What a receiving request does on a session, decided by [`Lifecycle::attach`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attach {
+    /// First receiver of a new session: send `o`, then (streaming) keep receiving.
+    Open,
+    /// Receive messages.
+    Receive,
+    /// Answer with this close frame and end (closed session, or a receiver is attached).
+    Refuse(Frame),
+}
+
+/// The lifecycle of one session, free of I/O and clocks.
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    opened: bool,
+    closed: Option<Frame>,
+    attached: bool,
+    idle_since: Instant,
+}
+
+impl Lifecycle {
+    /// A session created at `now`, with no receiver yet.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            opened: false,
+            closed: None,
+            attached: false,
+            idle_since: now,
+        }
+    }
+
+    /// A receiving request arrives. Only [`Attach::Open`] and [`Attach::Receive`] attach it.
+    pub fn attach(&mut self) -> Attach {
+        if !self.opened {
+            self.opened = true;
+            self.attached = true;
+            return Attach::Open;
+        }
+        if let Some(frame) = &self.closed {
+            return Attach::Refuse(frame.clone());
+        }
+        if self.attached {
+            return Attach::Refuse(Frame::another_connection());
+        }
+        self.attached = true;
+        Attach::Receive
+    }
+
+    /// The attached receiver is gone at `now`; `interrupted` when the client vanished
+    /// mid-response. Returns whether that interruption closed the session.
+    pub fn detach(&mut self, now: Instant, interrupted: bool) -> bool {
+        self.attached = false;
+        self.idle_since = now;
+        if interrupted && self.closed.is_none() {
+            self.closed = Some(Frame::interrupted());
+            return true;
+        }
+        false
+    }
+
+    /// The application ended the session; the first close reason sticks. Returns it.
+    pub fn close(&mut self) -> Frame {
+        self.closed.get_or_insert_with(Frame::go_away).clone()
+    }
+
+    /// Whether the session is closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_some()
+    }
+
+    /// How long until the session expires if nothing attaches (`None`: it has expired).
+    /// An attached session is checked again after a full `delay`.
+    pub fn expires_in(&self, now: Instant, delay: Duration) -> Option<Duration> {
+        if self.attached {
+            return Some(delay);
+        }
+        delay
+            .checked_sub(now.saturating_duration_since(self.idle_since))
+            .filter(|left| !left.is_zero())
+    }
+}
+
+/// One HTTP-transport session: its lifecycle and both ends of the application's channel.
+pub struct Session {
+    lifecycle: Mutex<Lifecycle>,
+    inbound: Mutex<Option<mpsc::Sender<Vec<String>>>>,
+    /// The application's outbound messages; holding the lock is being the one receiver.
+    pub outbound: Arc<tokio::sync::Mutex<mpsc::Receiver<String>>>,
+}
+
+impl Session {
+    /// A new session and the [`Channel`] its application uses; `capacity` bounds the
+    /// messages queued for the client.
+    pub fn new(now: Instant, capacity: usize) -> (Arc<Self>, Channel) {
+        let (in_tx, in_rx) = mpsc::channel(INBOUND_BATCHES);
+        let (out_tx, out_rx) = mpsc::channel(capacity.max(1));
+        let session = Arc::new(Self {
+            lifecycle: Mutex::new(Lifecycle::new(now)),
+            inbound: Mutex::new(Some(in_tx)),
+            outbound: Arc::new(tokio::sync::Mutex::new(out_rx)),
+        });
+        (session, Channel::new(in_rx, out_tx))
+    }
+
+    /// The lifecycle, also after a panic elsewhere (it holds no invariant a panic can break).
+    pub fn lifecycle(&self) -> MutexGuard<'_, Lifecycle> {
+        self.lifecycle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The sender of client messages, while the session and its application are live.
+    pub fn inbound(&self) -> Option<mpsc::Sender<Vec<String>>> {
+        self.inbound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|tx| !tx.is_closed())
+    }
+
+    /// Ends the application: its `recv` returns `None` once queued messages are read.
+    pub fn end_application(&self) {
+        self.inbound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+}
+
+/// Counts open sessions (HTTP and websocket) against the per-node limit.
+#[derive(Debug, Default)]
+pub struct Slots {
+    open: AtomicUsize,
+    max: usize,
+}
+
+/// One counted session; the count drops with it.
+#[derive(Debug)]
+pub struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The node's session limit is reached.
+#[derive(Debug, thiserror::Error)]
+#[error("too many SockJS sessions")]
+pub struct Full;
+
+impl Slots {
+    /// At most `max` sessions at a time.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Takes a slot, or fails when all are taken.
+    pub fn take(self: &Arc<Self>) -> Result<Slot, Full> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .map(|_| Slot(self.clone()))
+            .map_err(|_| Full)
+    }
+
+    /// Sessions open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+/// Sessions by (service base, session id), each with its slot.
+type Sessions = HashMap<(&'static str, String), (Arc<Session>, Slot)>;
+
+/// The HTTP-transport sessions of one node, keyed by service and session id.
+#[derive(Default)]
+pub struct Registry {
+    sessions: Mutex<Sessions>,
+}
+
+impl Registry {
+    fn map(&self) -> MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live session `id` of `service`.
+    pub fn get(&self, service: &'static str, id: &str) -> Option<Arc<Session>> {
+        self.map()
+            .get(&(service, id.to_owned()))
+            .map(|(s, _)| s.clone())
+    }
+
+    /// The session `id`, created with `make` (which takes a slot) when it does not exist.
+    /// Returns whether it was created.
+    pub fn get_or_create<E>(
+        &self,
+        service: &'static str,
+        id: &str,
+        make: impl FnOnce() -> Result<(Arc<Session>, Slot), E>,
+    ) -> Result<(Arc<Session>, bool), E> {
+        let mut map = self.map();
+        if let Some((s, _)) = map.get(&(service, id.to_owned())) {
+            return Ok((s.clone(), false));
+        }
+        let (session, slot) = make()?;
+        map.insert((service, id.to_owned()), (session.clone(), slot));
+        Ok((session, true))
+    }
+
+    /// Forgets `session` (if it is still the one registered under `id`) and ends its
+    /// application.
+    pub fn remove(&self, service: &'static str, id: &str, session: &Arc<Session>) {
+        let mut map = self.map();
+        let key = (service, id.to_owned());
+        if map.get(&key).is_some_and(|(s, _)| Arc::ptr_eq(s, session)) {
+            map.remove(&key);
+        }
+        drop(map);
+        session.end_application();
+    }
+
+    /// Sessions registered now.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    /// Whether no session is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The application's side of a session: each client message in, each outbound message out.
+/// Implements [`Transport`] so the STOMP driver runs over any SockJS transport unchanged.
+pub struct Channel {
+    inbound: mpsc::Receiver<Vec<String>>,
+    pending: VecDeque<String>,
+    outbound: Option<mpsc::Sender<String>>,
+}
+
+impl Channel {
+    /// A channel over the two queues.
+    pub fn new(inbound: mpsc::Receiver<Vec<String>>, outbound: mpsc::Sender<String>) -> Self {
+        Self {
+            inbound,
+            pending: VecDeque::new(),
+            outbound: Some(outbound),
+        }
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl Transport for Channel {
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(message) = self.pending.pop_front() {
+                return Some(message.into_bytes());
+            }
+            // Cancel-safe: a batch is either left in the queue or already in `pending`.
+            let batch = self.inbound.recv().await?;
+            self.pending.extend(batch);
+        }
+    }
+
+    async fn send(&mut self, bytes: Vec<u8>) -> Result<(), TransportClosed> {
+        // SockJS carries text; STOMP frames of this server are UTF-8.
+        let text = String::from_utf8(bytes).map_err(|_| TransportClosed)?;
+        let outbound = self.outbound.as_ref().ok_or(TransportClosed)?;
+        // Waits while the client's queue is full; the driver's write timeout then ends a
+        // client that does not poll as a slow consumer.
+        outbound.send(text).await.map_err(|_| TransportClosed)
+    }
+
+    async fn close(&mut self) {
+        // Receivers see the end of the queue and answer with the close frame.
+        self.outbound = None;
+        self.inbound.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_receiver_opens_then_one_at_a_time() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(t0);
+        assert_eq!(l.attach(), Attach::Open);
+        assert_eq!(l.attach(), Attach::Refuse(Frame::another_connection()));
+        assert!(!l.detach(t0, false));
+        assert_eq!(l.attach(), Attach::Receive);
+        l.detach(t0, false);
+    }
+
+    #[test]
+    fn closed_sessions_answer_with_their_close_frame_until_they_expire() {
+        let t0 = Instant::now();
+        let delay = Duration::from_secs(5);
+        let mut l = Lifecycle::new(t0);
+        assert_eq!(
+            l.attach(),
+            Attach::Open,
+            "o comes first even if already closed"
+        );
+        l.detach(t0, false);
+        assert_eq!(l.close(), Frame::go_away());
+        assert_eq!(l.attach(), Attach::Refuse(Frame::go_away()));
+        assert_eq!(
+            l.attach(),
+            Attach::Refuse(Frame::go_away()),
+            "again and again"
+        );
+        assert_eq!(
+            l.expires_in(t0 + Duration::from_secs(2), delay),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(l.expires_in(t0 + delay, delay), None);
+    }
+
+    #[test]
+    fn a_vanished_receiver_interrupts_and_an_attached_one_keeps_alive() {
+        let t0 = Instant::now();
+        let delay = Duration::from_secs(5);
+        let mut l = Lifecycle::new(t0);
+        l.attach();
+        assert_eq!(
+            l.expires_in(t0 + Duration::from_secs(60), delay),
+            Some(delay)
+        );
+        let t1 = t0 + Duration::from_secs(60);
+        assert!(l.detach(t1, true), "the interruption closes the session");
+        assert_eq!(l.attach(), Attach::Refuse(Frame::interrupted()));
+        assert_eq!(l.close(), Frame::interrupted(), "the first reason sticks");
+        assert_eq!(l.expires_in(t1 + delay, delay), None);
+    }
+
+    #[test]
+    fn slots_bound_the_sessions_of_a_node() {
+        let slots = Slots::new(2);
+        let a = slots.take().expect("first");
+        let _b = slots.take().expect("second");
+        assert!(slots.take().is_err());
+        drop(a);
+        assert_eq!(slots.open(), 1);
+        assert!(slots.take().is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_channel_carries_messages_and_closes() {
+        let (session, mut channel) = Session::new(Instant::now(), 1);
+        let tx = session.inbound().expect("live");
+        tx.send(vec!["a".into(), "b".into()]).await.expect("send");
+        assert_eq!(channel.recv().await, Some(b"a".to_vec()));
+        assert_eq!(channel.recv().await, Some(b"b".to_vec()));
+        channel.send(b"x".to_vec()).await.expect("queued");
+        // The queue holds one message: the next send waits for a receiver.
+        let full = tokio::time::timeout(Duration::from_millis(50), channel.send(b"y".to_vec()));
+        assert!(full.await.is_err(), "bounded");
+        assert!(channel.send(vec![0xff]).await.is_err(), "not text");
+        let mut rx = session.outbound.clone().lock_owned().await;
+        assert_eq!(rx.recv().await.as_deref(), Some("x"));
+        channel.close().await;
+        assert_eq!(rx.recv().await, None);
+        drop(tx);
+        session.end_application();
+        assert_eq!(channel.recv().await, None);
+    }
+}

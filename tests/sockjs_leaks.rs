@@ -1,0 +1,53 @@
+//! Nothing secret of a SockJS session reaches the logs: not the access token sent inside
+//! `xhr_send`, not the session id (it works like a bearer secret), at trace level. Its own
+//! binary, because the capture is the process-wide subscriber.
+
+mod support;
+
+use neulbi::config::Config;
+use neulbi::startup::Application;
+use support::capture::Capture;
+use support::http::request;
+use support::stomp::signup;
+
+#[actix_rt::test]
+async fn a_sockjs_session_logs_no_token_or_session_id() {
+    let capture = Capture::install();
+    let dir = tempfile::tempdir().expect("dir");
+    let config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir.path().to_owned(),
+        ..Config::default()
+    };
+    let app = Application::build(&config).await.expect("app");
+    let (addr, handle) = (app.local_addr(), app.handle());
+    actix_rt::spawn(app.run_until_stopped());
+
+    let (token, _) = signup(addr, "leaky.sockjs@example.com").await;
+    let session = uuid::Uuid::new_v4().simple().to_string();
+    let poll = format!("/chat/042/{session}/xhr");
+    let send = format!("/chat/042/{session}/xhr_send");
+    assert_eq!(request(addr, "POST", &poll, &[], "").await.status, 200);
+    let connect = format!("CONNECT\naccept-version:1.2\nAuthorization:Bearer {token}\n\n\0");
+    let body = serde_json::to_string(&[connect]).expect("json");
+    assert_eq!(request(addr, "POST", &send, &[], &body).await.status, 204);
+    let r = request(addr, "POST", &poll, &[], "").await;
+    assert!(r.body.contains("CONNECTED"), "{}", r.body);
+    handle.stop(true).await;
+
+    let logs = capture.text();
+    assert!(
+        logs.contains("/chat/{server}/{session}/{transport}"),
+        "the server's request spans were not captured"
+    );
+    for (name, secret) in [("token", token.as_str()), ("session id", session.as_str())] {
+        if let Some(at) = logs.find(secret) {
+            let from = logs[..at].rfind('\n').map_or(0, |n| n + 1);
+            let line = &logs[from..logs[at..].find('\n').map_or(logs.len(), |n| at + n)];
+            panic!(
+                "logs contain the {name}: {}",
+                line.replace(secret, "<SECRET>")
+            );
+        }
+    }
+}
