@@ -1,8 +1,9 @@
 //! Third-party STOMP clients against a running node: `@stomp/stompjs` (over `ws` and over
 //! `sockjs-client`) and the older `stompjs` `Stomp.over(socket)`, each in tests/e2e/
 //! stomp-chat.mjs under Node. Two members chat, the outsider is refused, a resend is not a
-//! second message, and each RECEIPT arrives only once its `MessagePosted` is in the log: the
-//! script stops at every RECEIPT until this test has found the event.
+//! second message, a client that reconnects with its last seen message id gets exactly what it
+//! missed and then live messages, and each RECEIPT arrives only once its `MessagePosted` is in
+//! the log: the script stops at every RECEIPT until this test has found the event.
 
 mod support;
 
@@ -75,11 +76,12 @@ async fn chat_over(transport: &str) {
         .unwrap_or_else(|_| panic!("{transport}: timed out"));
     let status = child.wait().await.expect("wait");
     assert!(status.success(), "{transport}: {status}");
-    // Two messages; the resend with the same client message id added none.
-    assert_eq!(
-        posted(&app, &room).await,
-        [format!("c-{transport}-1"), format!("c-{transport}-2")]
-    );
+    // The resend with the same client message id added nothing.
+    let expected: Vec<String> = ["1", "2", "m0", "m1", "m2", "live"]
+        .iter()
+        .map(|s| format!("c-{transport}-{s}"))
+        .collect();
+    assert_eq!(posted(&app, &room).await, expected);
     app.handle.stop(true).await;
 }
 
@@ -91,4 +93,24 @@ async fn stompjs_over_websocket() {
 #[actix_rt::test]
 async fn legacy_stompjs_over_websocket() {
     chat_over("legacy-ws").await;
+}
+
+#[actix_rt::test]
+async fn stompjs_over_sockjs_websocket() {
+    chat_over("sockjs-websocket").await;
+}
+
+#[actix_rt::test]
+async fn stompjs_over_sockjs_xhr_streaming() {
+    chat_over("sockjs-xhr-streaming").await;
+}
+
+#[actix_rt::test]
+async fn stompjs_over_sockjs_xhr_polling() {
+    chat_over("sockjs-xhr-polling").await;
+}
+
+#[actix_rt::test]
+async fn legacy_stompjs_over_sockjs_xhr_streaming() {
+    chat_over("legacy-sockjs-xhr-streaming").await;
 }

@@ -1,4 +1,6 @@
-// Two members chat through third-party STOMP clients, driven by tests/stomp_clients.rs.
+// Two members chat through third-party STOMP clients, driven by tests/stomp_clients.rs: an
+// outsider is refused, a resend is not a second message, and a client that comes back with
+// `since-message-id` gets exactly what it missed.
 // Usage: node stomp-chat.mjs TRANSPORT
 //   TRANSPORT: ws | sockjs-websocket | sockjs-xhr-streaming | sockjs-xhr-polling   (@stomp/stompjs)
 //              legacy-ws | legacy-sockjs-xhr-streaming        (the old stompjs `Stomp.over(socket)`)
@@ -142,8 +144,8 @@ class Person {
     return frame;
   }
 
-  subscribe(destination, receipt) {
-    const headers = receipt ? { receipt } : {};
+  subscribe(destination, receipt, extra = {}) {
+    const headers = receipt ? { receipt, ...extra } : { ...extra };
     if (receipt) this.receipt(receipt);
     if (this.legacy) {
       this.legacy.subscribe(destination, (m) => this.onMessage(m), headers);
@@ -211,7 +213,24 @@ async function main() {
   if (copies !== 1) fail(`bob got ${copies} copies of a resent message`);
   if (eve.messages.length !== 0) fail('the outsider received messages');
 
+  // Reconnect catch-up: alice goes away, bob writes three messages, alice comes back with the
+  // id of the last message she saw and gets exactly the missed ones, in order, then live ones.
+  const lastSeen = JSON.parse(alice.messages.at(-1)).id;
   await alice.disconnect();
+  const missed = [0, 1, 2].map((i) => `missed ${i} over ${transport}`);
+  for (const [i, text] of missed.entries()) {
+    await bob.send(text, { receipt: `missed-${i}`, 'client-message-id': `c-${transport}-m${i}` });
+  }
+  const back = new Person('alice again', ALICE_TOKEN);
+  await back.connect();
+  await back.subscribe(topic, 'sub-alice-again', { 'since-message-id': lastSeen });
+  const live = `live after catch-up over ${transport}`;
+  await bob.send(live, { receipt: 'live', 'client-message-id': `c-${transport}-live` });
+  await back.waitMessage((b) => b.includes(live));
+  const got = back.messages.map((b) => JSON.parse(b).body);
+  if (JSON.stringify(got) !== JSON.stringify([...missed, live])) fail(`catch-up delivered ${JSON.stringify(got)}`);
+
+  await back.disconnect();
   await bob.disconnect();
   console.log('OK');
   process.exit(0);
