@@ -112,6 +112,17 @@ async fn the_web_client_is_served_with_a_strict_policy_and_revalidates() {
         assert_eq!(again.status, 304, "{src}");
         assert!(again.body.is_empty());
     }
+    // The SockJS iframe page loads this node's own copy of sockjs-client, no third-party host.
+    let iframe = get(addr, "/chat/iframe.html").await;
+    assert_eq!(iframe.status, 200);
+    let src = "/web/vendor/sockjs.min.js";
+    assert!(
+        iframe.body.contains(&format!("src=\"{src}\"")),
+        "{}",
+        iframe.body
+    );
+    assert!(!iframe.body.contains("://"), "{}", iframe.body);
+    assert_eq!(get(addr, src).await.status, 200);
     let r = get(addr, "/web/nope.js").await;
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["error"]["code"], "not_found");

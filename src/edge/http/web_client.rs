@@ -13,7 +13,10 @@ struct Asset {
     body: &'static str,
 }
 
-const ASSETS: [Asset; 3] = [
+/// Where the vendored sockjs-client is served (the SockJS iframe page loads it).
+pub const SOCKJS_CLIENT_PATH: &str = "/web/vendor/sockjs.min.js";
+
+const ASSETS: [Asset; 4] = [
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
@@ -28,6 +31,11 @@ const ASSETS: [Asset; 3] = [
         path: "/web/vendor/stomp.umd.min.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("../../../web/vendor/stomp.umd.min.js"),
+    },
+    Asset {
+        path: SOCKJS_CLIENT_PATH,
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../../web/vendor/sockjs.min.js"),
     },
 ];
 
@@ -45,18 +53,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// Each asset's entity tag: the files change only with the binary.
-static ETAGS: LazyLock<Vec<String>> = LazyLock::new(|| {
-    ASSETS
-        .iter()
-        .map(|a| {
-            format!(
-                "\"{}-{:x}\"",
-                env!("CARGO_PKG_VERSION"),
-                fingerprint(a.body)
-            )
-        })
-        .collect()
-});
+static ETAGS: LazyLock<Vec<String>> =
+    LazyLock::new(|| ASSETS.iter().map(|a| etag(a.body.as_bytes())).collect());
+
+/// A strong entity tag for a static body (a digest prefix), shared with the SockJS iframe.
+pub fn etag(body: &[u8]) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(body);
+    let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
+}
 
 async fn serve(req: HttpRequest) -> HttpResponse {
     let Some(i) = ASSETS.iter().position(|a| a.path == req.path()) else {
@@ -78,11 +84,4 @@ async fn serve(req: HttpRequest) -> HttpResponse {
         .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
         .insert_header((header::REFERRER_POLICY, "no-referrer"))
         .body(asset.body)
-}
-
-/// FNV-1a over the file: a stable validator without a hashing dependency.
-fn fingerprint(body: &str) -> u64 {
-    body.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }

@@ -18,7 +18,6 @@ use actix_web::http::header;
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
 use actix_ws::AggregatedMessage;
-use sha2::Digest;
 use std::collections::VecDeque;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -96,8 +95,9 @@ const ONE_YEAR_SECS: u64 = 365 * 24 * 3600;
 const JAVASCRIPT: &str = "application/javascript; charset=UTF-8";
 const PLAIN: &str = "text/plain; charset=UTF-8";
 const HTML: &str = "text/html; charset=UTF-8";
-/// Where the iframe page loads the client from (the version sockjs-client users run).
-const SOCKJS_URL: &str = "https://cdn.jsdelivr.net/npm/sockjs-client@1/dist/sockjs.min.js";
+/// Where the iframe page loads the client from: this node's own copy (web/vendor), so no page
+/// of ours runs a script from a third-party host.
+const SOCKJS_URL: &str = crate::edge::http::web_client::SOCKJS_CLIENT_PATH;
 /// Messages one `a[...]` frame carries at most, in bytes (more go in the next frame).
 const BATCH_BYTES: usize = 64 * 1024;
 
@@ -205,15 +205,7 @@ static IFRAME: LazyLock<(String, String)> = LazyLock::new(|| {
 </body>
 </html>"#
     );
-    let digest = sha2::Sha256::digest(body.as_bytes());
-    let etag = format!(
-        "\"{}\"",
-        digest
-            .iter()
-            .take(12)
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
+    let etag = crate::edge::http::web_client::etag(body.as_bytes());
     (body, etag)
 });
 
