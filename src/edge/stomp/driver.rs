@@ -124,7 +124,12 @@ pub async fn drive<T: Transport, B: ChatBackend>(
                 }
             }
             match pending.next() {
-                Some(frame) => conn.session.handle_frame(frame, Instant::now()),
+                Some(frame) => {
+                    // The command only: headers and bodies may carry tokens and messages.
+                    let _frame = tracing::debug_span!("stomp.frame", command = %frame.command)
+                        .entered();
+                    conn.session.handle_frame(frame, Instant::now());
+                }
                 None => match std::mem::replace(&mut decoded, Ok(())) {
                     Err(error) => conn.session.handle_decode_error(&error, Instant::now()),
                     Ok(()) => break,

@@ -12,6 +12,7 @@ use crate::startup::AppState;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::Message;
+use tracing::Instrument;
 
 /// STOMP-over-WebSocket subprotocols, newest first (what stomp.js offers).
 const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
@@ -127,7 +128,9 @@ async fn serve<B: ChatBackend>(
     config: StompConfig,
 ) {
     let stream = stream.max_frame_size(config.limits.max_frame_bytes);
-    drive(WsTransport { ws, stream }, backend, &broker, config).await;
+    drive(WsTransport { ws, stream }, backend, &broker, config)
+        .instrument(tracing::info_span!("stomp_websocket"))
+        .await;
 }
 
 #[cfg(test)]
