@@ -450,3 +450,33 @@ async fn stopping_the_server_closes_open_stomp_connections_promptly() {
     assert_eq!(error.get("message"), Some("server shutting down"));
     assert!(idle.next().await.is_none(), "the transport closed");
 }
+
+#[actix_rt::test]
+async fn erasing_an_account_ends_its_open_stomp_sessions() {
+    let (addr, stopper, state, _dir) = start(ChatSettings::default()).await;
+    let (token, alice) = signup(addr, "alice.erased@example.com").await;
+    let (bob_token, bob) = signup(addr, "bob.erased@example.com").await;
+    let room = open_room(&state, alice, bob).await;
+    let mut alice_ws = Client::connect(addr, &token).await;
+    let mut bob_ws = Client::connect(addr, &bob_token).await;
+    assert_eq!(bob_ws.subscribe(room, "b").await.command, Command::Receipt);
+
+    let r = support::http::request(
+        addr,
+        "DELETE",
+        "/users/me",
+        &[("Authorization", &format!("Bearer {token}"))],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    // The access token is still within its lifetime, but the session ends with the account.
+    let error = tokio::time::timeout(Duration::from_secs(10), alice_ws.expect(Command::Error))
+        .await
+        .expect("ERROR in time");
+    assert_eq!(error.get("message"), Some("account closed"));
+    assert!(alice_ws.next().await.is_none(), "the transport closed");
+    // Everyone else's session goes on (post waits for its RECEIPT).
+    bob_ws.post(room, "still here").await;
+    stopper.stop(true).await;
+}

@@ -63,6 +63,9 @@ pub async fn drive<T: Transport, B: ChatBackend>(
     };
     let mut shutdown = broker.shutdown_signal();
     let mut stopping = false;
+    // Once connected, the signal that the user's account was closed meanwhile.
+    let mut account: Option<tokio::sync::oneshot::Receiver<()>> = None;
+    let mut account_closed = false;
     let mut session_config = config.session.clone();
     // One SEND budget per user across every session on this node.
     session_config.send_limiter = broker.send_limiter();
@@ -93,11 +96,28 @@ pub async fn drive<T: Transport, B: ChatBackend>(
                 stopping = true;
                 conn.session.handle_shutdown(Instant::now());
             }
+            closed = async {
+                match account.as_mut() {
+                    Some(signal) => signal.await,
+                    None => std::future::pending().await,
+                }
+            }, if account.is_some() && !account_closed => {
+                // A oneshot must not be polled again once it answered, either way.
+                account_closed = true;
+                if closed.is_ok() {
+                    conn.session.handle_account_closed(Instant::now());
+                }
+            }
         }
         // One frame at a time, each settled before the next, so replies keep their order.
         let mut pending = std::mem::take(&mut frames).into_iter();
         loop {
             let effects = conn.settle(&backend, &router, Instant::now).await;
+            if account.is_none()
+                && let Some(user) = conn.session.user()
+            {
+                account = Some(broker.identify(conn_id, user));
+            }
             if let Some(version) = conn.session.version() {
                 decoder.set_version(version);
             }
@@ -126,8 +146,8 @@ pub async fn drive<T: Transport, B: ChatBackend>(
             match pending.next() {
                 Some(frame) => {
                     // The command only: headers and bodies may carry tokens and messages.
-                    let _frame = tracing::debug_span!("stomp.frame", command = %frame.command)
-                        .entered();
+                    let _frame =
+                        tracing::debug_span!("stomp.frame", command = %frame.command).entered();
                     conn.session.handle_frame(frame, Instant::now());
                 }
                 None => match std::mem::replace(&mut decoded, Ok(())) {

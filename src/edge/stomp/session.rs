@@ -303,6 +303,8 @@ pub enum CloseReason {
     SlowConsumer,
     /// The server is shutting down.
     ServerShutdown,
+    /// The user's account was erased or deactivated while connected.
+    AccountClosed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -457,6 +459,16 @@ impl Session {
         }
         self.error("server shutting down", None, now);
         self.set_close_reason(CloseReason::ServerShutdown);
+    }
+
+    /// The connected user was erased or deactivated: a live session must not outlast the
+    /// account (its access token would stay valid for minutes), so tell the client and close.
+    pub fn handle_account_closed(&mut self, now: Instant) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.error("account closed", None, now);
+        self.set_close_reason(CloseReason::AccountClosed);
     }
 
     /// When [`Session::handle_timeout`] should next be called.
