@@ -5,6 +5,7 @@ pub mod app;
 pub mod capture;
 pub mod http;
 pub mod moto;
+pub mod node;
 pub mod oidc;
 pub mod pg;
 pub mod raw;

@@ -82,6 +82,8 @@ async fn serve(req: HttpRequest) -> HttpResponse {
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
-        .insert_header((header::REFERRER_POLICY, "no-referrer"))
+        // Not `no-referrer`: that makes same-origin form POSTs (SockJS jsonp_send) carry
+        // `Origin: null`, which the origin check refuses.
+        .insert_header((header::REFERRER_POLICY, "same-origin"))
         .body(asset.body)
 }
