@@ -214,24 +214,10 @@ pub async fn users_erase(
     yes: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    use neulbi_domain::{Actor, Context, Role, UserId};
-    let user: UserId = user_id
-        .parse()
-        .map_err(|_| anyhow::anyhow!("invalid user id {user_id:?}: expected a UUID"))?;
+    let (user, users, ctx) = as_operator_on(storage, user_id)?;
     if !yes {
         anyhow::bail!("erasure cannot be undone; pass --yes to erase user {user}");
     }
-    let users = crate::actors::Registry::new(
-        storage.events.clone(),
-        crate::actors::RegistryConfig::default(),
-    );
-    let ctx = Context::new(
-        Actor {
-            user_id: None,
-            role: Role::Operator,
-        },
-        chrono::Utc::now(),
-    );
     let report = crate::privacy::erasure::erase_user(
         &users,
         &storage.keys,
@@ -249,17 +235,21 @@ pub async fn users_erase(
     Ok(())
 }
 
-/// `neulbi users grant-counselor ID`: appends `RoleGranted` as an operator.
-pub async fn users_grant_counselor(
+/// What an operator's command on one user needs: the parsed id, a user registry over the
+/// store, and an operator's context.
+fn as_operator_on(
     storage: &crate::store::Storage,
     user_id: &str,
-    out: &mut impl Write,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(
+    neulbi_domain::UserId,
+    crate::actors::Registry<neulbi_domain::user::UserDecider>,
+    neulbi_domain::Context,
+)> {
     use neulbi_domain::{Actor, Context, Role, UserId};
     let user: UserId = user_id
         .parse()
         .map_err(|_| anyhow::anyhow!("invalid user id {user_id:?}: expected a UUID"))?;
-    let users = crate::actors::Registry::<neulbi_domain::user::UserDecider>::new(
+    let users = crate::actors::Registry::new(
         storage.events.clone(),
         crate::actors::RegistryConfig::default(),
     );
@@ -270,6 +260,16 @@ pub async fn users_grant_counselor(
         },
         chrono::Utc::now(),
     );
+    Ok((user, users, ctx))
+}
+
+/// `neulbi users grant-counselor ID`: appends `RoleGranted` as an operator.
+pub async fn users_grant_counselor(
+    storage: &crate::store::Storage,
+    user_id: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let (user, users, ctx) = as_operator_on(storage, user_id)?;
     let outcome = users
         .execute(
             user.as_uuid(),

@@ -5,15 +5,12 @@
 mod support;
 
 use futures::{SinkExt, StreamExt};
-use neulbi::config::Config;
 use neulbi::edge::stomp::codec::{Decoder, Limits, encode};
 use neulbi::edge::stomp::frame::{Command, Frame, Version};
-use neulbi::startup::Application;
-use neulbi::store::Metadata;
-use neulbi_domain::chat_room::RoomCommand;
-use neulbi_domain::{Actor, Context, Role, RoomId};
+use neulbi_domain::RoomId;
 use std::net::SocketAddr;
 use std::time::Duration;
+use support::app::TestApp;
 use support::http::{Response, request};
 use support::stomp::signup;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -228,30 +225,12 @@ async fn xhr_poll(addr: SocketAddr, session: &str) -> String {
 
 #[actix_rt::test]
 async fn stomp_over_sockjs_websocket_xhr_streaming_and_polling() {
-    let dir = tempfile::tempdir().expect("dir");
-    let config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: dir.path().to_owned(),
-        ..Config::default()
-    };
-    let app = Application::build(&config).await.expect("app");
-    let (addr, handle, state) = (app.local_addr(), app.handle(), app.state());
-    actix_rt::spawn(app.run_until_stopped());
+    let app = TestApp::start(|_| {}).await;
+    let (addr, handle) = (app.addr, app.handle.clone());
 
     let (alice_token, alice) = signup(addr, "alice.sockjs@example.com").await;
     let (bob_token, bob) = signup(addr, "bob.sockjs@example.com").await;
-    let room = RoomId(Uuid::now_v7());
-    let open = RoomCommand::Open {
-        room_id: room,
-        client: alice,
-        counselor: bob,
-    };
-    let ctx = Context::new(Actor::user(alice, Role::Client), chrono::Utc::now());
-    state
-        .rooms
-        .execute(room.0, open, ctx, Metadata::default())
-        .await
-        .expect("open");
+    let room = app.open_room_direct(alice, bob).await;
 
     // The greeting and info (websocket on, no sticky cookie by default).
     let r = request(addr, "GET", "/chat", &[], "").await;
@@ -457,18 +436,13 @@ async fn stomp_over_sockjs_websocket_xhr_streaming_and_polling() {
 
 #[actix_rt::test]
 async fn sessions_beat_expire_are_interrupted_and_are_bounded_per_node() {
-    let dir = tempfile::tempdir().expect("dir");
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: dir.path().to_owned(),
-        ..Config::default()
-    };
-    config.chat.sockjs.disconnect_delay_secs = 1;
-    config.chat.sockjs.max_sessions = 2;
-    config.chat.sockjs.heartbeat_secs = 1;
-    let app = Application::build(&config).await.expect("app");
-    let (addr, handle) = (app.local_addr(), app.handle());
-    actix_rt::spawn(app.run_until_stopped());
+    let app = TestApp::start(|config| {
+        config.chat.sockjs.disconnect_delay_secs = 1;
+        config.chat.sockjs.max_sessions = 2;
+        config.chat.sockjs.heartbeat_secs = 1;
+    })
+    .await;
+    let (addr, handle) = (app.addr, app.handle.clone());
 
     // A session without a receiver is forgotten after the disconnect delay.
     let idle = Uuid::new_v4().simple().to_string();

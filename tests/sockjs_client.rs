@@ -4,11 +4,10 @@
 
 mod support;
 
-use neulbi::config::Config;
-use neulbi::startup::Application;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
+use support::app::TestApp;
 use support::stomp::signup;
 
 #[actix_rt::test]
@@ -18,15 +17,8 @@ async fn sockjs_client_connects_over_websocket_xhr_streaming_and_xhr_polling() {
         e2e.join("node_modules/sockjs-client").exists(),
         "npm package sockjs-client not installed: run `npm ci` in tests/e2e (bash .ci/run does)"
     );
-    let dir = tempfile::tempdir().expect("dir");
-    let config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: dir.path().to_owned(),
-        ..Config::default()
-    };
-    let app = Application::build(&config).await.expect("app");
-    let (addr, handle) = (app.local_addr(), app.handle());
-    actix_rt::spawn(app.run_until_stopped());
+    let app = TestApp::start(|_| {}).await;
+    let (addr, handle) = (app.addr, app.handle.clone());
     let (token, _) = signup(addr, "sockjs.client@example.com").await;
 
     let child = tokio::process::Command::new("node")

@@ -4,8 +4,7 @@
 
 mod support;
 
-use neulbi::config::Config;
-use neulbi::startup::Application;
+use support::app::TestApp;
 use support::capture::Capture;
 use support::http::request;
 use support::stomp::signup;
@@ -13,15 +12,8 @@ use support::stomp::signup;
 #[actix_rt::test]
 async fn a_sockjs_session_logs_no_token_or_session_id() {
     let capture = Capture::install();
-    let dir = tempfile::tempdir().expect("dir");
-    let config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: dir.path().to_owned(),
-        ..Config::default()
-    };
-    let app = Application::build(&config).await.expect("app");
-    let (addr, handle) = (app.local_addr(), app.handle());
-    actix_rt::spawn(app.run_until_stopped());
+    let app = TestApp::start(|_| {}).await;
+    let (addr, handle) = (app.addr, app.handle.clone());
 
     let (token, _) = signup(addr, "leaky.sockjs@example.com").await;
     let session = uuid::Uuid::new_v4().simple().to_string();

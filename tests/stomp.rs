@@ -7,29 +7,21 @@
 mod support;
 
 use futures::SinkExt;
-use neulbi::config::Config;
 use neulbi::edge::stomp::frame::{Command, Frame};
 use neulbi::edge::stomp::settings::ChatSettings;
-use neulbi::startup::Application;
 use neulbi::store::Metadata;
 use neulbi_domain::chat_room::RoomCommand;
 use neulbi_domain::{Actor, Context, Role, RoomId};
 use std::time::Duration;
+use support::app::TestApp;
 use support::stomp::{Client, signup};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 #[actix_rt::test]
 async fn two_members_chat_and_outsiders_are_refused() {
-    let dir = tempfile::tempdir().expect("dir");
-    let config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: dir.path().to_owned(),
-        ..Config::default()
-    };
-    let app = Application::build(&config).await.expect("app");
-    let (addr, handle, state) = (app.local_addr(), app.handle(), app.state());
-    actix_rt::spawn(app.run_until_stopped());
+    let app = TestApp::start(|_| {}).await;
+    let (addr, handle, state) = (app.addr, app.handle.clone(), app.state.clone());
 
     let (alice_token, alice) = signup(addr, "alice.stomp@example.com").await;
     let (bob_token, bob) = signup(addr, "bob.stomp@example.com").await;
@@ -141,15 +133,8 @@ async fn two_members_chat_and_outsiders_are_refused() {
 
 #[actix_rt::test]
 async fn malformed_and_oversized_input_gets_error_then_close() {
-    let dir = tempfile::tempdir().expect("dir");
-    let config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: dir.path().to_owned(),
-        ..Config::default()
-    };
-    let app = Application::build(&config).await.expect("app");
-    let (addr, handle) = (app.local_addr(), app.handle());
-    actix_rt::spawn(app.run_until_stopped());
+    let app = TestApp::start(|_| {}).await;
+    let (addr, handle) = (app.addr, app.handle.clone());
 
     // A frame before CONNECT.
     let mut c = Client::open(addr).await;
@@ -191,61 +176,6 @@ async fn malformed_and_oversized_input_gets_error_then_close() {
 }
 
 /// A node on 127.0.0.1 with these chat settings; the temp dir lives as long as the guard.
-async fn start(
-    chat: ChatSettings,
-) -> (
-    std::net::SocketAddr,
-    neulbi::startup::Stopper,
-    actix_web::web::Data<neulbi::startup::AppState>,
-    tempfile::TempDir,
-) {
-    let dir = tempfile::tempdir().expect("dir");
-    let config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: dir.path().to_owned(),
-        shutdown_timeout_secs: 60,
-        chat,
-        ..Config::default()
-    };
-    let app = Application::build(&config).await.expect("app");
-    let (addr, stopper, state) = (app.local_addr(), app.stopper(), app.state());
-    actix_rt::spawn(app.run_until_stopped());
-    (addr, stopper, state, dir)
-}
-
-/// Opens a room through the actor and waits until the read model lists both members.
-async fn open_room(
-    state: &neulbi::startup::AppState,
-    client: neulbi_domain::UserId,
-    counselor: neulbi_domain::UserId,
-) -> RoomId {
-    let room = RoomId(Uuid::now_v7());
-    let open = RoomCommand::Open {
-        room_id: room,
-        client,
-        counselor,
-    };
-    let ctx = Context::new(Actor::user(client, Role::Client), chrono::Utc::now());
-    state
-        .rooms
-        .execute(room.0, open, ctx, Metadata::default())
-        .await
-        .expect("open");
-    for _ in 0..200 {
-        let member = neulbi::projections::queries::is_member(
-            &state.read,
-            &room.to_string(),
-            &counselor.to_string(),
-        )
-        .await
-        .expect("query");
-        if member {
-            return room;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the read model never listed the room's members");
-}
 
 #[actix_rt::test]
 async fn reconnect_with_since_message_id_gets_exactly_the_missed_messages_then_live_ones() {
@@ -253,10 +183,11 @@ async fn reconnect_with_since_message_id_gets_exactly_the_missed_messages_then_l
         max_catch_up: 3,
         ..ChatSettings::default()
     };
-    let (addr, stopper, state, _dir) = start(chat).await;
+    let app = TestApp::start(|c| c.chat = chat).await;
+    let (addr, stopper) = (app.addr, app.stopper.clone());
     let (alice_token, alice) = signup(addr, "alice.catchup@example.com").await;
     let (bob_token, bob) = signup(addr, "bob.catchup@example.com").await;
-    let room = open_room(&state, alice, bob).await;
+    let room = app.open_room_direct(alice, bob).await;
     let topic = format!("/topic/rooms.{room}");
 
     let mut bob_ws = Client::connect(addr, &bob_token).await;
@@ -323,11 +254,12 @@ async fn reconnect_with_since_message_id_gets_exactly_the_missed_messages_then_l
 
 #[actix_rt::test]
 async fn my_room_list_queue_gets_opened_message_read_and_closed_pushes() {
-    let (addr, stopper, state, _dir) = start(ChatSettings::default()).await;
+    let app = TestApp::start(|_| {}).await;
+    let (addr, stopper) = (app.addr, app.stopper.clone());
     let (alice_token, alice) = signup(addr, "alice.queue@example.com").await;
     let (bob_token, bob) = signup(addr, "bob.queue@example.com").await;
     // Opened before anyone subscribed: its members come from the read model.
-    let first = open_room(&state, alice, bob).await;
+    let first = app.open_room_direct(alice, bob).await;
 
     let mut alice_ws = Client::connect(addr, &alice_token).await;
     let answer = alice_ws.subscribe_with("/user/queue/rooms", "q", &[]).await;
@@ -378,7 +310,7 @@ async fn my_room_list_queue_gets_opened_message_read_and_closed_pushes() {
     }
 
     // A room opened now is pushed from the live feed.
-    let second = open_room(&state, alice, bob).await;
+    let second = app.open_room_direct(alice, bob).await;
     let push = alice_ws.next_json().await;
     assert_eq!(push["type"], "opened");
     assert_eq!(push["roomId"], second.to_string());
@@ -386,7 +318,7 @@ async fn my_room_list_queue_gets_opened_message_read_and_closed_pushes() {
 
     // Closed.
     let ctx = Context::new(Actor::user(bob, Role::Client), chrono::Utc::now());
-    state
+    app.state
         .rooms
         .execute(first.0, RoomCommand::Close, ctx, Metadata::default())
         .await
@@ -410,10 +342,11 @@ async fn two_sessions_of_one_user_share_one_send_rate() {
         sends_per_second: 1,
         ..ChatSettings::default()
     };
-    let (addr, stopper, state, _dir) = start(chat).await;
+    let app = TestApp::start(|c| c.chat = chat).await;
+    let (addr, stopper) = (app.addr, app.stopper.clone());
     let (alice_token, alice) = signup(addr, "alice.rate@example.com").await;
     let (_, bob) = signup(addr, "bob.rate@example.com").await;
-    let room = open_room(&state, alice, bob).await;
+    let room = app.open_room_direct(alice, bob).await;
     let mut first = Client::connect(addr, &alice_token).await;
     let mut second = Client::connect(addr, &alice_token).await;
     first.post(room, "1").await;
@@ -435,7 +368,8 @@ async fn two_sessions_of_one_user_share_one_send_rate() {
 
 #[actix_rt::test]
 async fn stopping_the_server_closes_open_stomp_connections_promptly() {
-    let (addr, stopper, _state, _dir) = start(ChatSettings::default()).await;
+    let app = TestApp::start(|_| {}).await;
+    let (addr, stopper, _state) = (app.addr, app.stopper.clone(), app.state.clone());
     let (token, _) = signup(addr, "alice.shutdown@example.com").await;
     let mut idle = Client::connect(addr, &token).await;
     let answer = idle.subscribe_with("/user/queue/rooms", "q", &[]).await;
@@ -453,10 +387,11 @@ async fn stopping_the_server_closes_open_stomp_connections_promptly() {
 
 #[actix_rt::test]
 async fn erasing_an_account_ends_its_open_stomp_sessions() {
-    let (addr, stopper, state, _dir) = start(ChatSettings::default()).await;
+    let app = TestApp::start(|_| {}).await;
+    let (addr, stopper) = (app.addr, app.stopper.clone());
     let (token, alice) = signup(addr, "alice.erased@example.com").await;
     let (bob_token, bob) = signup(addr, "bob.erased@example.com").await;
-    let room = open_room(&state, alice, bob).await;
+    let room = app.open_room_direct(alice, bob).await;
     let mut alice_ws = Client::connect(addr, &token).await;
     let mut bob_ws = Client::connect(addr, &bob_token).await;
     assert_eq!(bob_ws.subscribe(room, "b").await.command, Command::Receipt);

@@ -5,18 +5,13 @@
 
 mod support;
 
-use neulbi::config::Config;
 use neulbi::edge::stomp::frame::{Command, Frame};
-use neulbi::startup::Application;
-use neulbi::store::Metadata;
-use neulbi_domain::chat_room::RoomCommand;
-use neulbi_domain::{Actor, Context, Role, RoomId};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::app::TestApp;
 use support::stomp::{Client, signup};
 use tracing_subscriber::fmt::format::FmtSpan;
-use uuid::Uuid;
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -46,30 +41,12 @@ async fn a_stomp_session_logs_no_token_or_message() {
         .with_writer(move || writer.clone())
         .init();
 
-    let dir = tempfile::tempdir().expect("dir");
-    let config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: dir.path().to_owned(),
-        ..Config::default()
-    };
-    let app = Application::build(&config).await.expect("app");
-    let (addr, handle, state) = (app.local_addr(), app.handle(), app.state());
-    actix_rt::spawn(app.run_until_stopped());
+    let app = TestApp::start(|_| {}).await;
+    let (addr, handle) = (app.addr, app.handle.clone());
 
     let (token, alice) = signup(addr, EMAIL).await;
     let (_, bob) = signup(addr, "other.leaky.stomp@example.com").await;
-    let room = RoomId(Uuid::now_v7());
-    let open = RoomCommand::Open {
-        room_id: room,
-        client: alice,
-        counselor: bob,
-    };
-    let ctx = Context::new(Actor::user(alice, Role::Client), chrono::Utc::now());
-    state
-        .rooms
-        .execute(room.0, open, ctx, Metadata::default())
-        .await
-        .expect("open");
+    let room = app.open_room_direct(alice, bob).await;
 
     let mut ws = Client::connect(addr, &token).await;
     let mut answer = ws.subscribe(room, "s").await;

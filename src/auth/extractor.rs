@@ -35,6 +35,18 @@ pub struct AuthUser {
     pub claims: AccessClaims,
 }
 
+impl AuthUser {
+    /// The context and metadata of a command this person gives through the HTTP API: they act
+    /// as themself, and the events carry a fresh correlation id and their user id.
+    pub fn command_context(&self) -> (neulbi_domain::Context, crate::store::Metadata) {
+        let ctx = neulbi_domain::Context::new(
+            neulbi_domain::Actor::user(self.user_id, self.role),
+            chrono::Utc::now(),
+        );
+        (ctx, crate::store::Metadata::acting(self.user_id.as_uuid()))
+    }
+}
+
 /// The bearer token of a request, if the header holds one.
 fn bearer(req: &HttpRequest) -> Option<String> {
     let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;

@@ -137,14 +137,6 @@ fn system_ctx() -> Context {
     Context::new(Actor::system(), chrono::Utc::now())
 }
 
-fn metadata_for(user: Uuid) -> Metadata {
-    Metadata {
-        correlation_id: Some(Uuid::now_v7()),
-        user_id: Some(user),
-        ..Metadata::default()
-    }
-}
-
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, AuthError> {
@@ -394,7 +386,7 @@ impl AuthService {
         };
         let span = tracing::info_span!("register_user", user_id = %id, provider = %new.provider);
         let result = users
-            .execute(id, command, system_ctx(), metadata_for(id))
+            .execute(id, command, system_ctx(), Metadata::acting(id))
             .instrument(span)
             .await;
         match result {
@@ -435,7 +427,7 @@ impl AuthService {
             user_agent: client.user_agent.clone(),
         };
         match users
-            .execute(user, command, system_ctx(), metadata_for(user))
+            .execute(user, command, system_ctx(), Metadata::acting(user))
             .await
         {
             Ok(outcome) => Ok(outcome.state),
@@ -668,7 +660,7 @@ impl AuthService {
             &self.db,
             user,
             ctx,
-            metadata_for(user.as_uuid()),
+            Metadata::acting(user.as_uuid()),
         )
         .await?)
     }

@@ -379,9 +379,5 @@ fn ctx(user: UserId, role: Role) -> Context {
 }
 
 fn metadata(user: UserId) -> Metadata {
-    Metadata {
-        correlation_id: Some(Uuid::now_v7()),
-        user_id: Some(user.as_uuid()),
-        ..Metadata::default()
-    }
+    Metadata::acting(user.as_uuid())
 }

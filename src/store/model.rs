@@ -60,6 +60,18 @@ pub struct Metadata {
     pub traceparent: Option<String>,
 }
 
+impl Metadata {
+    /// The metadata of a command a person gives (over HTTP or STOMP): a fresh correlation id
+    /// for everything it causes, and who acted.
+    pub fn acting(user: Uuid) -> Self {
+        Self {
+            correlation_id: Some(Uuid::now_v7()),
+            user_id: Some(user),
+            ..Self::default()
+        }
+    }
+}
+
 /// An event to append. The id is chosen by the writer (UUIDv7) so retries are idempotent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventData {

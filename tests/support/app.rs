@@ -4,10 +4,11 @@
 use super::http::post_json;
 use super::stomp::signup;
 use neulbi::config::Config;
-use neulbi::startup::{AppState, Application};
+use neulbi::startup::{AppState, Application, Stopper};
 use neulbi::store::Metadata;
+use neulbi_domain::chat_room::RoomCommand;
 use neulbi_domain::user::UserCommand;
-use neulbi_domain::{Actor, Context, Role, UserId};
+use neulbi_domain::{Actor, Context, Role, RoomId, UserId};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,6 +18,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub state: actix_web::web::Data<AppState>,
     pub handle: actix_web::dev::ServerHandle,
+    /// Stops like SIGTERM does: open STOMP connections are closed first.
+    pub stopper: Stopper,
     _dir: tempfile::TempDir,
 }
 
@@ -37,14 +40,21 @@ impl TestApp {
         };
         tune(&mut config);
         let app = Application::build(&config).await.expect("app");
-        let (addr, handle, state) = (app.local_addr(), app.handle(), app.state());
+        let (addr, handle, state, stopper) =
+            (app.local_addr(), app.handle(), app.state(), app.stopper());
         actix_rt::spawn(app.run_until_stopped());
         Self {
             addr,
             state,
             handle,
+            stopper,
             _dir: dir,
         }
+    }
+
+    /// Stops the node gracefully, closing open STOMP connections first.
+    pub async fn stop(&self) {
+        self.stopper.stop(true).await;
     }
 
     /// Signs up a client with a local account.
@@ -99,11 +109,36 @@ impl TestApp {
         r.json()["room_id"].as_str().expect("room id").to_owned()
     }
 
+    /// Opens a room between any two users through the room actor (no role check, unlike
+    /// `POST /rooms`) and waits until the read model lists both.
+    pub async fn open_room_direct(&self, client: UserId, counselor: UserId) -> RoomId {
+        let room = RoomId::from_uuid(uuid::Uuid::now_v7());
+        let open = RoomCommand::Open {
+            room_id: room,
+            client,
+            counselor,
+        };
+        let ctx = Context::new(Actor::user(client, Role::Client), chrono::Utc::now());
+        self.state
+            .rooms
+            .execute(room.as_uuid(), open, ctx, Metadata::default())
+            .await
+            .expect("open");
+        for user in [client, counselor] {
+            self.wait_member_id(&room.to_string(), user).await;
+        }
+        room
+    }
+
     /// Waits until the read models list `person` as a member of `room` (the projection
     /// trails the log by a few milliseconds), for at most 10 s.
     pub async fn wait_member(&self, room: &str, person: &Person) {
+        self.wait_member_id(room, person.id).await;
+    }
+
+    async fn wait_member_id(&self, room: &str, user: UserId) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let user = person.id.to_string();
+        let user = user.to_string();
         while !neulbi::projections::queries::is_member(&self.state.read, room, &user)
             .await
             .expect("query")

@@ -6,11 +6,10 @@ use super::ApiError;
 use crate::auth::{AuthService, AuthUser};
 use crate::projections::queries;
 use crate::startup::AppState;
-use crate::store::Metadata;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use neulbi_domain::chat_room::RoomCommand;
-use neulbi_domain::{Actor, Context, MessageId, Role, RoomId, UserId};
+use neulbi_domain::{MessageId, Role, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::json;
 use tracing::Instrument;
@@ -47,16 +46,6 @@ fn uuid_field(value: &str, code: &'static str, what: &str) -> Result<Uuid, ApiEr
             format!("{what} must be a UUID"),
         )
     })
-}
-
-fn command_context(user: &AuthUser) -> (Context, Metadata) {
-    let ctx = Context::new(Actor::user(user.user_id, user.role), chrono::Utc::now());
-    let metadata = Metadata {
-        correlation_id: Some(Uuid::now_v7()),
-        user_id: Some(user.user_id.as_uuid()),
-        ..Metadata::default()
-    };
-    (ctx, metadata)
 }
 
 /// `POST /rooms` `{"counselor_id"}`: a client opens a room with an active counselor (201), or
@@ -106,7 +95,7 @@ async fn open(
         client: user.user_id,
         counselor,
     };
-    let (ctx, metadata) = command_context(&user);
+    let (ctx, metadata) = user.command_context();
     let opened_at = ctx.now;
     state
         .rooms
@@ -133,7 +122,7 @@ async fn mark_read(
 ) -> Result<HttpResponse, ApiError> {
     let room = uuid_field(&path, "invalid_room_id", "the room id")?;
     let up_to = MessageId::from_uuid(uuid_field(&body.up_to, "invalid_message_id", "up_to")?);
-    let (ctx, metadata) = command_context(&user);
+    let (ctx, metadata) = user.command_context();
     state
         .rooms
         .execute(room, RoomCommand::MarkRead { up_to }, ctx, metadata)
@@ -149,7 +138,7 @@ async fn close(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let room = uuid_field(&path, "invalid_room_id", "the room id")?;
-    let (ctx, metadata) = command_context(&user);
+    let (ctx, metadata) = user.command_context();
     state
         .rooms
         .execute(room, RoomCommand::Close, ctx, metadata)

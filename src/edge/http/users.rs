@@ -90,15 +90,7 @@ async fn publish_counselor_profile(
         headline: body.headline,
         bio: body.bio,
     };
-    let ctx = neulbi_domain::Context::new(
-        neulbi_domain::Actor::user(user.user_id, user.role),
-        chrono::Utc::now(),
-    );
-    let metadata = crate::store::Metadata {
-        correlation_id: Some(uuid::Uuid::now_v7()),
-        user_id: Some(user.user_id.as_uuid()),
-        ..crate::store::Metadata::default()
-    };
+    let (ctx, metadata) = user.command_context();
     state
         .users
         .execute(user.user_id.as_uuid(), command, ctx, metadata)

@@ -326,11 +326,7 @@ impl AppBackend {
         command: RoomCommand,
     ) -> Result<(), Refusal> {
         let ctx = Context::new(Actor::user(who.user, who.role), chrono::Utc::now());
-        let metadata = Metadata {
-            correlation_id: Some(uuid::Uuid::now_v7()),
-            user_id: Some(who.user.as_uuid()),
-            ..Metadata::default()
-        };
+        let metadata = Metadata::acting(who.user.as_uuid());
         match self
             .state
             .rooms
