@@ -33,10 +33,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// After the senders are done, a receiver leaves once nothing arrived for this long (µs).
+const QUIET_US: u64 = 500_000;
 /// Connections opened at once while setting up a scenario.
 const CONNECT_CONCURRENCY: usize = 128;
 /// A text a counseling message could be; the measurement marker is prepended.
-const PAYLOAD: &str = "안녕하세요, 요즘 잠을 잘 못 자요. How have you been feeling since our last session?";
+const PAYLOAD: &str =
+    "안녕하세요, 요즘 잠을 잘 못 자요. How have you been feeling since our last session?";
 
 struct Options {
     full: bool,
@@ -50,6 +53,8 @@ struct Options {
     idle_hold: f64,
     window: usize,
     fanout_window: usize,
+    /// Messages per second per sender (0: as fast as the window allows).
+    rate: f64,
     custom: Custom,
 }
 
@@ -96,6 +101,7 @@ fn options() -> Options {
             idle_hold: num("--idle-hold", 15.0),
             window: num("--window", 4.0) as usize,
             fanout_window: num("--fanout-window", 16.0) as usize,
+            rate: num("--rate", 0.0),
             custom: Custom::default(),
         }
     } else {
@@ -111,6 +117,7 @@ fn options() -> Options {
             idle_hold: num("--idle-hold", 1.0),
             window: num("--window", 2.0) as usize,
             fanout_window: num("--fanout-window", 4.0) as usize,
+            rate: num("--rate", 0.0),
             custom: Custom::default(),
         }
     };
@@ -186,14 +193,22 @@ fn dest(pattern: &str, room: &str) -> String {
 
 /// The plan for a server that knows the fixture's users (Neulbi, or a server taking its
 /// tokens).
-fn plan_from_fixture(fixture: &Fixture, subscribe: &str, send: &str) -> (Vec<RoomPlan>, RoomPlan, Vec<Creds>) {
+fn plan_from_fixture(
+    fixture: &Fixture,
+    subscribe: &str,
+    send: &str,
+) -> (Vec<RoomPlan>, RoomPlan, Vec<Creds>) {
     let rooms: Vec<RoomPlan> = fixture
         .rooms
         .iter()
         .map(|r| RoomPlan {
             subscribe: dest(subscribe, &r.id.to_string()),
             send: dest(send, &r.id.to_string()),
-            members: r.participants.iter().map(|p| (bearer(&p.token), true)).collect(),
+            members: r
+                .participants
+                .iter()
+                .map(|p| (bearer(&p.token), true))
+                .collect(),
         })
         .collect();
     let room = fixture.fanout.room.to_string();
@@ -218,16 +233,27 @@ fn plan_from_fixture(fixture: &Fixture, subscribe: &str, send: &str) -> (Vec<Roo
 }
 
 /// The plan for a server with one shared login (RabbitMQ, a custom server).
-fn plan_with_login(o: &Options, creds: Creds, subscribe: &str, send: &str) -> (Vec<RoomPlan>, RoomPlan, Vec<Creds>) {
+fn plan_with_login(
+    o: &Options,
+    creds: Creds,
+    subscribe: &str,
+    send: &str,
+) -> (Vec<RoomPlan>, RoomPlan, Vec<Creds>) {
     let room = |name: String, members: Vec<(Creds, bool)>| RoomPlan {
         subscribe: dest(subscribe, &name),
         send: dest(send, &name),
         members,
     };
     let rooms = (0..o.rooms)
-        .map(|i| room(format!("bench{i}"), vec![(creds.clone(), true), (creds.clone(), true)]))
+        .map(|i| {
+            room(
+                format!("bench{i}"),
+                vec![(creds.clone(), true), (creds.clone(), true)],
+            )
+        })
         .collect();
-    let mut members: Vec<(Creds, bool)> = (0..o.subscribers).map(|_| (creds.clone(), false)).collect();
+    let mut members: Vec<(Creds, bool)> =
+        (0..o.subscribers).map(|_| (creds.clone(), false)).collect();
     members.push((creds.clone(), true));
     (rooms, room("fanout".into(), members), vec![creds])
 }
@@ -255,6 +281,8 @@ struct Sender {
     dest: String,
     window: usize,
     receipts: bool,
+    /// Microseconds between sends (0: no pacing).
+    interval_us: u64,
 }
 
 fn marker(body: &[u8]) -> Option<(u32, u64, u64)> {
@@ -271,19 +299,29 @@ fn marker(body: &[u8]) -> Option<(u32, u64, u64)> {
 
 /// Drives one subscribed connection: sends (if it is a sender) with a window of messages in
 /// flight until the end, and counts what arrives until the drain deadline.
-async fn drive(mut conn: Conn, sender: Option<Sender>, t: Arc<Timing>, senders_left: Arc<AtomicUsize>) -> ConnStats {
+async fn drive(
+    mut conn: Conn,
+    sender: Option<Sender>,
+    t: Arc<Timing>,
+    senders_left: Arc<AtomicUsize>,
+) -> ConnStats {
     let mut s = ConnStats::default();
     let mut inflight = 0usize;
     let mut seq = 0u64;
     let mut receipts = std::collections::HashMap::new();
     let mut done_sending = sender.is_none();
-    let mut ended_at: Option<u64> = None;
+    let mut last_frame = 0u64;
+    // Paced senders start spread over one interval so they do not send in lockstep.
+    let mut next_send = sender
+        .as_ref()
+        .map_or(0, |s| (u64::from(s.id) * 7919) % s.interval_us.max(1));
     loop {
         let now = t.clock.us();
         if let Some(snd) = &sender {
             if !done_sending && now < t.end_us {
                 let mut fed = false;
-                while inflight < snd.window {
+                while inflight < snd.window && (snd.interval_us == 0 || now >= next_send) {
+                    next_send += snd.interval_us;
                     let sent_at = t.clock.us();
                     let mut f = Frame::new(Command::Send)
                         .header("destination", snd.dest.as_str())
@@ -311,25 +349,28 @@ async fn drive(mut conn: Conn, sender: Option<Sender>, t: Arc<Timing>, senders_l
                     done_sending = true;
                     senders_left.fetch_sub(1, Ordering::AcqRel);
                 }
-            } else if !done_sending
-                && (now >= t.drain_us || (inflight == 0 && receipts.is_empty()))
+            } else if !done_sending && (now >= t.drain_us || (inflight == 0 && receipts.is_empty()))
             {
                 done_sending = true;
                 senders_left.fetch_sub(1, Ordering::AcqRel);
             }
         }
         if done_sending {
-            // Receivers stay until every sender is done (plus a moment for stragglers).
+            // Receivers stay until every sender is done and nothing arrived for a moment
+            // (other subscribers may lag behind the sender's own copy), or the deadline.
             let all_done = senders_left.load(Ordering::Acquire) == 0;
-            if now >= t.drain_us || (all_done && now >= t.end_us) {
-                match ended_at {
-                    None if now < t.drain_us => ended_at = Some(now),
-                    Some(at) if now < at + 200_000 && now < t.drain_us => {}
-                    _ => break,
-                }
+            if now >= t.drain_us || (all_done && now >= t.end_us && now >= last_frame + QUIET_US) {
+                break;
             }
         }
-        let next = tokio::time::timeout(Duration::from_millis(50), conn.next()).await;
+        let mut wait = 50_000;
+        if let Some(snd) = &sender
+            && snd.interval_us > 0
+            && !done_sending
+        {
+            wait = next_send.saturating_sub(now).clamp(1_000, 50_000);
+        }
+        let next = tokio::time::timeout(Duration::from_micros(wait), conn.next()).await;
         let frame = match next {
             Err(_) | Ok(Incoming::Nothing) => continue,
             Ok(Incoming::Closed) => {
@@ -342,6 +383,7 @@ async fn drive(mut conn: Conn, sender: Option<Sender>, t: Arc<Timing>, senders_l
             Ok(Incoming::Frame(f)) => f,
         };
         let now = t.clock.us();
+        last_frame = now;
         match frame.command {
             Command::Message => {
                 s.received += 1;
@@ -386,7 +428,12 @@ async fn drive(mut conn: Conn, sender: Option<Sender>, t: Arc<Timing>, senders_l
 }
 
 /// Connects and subscribes, retrying a refused SUBSCRIBE (a read model still catching up).
-async fn open_subscribed(url: String, creds: Creds, destination: String, id: String) -> anyhow::Result<Conn> {
+async fn open_subscribed(
+    url: String,
+    creds: Creds,
+    destination: String,
+    id: String,
+) -> anyhow::Result<Conn> {
     let mut last = None;
     for _ in 0..20 {
         let mut conn = Conn::connect(&url, &creds, "0,0").await?;
@@ -425,6 +472,8 @@ struct Row {
     rss_before_kib: Option<u64>,
     rss_during_kib: Option<u64>,
     kib_per_conn: Option<f64>,
+    /// CPU seconds the server used during the load phase.
+    server_cpu_s: Option<f64>,
     notes: String,
 }
 
@@ -462,18 +511,29 @@ async fn run_active(o: &Options, target: &Target, scenario: &str) -> anyhow::Res
     let mut jobs = Vec::new();
     for (r, room) in rooms.iter().enumerate() {
         for (m, (creds, sends)) in room.members.iter().enumerate() {
-            jobs.push((r, m, room.subscribe.clone(), room.send.clone(), creds.clone(), *sends));
+            jobs.push((
+                r,
+                m,
+                room.subscribe.clone(),
+                room.send.clone(),
+                creds.clone(),
+                *sends,
+            ));
         }
     }
     let started = Instant::now();
     let url = target.url.clone();
-    let opened = bounded(jobs, CONNECT_CONCURRENCY, |(r, m, sub, send, creds, sends)| {
-        let url = url.clone();
-        async move {
-            let conn = open_subscribed(url, creds, sub, format!("s{r}-{m}")).await;
-            conn.map(|c| (c, send, sends))
-        }
-    })
+    let opened = bounded(
+        jobs,
+        CONNECT_CONCURRENCY,
+        |(r, m, sub, send, creds, sends)| {
+            let url = url.clone();
+            async move {
+                let conn = open_subscribed(url, creds, sub, format!("s{r}-{m}")).await;
+                conn.map(|c| (c, send, sends))
+            }
+        },
+    )
     .await;
     let mut conns = Vec::with_capacity(opened.len());
     for c in opened {
@@ -492,12 +552,13 @@ async fn run_active(o: &Options, target: &Target, scenario: &str) -> anyhow::Res
         clock,
         warm_us: (o.warmup * 1e6) as u64,
         end_us: secs_us,
-        drain_us: secs_us + 3_000_000,
+        drain_us: secs_us + 5_000_000,
     });
     let senders = conns.iter().filter(|(_, _, s)| *s).count();
     let senders_left = Arc::new(AtomicUsize::new(senders));
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = rss_sampler(target.pid, stop.clone());
+    let cpu_before = target.pid.and_then(servers::cpu_secs);
     let mut tasks = Vec::with_capacity(n);
     for (i, (conn, send, sends)) in conns.into_iter().enumerate() {
         let sender = sends.then(|| Sender {
@@ -505,8 +566,18 @@ async fn run_active(o: &Options, target: &Target, scenario: &str) -> anyhow::Res
             dest: send,
             window,
             receipts,
+            interval_us: if o.rate > 0.0 {
+                (1e6 / o.rate) as u64
+            } else {
+                0
+            },
         });
-        tasks.push(tokio::spawn(drive(conn, sender, timing.clone(), senders_left.clone())));
+        tasks.push(tokio::spawn(drive(
+            conn,
+            sender,
+            timing.clone(),
+            senders_left.clone(),
+        )));
     }
     let mut all = ConnStats::default();
     for t in tasks {
@@ -519,6 +590,9 @@ async fn run_active(o: &Options, target: &Target, scenario: &str) -> anyhow::Res
         all.errors.extend(s.errors);
     }
     stop.store(true, Ordering::Release);
+    let cpu = cpu_before
+        .zip(target.pid.and_then(servers::cpu_secs))
+        .map(|(a, b)| b - a);
     let rss_during = sampler.await.ok().flatten();
     all.latencies_us.sort_unstable();
     all.receipt_us.sort_unstable();
@@ -529,12 +603,13 @@ async fn run_active(o: &Options, target: &Target, scenario: &str) -> anyhow::Res
     };
     let expected = all.sent * per_message;
     let measured = o.secs - o.warmup;
-    let mut notes = format!(
-        "sent {}, delivered {}/{}",
-        all.sent, all.received, expected
-    );
+    let mut notes = format!("sent {}, delivered {}/{}", all.sent, all.received, expected);
     if !all.errors.is_empty() {
-        notes.push_str(&format!("; {} errors, first: {}", all.errors.len(), all.errors[0]));
+        notes.push_str(&format!(
+            "; {} errors, first: {}",
+            all.errors.len(),
+            all.errors[0]
+        ));
     }
     let has_receipts = receipts;
     Ok(Row {
@@ -549,6 +624,7 @@ async fn run_active(o: &Options, target: &Target, scenario: &str) -> anyhow::Res
         rss_before_kib: rss_before,
         rss_during_kib: rss_during,
         kib_per_conn: None,
+        server_cpu_s: cpu,
         notes,
     })
 }
@@ -561,6 +637,7 @@ async fn run_idle(o: &Options, target: &Target) -> anyhow::Result<Row> {
         pid.and_then(servers::rss_kib)
     };
     let rss_before = settle().await;
+    let cpu_before = pid.and_then(servers::cpu_secs);
     let started = Instant::now();
     let url = target.url.clone();
     let jobs: Vec<Creds> = (0..o.idle)
@@ -587,7 +664,10 @@ async fn run_idle(o: &Options, target: &Target) -> anyhow::Result<Row> {
         failures.len()
     );
     if conns.is_empty() {
-        bail!("no idle connection opened: {}", failures.first().cloned().unwrap_or_default());
+        bail!(
+            "no idle connection opened: {}",
+            failures.first().cloned().unwrap_or_default()
+        );
     }
     let hold = Duration::from_secs_f64(o.idle_hold);
     let tasks: Vec<_> = conns
@@ -622,6 +702,9 @@ async fn run_idle(o: &Options, target: &Target) -> anyhow::Result<Row> {
     // Measure while all are open, a moment before the hold ends.
     tokio::time::sleep(hold.saturating_sub(Duration::from_millis(300))).await;
     let rss_during = pid.and_then(servers::rss_kib);
+    let cpu = cpu_before
+        .zip(pid.and_then(servers::cpu_secs))
+        .map(|(a, b)| b - a);
     let mut alive = 0;
     let mut beats = 0;
     for t in tasks {
@@ -636,7 +719,10 @@ async fn run_idle(o: &Options, target: &Target) -> anyhow::Result<Row> {
     };
     let mut notes = format!("{alive} alive at the end, {beats} server heart-beats");
     if let Some(f) = failures.first() {
-        notes.push_str(&format!("; {} failed to connect, first: {f}", failures.len()));
+        notes.push_str(&format!(
+            "; {} failed to connect, first: {f}",
+            failures.len()
+        ));
     }
     Ok(Row {
         scenario: "c".into(),
@@ -650,6 +736,7 @@ async fn run_idle(o: &Options, target: &Target) -> anyhow::Result<Row> {
         rss_before_kib: rss_before,
         rss_during_kib: rss_during,
         kib_per_conn: per_conn,
+        server_cpu_s: cpu,
         notes,
     })
 }
@@ -668,16 +755,16 @@ fn mib(kib: Option<u64>) -> Option<f64> {
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "| scenario | server | sessions | deliveries/s | p50 ms | p99 ms | receipt p50/p99 ms | RSS before MiB | RSS during MiB | KiB/idle conn | notes |"
+        "| scenario | server | sessions | deliveries/s | p50 ms | p99 ms | receipt p50/p99 ms | RSS before MiB | RSS during MiB | KiB/idle conn | server CPU s | notes |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in rows {
         let receipts = match (r.receipt_p50_ms, r.receipt_p99_ms) {
             (Some(a), Some(b)) => format!("{} / {}", fmt_opt(Some(a), 2), fmt_opt(Some(b), 2)),
             _ => "-".into(),
         };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.scenario,
             r.server,
             r.conns,
@@ -688,6 +775,7 @@ fn print_table(rows: &[Row]) {
             fmt_opt(mib(r.rss_before_kib), 1),
             fmt_opt(mib(r.rss_during_kib), 1),
             fmt_opt(r.kib_per_conn, 1),
+            fmt_opt(r.server_cpu_s, 1),
             r.notes
         );
     }
@@ -700,7 +788,9 @@ fn print_table(rows: &[Row]) {
         };
         if !header {
             println!();
-            println!("| scenario | Neulbi/RabbitMQ deliveries/s | p99 (Neulbi/RabbitMQ) | RSS during (Neulbi/RabbitMQ) | KiB/idle conn (Neulbi/RabbitMQ) |");
+            println!(
+                "| scenario | Neulbi/RabbitMQ deliveries/s | p99 (Neulbi/RabbitMQ) | RSS during (Neulbi/RabbitMQ) | KiB/idle conn (Neulbi/RabbitMQ) |"
+            );
             println!("|---|---:|---:|---:|---:|");
             header = true;
         }
@@ -736,10 +826,19 @@ async fn run_target(o: &Options, target: &Target, rows: &mut Vec<Row>) -> anyhow
             run_active(o, target, s).await
         }
         .with_context(|| format!("scenario {s} against {}", target.name))?;
-        eprintln!(
-            "  {s} {}: {:.0} deliveries/s, p99 {:.2} ms; {}",
-            target.name, row.deliveries_per_sec, row.p99_ms, row.notes
-        );
+        if s == "c" {
+            eprintln!(
+                "  c {}: {} KiB per idle connection; {}",
+                target.name,
+                fmt_opt(row.kib_per_conn, 1),
+                row.notes
+            );
+        } else {
+            eprintln!(
+                "  {s} {}: {:.0} deliveries/s, p99 {:.2} ms; {}",
+                target.name, row.deliveries_per_sec, row.p99_ms, row.notes
+            );
+        }
         rows.push(row);
         // Let closed sockets and the server settle between scenarios.
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -880,7 +979,9 @@ fn main() -> anyhow::Result<()> {
         for r in &rows {
             match r.scenario.as_str() {
                 "a" | "b" | "d" => assert!(
-                    r.deliveries_per_sec > 0.0 && r.p99_ms.is_finite() && !r.notes.contains("errors"),
+                    r.deliveries_per_sec > 0.0
+                        && r.p99_ms.is_finite()
+                        && !r.notes.contains("errors"),
                     "scenario {} delivered nothing or failed: {}",
                     r.scenario,
                     r.notes

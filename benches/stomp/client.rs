@@ -13,9 +13,8 @@ use tokio_tungstenite::tungstenite::Message;
 /// Headers a client adds to CONNECT (credentials, `host`).
 pub type Creds = std::sync::Arc<Vec<(String, String)>>;
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// How long a handshake step (CONNECT, SUBSCRIBE) may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -118,7 +117,10 @@ impl Conn {
         let mut bytes = Vec::with_capacity(256 + frame.body.len());
         encode(frame, Version::V1_2, &mut bytes).context("encoding a frame")?;
         let text = String::from_utf8(bytes).context("frames are text")?;
-        self.ws.feed(Message::text(text)).await.context("WebSocket send")
+        self.ws
+            .feed(Message::text(text))
+            .await
+            .context("WebSocket send")
     }
 
     /// Flushes queued frames.

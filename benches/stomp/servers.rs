@@ -146,7 +146,10 @@ impl NeulbiProcess {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("neulbi serve not ready within {START_TIMEOUT:?}:\n{}", server.log());
+                bail!(
+                    "neulbi serve not ready within {START_TIMEOUT:?}:\n{}",
+                    server.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -279,9 +282,7 @@ impl InProcess {
                 }
             })
         });
-        let (addr, handle, fixture) = rx
-            .recv()
-            .context("the in-process server thread ended")??;
+        let (addr, handle, fixture) = rx.recv().context("the in-process server thread ended")??;
         // The read model of members must know the new rooms before SUBSCRIBE asks.
         let deadline = Instant::now() + START_TIMEOUT;
         while http_status(addr, "/readyz") != Some(200) {
@@ -310,4 +311,16 @@ impl Drop for InProcess {
             let _ = t.join();
         }
     }
+}
+
+/// CPU time (user + system) process `pid` has used so far, in seconds.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at state, field 3.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // Clock ticks; 100 per second on Linux.
+    Some((utime + stime) / 100.0)
 }

@@ -78,11 +78,7 @@ fn system() -> Context {
     Context::new(Actor::system(), chrono::Utc::now())
 }
 
-async fn register(
-    users: &Registry<UserDecider>,
-    n: usize,
-    role: Role,
-) -> anyhow::Result<UserId> {
+async fn register(users: &Registry<UserDecider>, n: usize, role: Role) -> anyhow::Result<UserId> {
     let id = UserId::from_uuid(Uuid::now_v7());
     let kind = if role == Role::Counselor {
         "counselor"
@@ -156,20 +152,22 @@ pub async fn create(
         })
     };
     // Room 0 of the stream below is the fan-out room.
-    let mut opened: Vec<(usize, (RoomId, UserId, UserId))> =
-        futures::stream::iter((0..=spec.rooms).map(|n| async move {
-            open_room(users, rooms, n).await.map(|r| (n, r))
-        }))
-        .buffer_unordered(CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<_>>()?;
+    let mut opened: Vec<(usize, (RoomId, UserId, UserId))> = futures::stream::iter(
+        (0..=spec.rooms).map(|n| async move { open_room(users, rooms, n).await.map(|r| (n, r)) }),
+    )
+    .buffer_unordered(CONCURRENCY)
+    .collect::<Vec<_>>()
+    .await
+    .into_iter()
+    .collect::<anyhow::Result<_>>()?;
     opened.sort_by_key(|(n, _)| *n);
     let mut out = Vec::with_capacity(spec.rooms);
     let mut fanout = None;
     for (n, (room, client, counselor)) in opened {
-        let participants = vec![mint(client, Role::Client)?, mint(counselor, Role::Counselor)?];
+        let participants = vec![
+            mint(client, Role::Client)?,
+            mint(counselor, Role::Counselor)?,
+        ];
         if n == 0 {
             let subscribers = (0..spec.subscribers)
                 .map(|i| participants[i % 2].token.clone())
