@@ -169,6 +169,10 @@ struct Target {
     fanout: RoomPlan,
     /// Credentials for idle connections, used round-robin (scenario c).
     idle: Vec<Creds>,
+    /// Headers added to every SUBSCRIBE (e.g. RabbitMQ's durable path).
+    extra_subscribe: Creds,
+    /// Headers added to every SEND.
+    extra_send: Creds,
 }
 
 fn bearer(token: &str) -> Creds {
@@ -283,6 +287,8 @@ struct Sender {
     receipts: bool,
     /// Microseconds between sends (0: no pacing).
     interval_us: u64,
+    /// Headers added to every SEND.
+    extra: Creds,
 }
 
 fn marker(body: &[u8]) -> Option<(u32, u64, u64)> {
@@ -327,6 +333,9 @@ async fn drive(
                         .header("destination", snd.dest.as_str())
                         .header("content-type", "text/plain;charset=utf-8")
                         .body(format!("#lt:{}:{seq}:{sent_at}# {PAYLOAD}", snd.id));
+                    for (k, v) in snd.extra.iter() {
+                        f = f.header(k.clone(), v.clone());
+                    }
                     if snd.receipts {
                         f = f
                             .header("receipt", seq.to_string())
@@ -433,11 +442,12 @@ async fn open_subscribed(
     creds: Creds,
     destination: String,
     id: String,
+    extra: Creds,
 ) -> anyhow::Result<Conn> {
     let mut last = None;
     for _ in 0..20 {
         let mut conn = Conn::connect(&url, &creds, "0,0").await?;
-        match conn.subscribe(&destination, &id).await {
+        match conn.subscribe(&destination, &id, &extra).await {
             Ok(()) => return Ok(conn),
             Err(e) => last = Some(e),
         }
@@ -523,13 +533,14 @@ async fn run_active(o: &Options, target: &Target, scenario: &str) -> anyhow::Res
     }
     let started = Instant::now();
     let url = target.url.clone();
+    let extra = target.extra_subscribe.clone();
     let opened = bounded(
         jobs,
         CONNECT_CONCURRENCY,
         |(r, m, sub, send, creds, sends)| {
-            let url = url.clone();
+            let (url, extra) = (url.clone(), extra.clone());
             async move {
-                let conn = open_subscribed(url, creds, sub, format!("s{r}-{m}")).await;
+                let conn = open_subscribed(url, creds, sub, format!("s{r}-{m}"), extra).await;
                 conn.map(|c| (c, send, sends))
             }
         },
@@ -571,6 +582,7 @@ async fn run_active(o: &Options, target: &Target, scenario: &str) -> anyhow::Res
             } else {
                 0
             },
+            extra: target.extra_send.clone(),
         });
         tasks.push(tokio::spawn(drive(
             conn,
@@ -779,19 +791,28 @@ fn print_table(rows: &[Row]) {
             r.notes
         );
     }
-    // Ratios Neulbi / RabbitMQ per scenario.
+    // Ratios Neulbi / each peer per scenario.
     let find = |s: &str, name: &str| rows.iter().find(|r| r.scenario == s && r.server == name);
+    let mut peers: Vec<&str> = rows
+        .iter()
+        .map(|r| r.server.as_str())
+        .filter(|n| *n != "neulbi")
+        .collect();
+    peers.dedup();
     let mut header = false;
-    for s in ["a", "b", "c", "d"] {
-        let (Some(n), Some(r)) = (find(s, "neulbi"), find(s, "rabbitmq")) else {
+    for (s, peer) in ["a", "b", "c", "d"]
+        .iter()
+        .flat_map(|s| peers.iter().map(move |p| (*s, *p)))
+    {
+        let (Some(n), Some(r)) = (find(s, "neulbi"), find(s, peer)) else {
             continue;
         };
         if !header {
             println!();
             println!(
-                "| scenario | Neulbi/RabbitMQ deliveries/s | p99 (Neulbi/RabbitMQ) | RSS during (Neulbi/RabbitMQ) | KiB/idle conn (Neulbi/RabbitMQ) |"
+                "| scenario | peer | Neulbi/peer deliveries/s | p99 (Neulbi/peer) | RSS during (Neulbi/peer) | KiB/idle conn (Neulbi/peer) |"
             );
-            println!("|---|---:|---:|---:|---:|");
+            println!("|---|---|---:|---:|---:|---:|");
             header = true;
         }
         let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
@@ -801,7 +822,7 @@ fn print_table(rows: &[Row]) {
             _ => "-".into(),
         };
         println!(
-            "| {s} | {} | {} | {} | {} |",
+            "| {s} | {peer} | {} | {} | {} | {} |",
             ratio(Some(n.deliveries_per_sec), Some(r.deliveries_per_sec)),
             ratio(Some(n.p99_ms), Some(r.p99_ms)),
             ratio(mib(n.rss_during_kib), mib(r.rss_during_kib)),
@@ -897,6 +918,8 @@ fn main() -> anyhow::Result<()> {
                     rooms,
                     fanout,
                     idle,
+                    extra_subscribe: Creds::default(),
+                    extra_send: Creds::default(),
                 };
                 let result = runtime.block_on(run_target(&o, &target, &mut rows));
                 drop(app);
@@ -914,6 +937,8 @@ fn main() -> anyhow::Result<()> {
                     rooms,
                     fanout,
                     idle,
+                    extra_subscribe: Creds::default(),
+                    extra_send: Creds::default(),
                 };
                 let result = runtime.block_on(run_target(&o, &target, &mut rows));
                 if result.is_err() {
@@ -922,18 +947,35 @@ fn main() -> anyhow::Result<()> {
                 drop(server);
                 result?;
             }
-            "rabbitmq" => {
+            "rabbitmq" | "rabbitmq-durable" => {
                 let broker = servers::Rabbit::start()?;
                 let creds = login("guest", "guest", "/");
                 let (rooms, fanout, idle) =
                     plan_with_login(&o, creds, "/topic/rooms.{room}", "/topic/rooms.{room}");
+                // The durable variant: each subscription gets a durable queue and every
+                // message is persistent, so a SEND's RECEIPT (a publisher confirm) follows the
+                // write to disk, as Neulbi's follows the durable append.
+                let durable = server == "rabbitmq-durable";
+                let pairs = |p: &[(&str, &str)]| -> Creds {
+                    Arc::new(p.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect())
+                };
                 let target = Target {
-                    name: "rabbitmq".into(),
+                    name: server.clone(),
                     url: broker.url(),
                     pid: Some(broker.pid),
                     rooms,
                     fanout,
                     idle,
+                    extra_subscribe: if durable {
+                        pairs(&[("durable", "true"), ("auto-delete", "false")])
+                    } else {
+                        Creds::default()
+                    },
+                    extra_send: if durable {
+                        pairs(&[("persistent", "true")])
+                    } else {
+                        Creds::default()
+                    },
                 };
                 let result = runtime.block_on(run_target(&o, &target, &mut rows));
                 drop(broker);
@@ -966,6 +1008,8 @@ fn main() -> anyhow::Result<()> {
                     rooms,
                     fanout,
                     idle,
+                    extra_subscribe: Creds::default(),
+                    extra_send: Creds::default(),
                 };
                 runtime.block_on(run_target(&o, &target, &mut rows))?;
             }

@@ -74,16 +74,23 @@ impl Conn {
         }
     }
 
-    /// SUBSCRIBE with a receipt; waits for the RECEIPT (frames before it are dropped).
-    pub async fn subscribe(&mut self, destination: &str, id: &str) -> anyhow::Result<()> {
-        self.send(
-            &Frame::new(Command::Subscribe)
-                .header("id", id)
-                .header("destination", destination)
-                .header("ack", "auto")
-                .header("receipt", format!("sub-{id}")),
-        )
-        .await?;
+    /// SUBSCRIBE with a receipt and `extra` headers; waits for the RECEIPT (frames before it
+    /// are dropped).
+    pub async fn subscribe(
+        &mut self,
+        destination: &str,
+        id: &str,
+        extra: &[(String, String)],
+    ) -> anyhow::Result<()> {
+        let mut frame = Frame::new(Command::Subscribe)
+            .header("id", id)
+            .header("destination", destination)
+            .header("ack", "auto")
+            .header("receipt", format!("sub-{id}"));
+        for (k, v) in extra {
+            frame = frame.header(k.clone(), v.clone());
+        }
+        self.send(&frame).await?;
         loop {
             let frame = self.expect_frame().await?;
             match frame.command {
