@@ -55,6 +55,8 @@ struct Options {
     fanout_window: usize,
     /// Messages per second per sender (0: as fast as the window allows).
     rate: f64,
+    /// Print deliveries and the worst latency of every second.
+    timeline: bool,
     custom: Custom,
 }
 
@@ -102,6 +104,7 @@ fn options() -> Options {
             window: num("--window", 4.0) as usize,
             fanout_window: num("--fanout-window", 16.0) as usize,
             rate: num("--rate", 0.0),
+            timeline: args.iter().any(|a| a == "--timeline"),
             custom: Custom::default(),
         }
     } else {
@@ -118,6 +121,7 @@ fn options() -> Options {
             window: num("--window", 2.0) as usize,
             fanout_window: num("--fanout-window", 4.0) as usize,
             rate: num("--rate", 0.0),
+            timeline: args.iter().any(|a| a == "--timeline"),
             custom: Custom::default(),
         }
     };
@@ -271,6 +275,22 @@ struct ConnStats {
     latencies_us: Vec<u32>,
     receipt_us: Vec<u32>,
     errors: Vec<String>,
+    /// Per second of the run: deliveries and the worst latency (µs), for `--timeline`.
+    per_sec: Vec<(u64, u32)>,
+}
+
+impl ConnStats {
+    fn note_second(&mut self, now_us: u64, latency_us: u32) {
+        let i = usize::try_from(now_us / 1_000_000).unwrap_or(usize::MAX);
+        if i >= 3600 {
+            return;
+        }
+        if self.per_sec.len() <= i {
+            self.per_sec.resize(i + 1, (0, 0));
+        }
+        self.per_sec[i].0 += 1;
+        self.per_sec[i].1 = self.per_sec[i].1.max(latency_us);
+    }
 }
 
 struct Timing {
@@ -402,10 +422,11 @@ async fn drive(
                 if now >= t.warm_us && now <= t.end_us {
                     s.in_window += 1;
                 }
+                let latency = u32::try_from(now.saturating_sub(sent_at)).unwrap_or(u32::MAX);
                 if sent_at >= t.warm_us && now <= t.end_us {
-                    s.latencies_us
-                        .push(u32::try_from(now.saturating_sub(sent_at)).unwrap_or(u32::MAX));
+                    s.latencies_us.push(latency);
                 }
+                s.note_second(now, latency);
                 if let Some(snd) = &sender
                     && from == snd.id
                 {
@@ -600,8 +621,24 @@ async fn run_active(o: &Options, target: &Target, scenario: &str) -> anyhow::Res
         all.latencies_us.extend(s.latencies_us);
         all.receipt_us.extend(s.receipt_us);
         all.errors.extend(s.errors);
+        if all.per_sec.len() < s.per_sec.len() {
+            all.per_sec.resize(s.per_sec.len(), (0, 0));
+        }
+        for (a, b) in all.per_sec.iter_mut().zip(&s.per_sec) {
+            a.0 += b.0;
+            a.1 = a.1.max(b.1);
+        }
     }
     stop.store(true, Ordering::Release);
+    if o.timeline {
+        for (sec, (n, worst)) in all.per_sec.iter().enumerate() {
+            eprintln!(
+                "    {scenario} {} second {sec}: {n} deliveries, worst {:.1} ms",
+                target.name,
+                f64::from(*worst) / 1000.0
+            );
+        }
+    }
     let cpu = cpu_before
         .zip(target.pid.and_then(servers::cpu_secs))
         .map(|(a, b)| b - a);
