@@ -11,8 +11,10 @@
 //! sender, a sequence number and the send time; receivers compute send→receive latency.
 //!
 //! Full run:   cargo build --release --bin neulbi && cargo bench --bench stomp_load
-//!             (options after `--`: --servers neulbi,rabbitmq --scenarios a,b,c,d --secs 10
-//!             --rooms 500 --subscribers 1000 --idle 10000 --window 4; raise `ulimit -n`)
+//!             (options after `--`: --servers neulbi,rabbitmq[,rabbitmq-durable]
+//!             --scenarios a,b,c,d --secs 10 --warmup 2 --rooms 500 --subscribers 1000
+//!             --idle 10000 --idle-hold 15 --window 4 --fanout-window 16 --rate MSGS_PER_S
+//!             --timeline; raise `ulimit -n` to 20000 for 10,000 idle connections)
 //! Any server: --servers custom --url ws://HOST/PATH --login L --passcode P [--host H]
 //!             [--subscribe '/topic/rooms.{room}'] [--send '/topic/rooms.{room}'] [--pid PID]
 //!             (or --fixture FILE.json from `neulbi dev bench-fixture` for bearer tokens)
