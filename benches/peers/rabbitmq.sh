@@ -2,8 +2,11 @@
 # RabbitMQ with Web-STOMP, the peer of the STOMP load benchmark (benches/stomp_load.rs).
 #
 #   rabbitmq.sh install     apt-get install rabbitmq-server if it is missing (full runs only)
-#   rabbitmq.sh start DIR   starts a broker with everything under DIR; prints its pid when
-#                           ws://127.0.0.1:15674/ws accepts connections
+#   rabbitmq.sh start DIR [OWNER_PID]
+#                           starts a broker with everything under DIR; prints its pid when
+#                           ws://127.0.0.1:15674/ws accepts connections. With OWNER_PID, a
+#                           watchdog stops the broker once that process is gone (the bench
+#                           killed or interrupted before it could stop it)
 #   rabbitmq.sh stop DIR    stops the broker started with DIR (by pid), and epmd if it started it
 #
 # Runs the package's own script (not the Debian wrapper, which drops to the rabbitmq user with
@@ -13,6 +16,7 @@ set -euo pipefail
 
 cmd="${1:-}"
 dir="${2:-}"
+owner="${3:-}"
 WS_PORT=15674
 
 server_script() {
@@ -73,6 +77,9 @@ CONF
         echo $! >"$dir/launcher.pid"
     )
     launcher="$(cat "$dir/launcher.pid")"
+    if [ -n "$owner" ]; then
+        setsid bash "$0" watch "$dir" "$owner" >/dev/null 2>&1 </dev/null &
+    fi
     for _ in $(seq 1 600); do
         if ! kill -0 "$launcher" 2>/dev/null; then
             echo "rabbitmq-server exited during start-up:" >&2
@@ -90,6 +97,14 @@ CONF
     echo "RabbitMQ Web-STOMP did not open port $WS_PORT in 120 s" >&2
     tail -30 "$dir/server.out" >&2
     exit 1
+    ;;
+watch)
+    # Until the owner is gone (then stop the broker) or the broker is (then nothing to do).
+    while kill -0 "$owner" 2>/dev/null; do
+        [ -f "$dir/launcher.pid" ] && kill -0 "$(cat "$dir/launcher.pid")" 2>/dev/null || exit 0
+        sleep 1
+    done
+    [ -d "$dir" ] && exec bash "$0" stop "$dir"
     ;;
 stop)
     [ -n "$dir" ] || { echo "usage: $0 stop DIR" >&2; exit 2; }
@@ -113,7 +128,7 @@ stop)
     fi
     ;;
 *)
-    echo "usage: $0 install | start DIR | stop DIR" >&2
+    echo "usage: $0 install | start DIR [OWNER_PID] | stop DIR" >&2
     exit 2
     ;;
 esac

@@ -200,6 +200,8 @@ impl Rabbit {
             .arg(&script)
             .arg("start")
             .arg(dir.path())
+            // A watchdog stops the broker should this process die without dropping `Rabbit`.
+            .arg(std::process::id().to_string())
             .stderr(Stdio::inherit())
             .output()?;
         let mut rabbit = Rabbit {
