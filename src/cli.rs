@@ -117,6 +117,22 @@ pub enum DevCommand {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Users, rooms and access tokens for a STOMP load test (benches/stomp_load.rs), written
+    /// as JSON. Run `serve` afterwards with the same data dir and listen address.
+    BenchFixture {
+        /// Two-member conversation rooms.
+        #[arg(long, default_value_t = 500)]
+        rooms: usize,
+        /// Sessions subscribed to the fan-out room.
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        /// Lifetime of the minted access tokens, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        token_ttl_secs: u64,
+        /// Where to write the JSON.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 /// Operator actions on users.

@@ -193,6 +193,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Dev(DevCommand::BenchFixture {
+            rooms,
+            subscribers,
+            token_ttl_secs,
+            out,
+        }) => {
+            let spec = neulbi::tools::bench_fixture::FixtureSpec {
+                rooms,
+                subscribers,
+                token_ttl_secs,
+            };
+            let f = neulbi::tools::bench_fixture::write(&config, spec, &out).await?;
+            println!("{} rooms written to {}", f.rooms.len(), out.display());
+            Ok(())
+        }
         Command::Users(UsersCommand::Erase { user_id, yes }) => {
             let storage =
                 store::open_storage(&config.database_url(), config.store_limits(), true).await?;

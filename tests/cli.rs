@@ -285,3 +285,31 @@ async fn users_grant_counselor_makes_a_client_a_counselor_once() {
     assert_eq!(types, ["Registered", "RoleGranted"]);
     storage.events.close().await;
 }
+
+#[test]
+fn dev_bench_fixture_writes_rooms_and_tokens() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("fixture.json");
+    let status = neulbi(dir.path())
+        .args(["dev", "bench-fixture", "--rooms", "3", "--subscribers", "5"])
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run dev bench-fixture");
+    assert!(status.success());
+    let fixture: neulbi::tools::bench_fixture::Fixture =
+        serde_json::from_slice(&std::fs::read(&out).expect("fixture file")).expect("json");
+    assert_eq!(fixture.rooms.len(), 3);
+    for room in &fixture.rooms {
+        assert_eq!(room.participants.len(), 2);
+        assert_ne!(room.participants[0].user, room.participants[1].user);
+        assert!(
+            room.participants
+                .iter()
+                .all(|p| p.token.split('.').count() == 3)
+        );
+    }
+    assert_eq!(fixture.fanout.subscribers.len(), 5);
+    assert!(fixture.rooms.iter().all(|r| r.id != fixture.fanout.room));
+}

@@ -61,6 +61,12 @@ impl TokenIssuer {
         }
     }
 
+    /// The same issuer and audience with another token lifetime: for dev tools that mint
+    /// tokens for load tests (`neulbi dev bench-fixture`), never for the HTTP API.
+    pub fn with_ttl(&self, ttl_secs: u64) -> Self {
+        Self::new(&self.issuer, &self.audience, ttl_secs)
+    }
+
     /// The lifetime of issued tokens, in seconds.
     pub fn ttl_secs(&self) -> i64 {
         self.ttl_secs
