@@ -10,6 +10,7 @@ pub mod blob;
 pub mod cli;
 pub mod config;
 pub mod edge;
+pub mod lanes;
 pub mod privacy;
 pub mod projections;
 pub mod startup;

@@ -248,7 +248,7 @@ pub fn spawn_all(
             let db = db.clone();
             let mut stop = stop.clone();
             let caught_up = caught_up.clone();
-            tokio::spawn(async move {
+            crate::lanes::spawn(crate::lanes::Lane::Projections, async move {
                 let names = Names::new("", db.dialect);
                 let mut first_catch_up = true;
                 let head = store.head_position().await.ok().flatten().map_or(0, |h| h + 1);

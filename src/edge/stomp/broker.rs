@@ -124,7 +124,7 @@ impl Broker {
             .flatten()
             .map_or(0, |h| h + 1);
         let weak = Arc::downgrade(&broker);
-        tokio::spawn(feed(store, from, weak));
+        crate::lanes::spawn(crate::lanes::Lane::Deliveries, feed(store, from, weak));
         broker
     }
 
