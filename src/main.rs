@@ -11,6 +11,12 @@ use neulbi::{store, telemetry};
 use std::io::Write;
 use std::process::ExitCode;
 
+/// mimalloc instead of the system allocator: the chat path allocates many small short-lived
+/// buffers across threads, where glibc's malloc spent ~12% of the server's CPU (perf, STOMP
+/// load bench; docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = actix_web::rt::System::new().block_on(run(cli));
