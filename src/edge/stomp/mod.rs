@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod codec;
 pub mod connection;
+pub mod destination;
 pub mod driver;
 pub mod frame;
 pub mod limiter;
