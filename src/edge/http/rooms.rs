@@ -80,14 +80,15 @@ async fn open(
         .into_iter()
         .find(|r| r.counselor_id == counselor.to_string() && r.closed_at.is_none());
     if let Some(room) = existing {
+        let body = room_json(
+            &room.room_id,
+            &room.client_id,
+            &room.counselor_id,
+            room.opened_at,
+        );
         return Ok(HttpResponse::Ok()
             .insert_header(("Location", format!("/rooms/{}", room.room_id)))
-            .json(json!({
-                "room_id": room.room_id,
-                "client_id": room.client_id,
-                "counselor_id": room.counselor_id,
-                "opened_at": room.opened_at,
-            })));
+            .json(body));
     }
     let room = RoomId::from_uuid(Uuid::now_v7());
     let command = RoomCommand::Open {
@@ -102,14 +103,30 @@ async fn open(
         .execute(room.as_uuid(), command, ctx, metadata)
         .instrument(tracing::info_span!("open_room", room_id = %room, user_id = %user.user_id))
         .await?;
+    let body = room_json(
+        &room.to_string(),
+        &user.user_id.to_string(),
+        &counselor.to_string(),
+        opened_at,
+    );
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/rooms/{room}")))
-        .json(json!({
-            "room_id": room,
-            "client_id": user.user_id,
-            "counselor_id": counselor,
-            "opened_at": opened_at,
-        })))
+        .json(body))
+}
+
+/// The answer of `POST /rooms`, the same for a new room and one the two already had.
+fn room_json(
+    room: &str,
+    client: &str,
+    counselor: &str,
+    opened_at: chrono::DateTime<chrono::Utc>,
+) -> serde_json::Value {
+    json!({
+        "room_id": room,
+        "client_id": client,
+        "counselor_id": counselor,
+        "opened_at": opened_at,
+    })
 }
 
 /// `POST /rooms/{id}/read` `{"up_to": message id}`: moves my read marker (members only; the

@@ -123,14 +123,41 @@ impl ChatSettings {
                 .filter(|o| !o.is_empty())
                 .collect();
         }
-        if let Some(v) = get("NEULBI_CHAT_MAX_FRAME_BYTES") {
-            self.max_frame_bytes = num("NEULBI_CHAT_MAX_FRAME_BYTES", &v)?;
+        // Each numeric setting, by its variable.
+        macro_rules! numbers {
+            ($($var:literal => $field:expr),* $(,)?) => {
+                $(if let Some(v) = get($var) {
+                    $field = num($var, &v)?;
+                })*
+            };
         }
-        if let Some(v) = get("NEULBI_CHAT_SENDS_PER_SECOND") {
-            self.sends_per_second = num("NEULBI_CHAT_SENDS_PER_SECOND", &v)?;
-        }
-        if let Some(v) = get("NEULBI_CHAT_SEND_BURST") {
-            self.send_burst = num("NEULBI_CHAT_SEND_BURST", &v)?;
+        numbers!(
+            "NEULBI_CHAT_MAX_FRAME_BYTES" => self.max_frame_bytes,
+            "NEULBI_CHAT_MAX_BODY_BYTES" => self.max_body_bytes,
+            "NEULBI_CHAT_MAX_SUBSCRIPTIONS" => self.max_subscriptions,
+            "NEULBI_CHAT_MAX_OUTBOUND" => self.max_outbound,
+            "NEULBI_CHAT_MAX_UNACKED" => self.max_unacked,
+            "NEULBI_CHAT_MAX_TRANSACTIONS" => self.max_transactions,
+            "NEULBI_CHAT_MAX_TRANSACTION_FRAMES" => self.max_transaction_frames,
+            "NEULBI_CHAT_MAX_CATCH_UP" => self.max_catch_up,
+            "NEULBI_CHAT_SENDS_PER_SECOND" => self.sends_per_second,
+            "NEULBI_CHAT_SEND_BURST" => self.send_burst,
+            "NEULBI_CHAT_HEARTBEAT_SEND_SECS" => self.heartbeat_send_secs,
+            "NEULBI_CHAT_HEARTBEAT_RECEIVE_SECS" => self.heartbeat_receive_secs,
+            "NEULBI_SOCKJS_MAX_SESSIONS" => self.sockjs.max_sessions,
+            "NEULBI_SOCKJS_HEARTBEAT_SECS" => self.sockjs.heartbeat_secs,
+            "NEULBI_SOCKJS_DISCONNECT_DELAY_SECS" => self.sockjs.disconnect_delay_secs,
+        );
+        if let Some(v) = get("NEULBI_SOCKJS_ENABLED") {
+            self.sockjs.enabled = match v.trim() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                other => {
+                    return Err(format!(
+                        "NEULBI_SOCKJS_ENABLED: {other:?} is not true or false"
+                    ));
+                }
+            };
         }
         Ok(())
     }
@@ -187,6 +214,8 @@ mod tests {
         s.apply_env(&|k: &str| match k {
             "NEULBI_CHAT_ALLOWED_ORIGINS" => Some("https://a.example/, https://b.example".into()),
             "NEULBI_CHAT_SENDS_PER_SECOND" => Some("9".into()),
+            "NEULBI_CHAT_MAX_CATCH_UP" => Some("50".into()),
+            "NEULBI_SOCKJS_ENABLED" => Some("false".into()),
             _ => None,
         })
         .expect("env");
@@ -195,6 +224,8 @@ mod tests {
             ["https://a.example", "https://b.example"]
         );
         assert_eq!(s.session().sends_per_second, 9);
+        assert_eq!(s.max_catch_up, 50);
+        assert!(!s.sockjs.enabled);
         let err = s
             .apply_env(&|k: &str| (k == "NEULBI_CHAT_SEND_BURST").then(|| "lots".into()))
             .expect_err("not a number");
