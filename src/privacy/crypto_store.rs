@@ -125,6 +125,10 @@ impl EventStore for CryptoStore {
         self.inner.head_position().await
     }
 
+    fn head_changes(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+        self.inner.head_changes()
+    }
+
     fn subscribe_all(
         &self,
         from_position: u64,

@@ -4,7 +4,6 @@
 use super::db::{Dialect, ReadDb, sql};
 use super::{Names, ProjectionError, ProjectorDef};
 use crate::store::{RecordedEvent, SharedStore};
-use futures::StreamExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -251,8 +250,8 @@ pub fn spawn_all(
             crate::lanes::spawn(crate::lanes::Lane::Projections, async move {
                 let names = Names::new("", db.dialect);
                 let mut first_catch_up = true;
-                let head = store.head_position().await.ok().flatten().map_or(0, |h| h + 1);
-                let mut doorbell = store.subscribe_all(head);
+                // Only a wake-up: each step reads its own batch, so the doorbell carries no events.
+                let mut doorbell = store.head_changes();
                 loop {
                     if *stop.borrow() {
                         return;
@@ -272,7 +271,12 @@ pub fn spawn_all(
                         }
                     }
                     tokio::select! {
-                        _ = doorbell.next() => {}
+                        rang = doorbell.changed() => {
+                            // The store is gone (shutting down): fall back to the poll.
+                            if rang.is_err() {
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                        }
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                         _ = stop.changed() => {}
                     }

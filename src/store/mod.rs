@@ -84,6 +84,11 @@ pub trait EventStore: Send + Sync + 'static {
         from_position: u64,
     ) -> BoxStream<'static, Result<RecordedEvent, StoreError>>;
 
+    /// Wakes on commits (the newest position): for readers that need a doorbell, not the
+    /// events, such as the projector loops, which read their batches themselves. Commits by
+    /// other processes on SQLite are not announced, so such readers poll as well.
+    fn head_changes(&self) -> tokio::sync::watch::Receiver<Option<u64>>;
+
     /// Checks the backend is reachable (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -207,6 +207,10 @@ impl EventStore for PostgresStore {
         Ok(head.and_then(|h| u64::try_from(h).ok()))
     }
 
+    fn head_changes(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+        self.inner.head.subscribe()
+    }
+
     fn subscribe_all(
         &self,
         from_position: u64,
