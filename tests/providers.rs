@@ -178,7 +178,24 @@ const CLIENT_ID: &str = "neulbi-test";
 const CLIENT_SECRET: &str = "neulbi-test-secret-0123456789";
 
 async fn oidc_setup() -> (Node, OidcProvider, Url) {
-    let port = free_port();
+    // A port picked free may be taken by a parallel test before the provider binds it: then
+    // try again with another.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (node, provider, base) = oidc_setup_on(free_port()).await;
+        match provider {
+            Ok(provider) => return (node, provider, base),
+            Err(e) if attempt < 3 => {
+                eprintln!("retrying the OIDC set-up: {e}");
+                node.handle.stop(true).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+async fn oidc_setup_on(port: u16) -> (Node, Result<OidcProvider, String>, Url) {
     let node = spawn(|c| {
         let mut p = ProviderSettings::new(ProviderKind::Oidc);
         p.issuer_url = Some(format!("http://127.0.0.1:{port}"));
@@ -191,7 +208,7 @@ async fn oidc_setup() -> (Node, OidcProvider, Url) {
     .await;
     let base: Url = format!("http://{}/", node.addr).parse().expect("url");
     let redirect = format!("http://{}/login/oauth2/code/test", node.addr);
-    let provider = OidcProvider::start(port, &redirect, CLIENT_ID, CLIENT_SECRET);
+    let provider = OidcProvider::try_start(port, &redirect, CLIENT_ID, CLIENT_SECRET);
     (node, provider, base)
 }
 

@@ -24,6 +24,19 @@ pub fn free_port() -> u16 {
 impl OidcProvider {
     /// Starts the provider on `port` with one client whose redirect URI is `redirect_uri`.
     pub fn start(port: u16, redirect_uri: &str, client_id: &str, client_secret: &str) -> Self {
+        Self::try_start(port, redirect_uri, client_id, client_secret)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`OidcProvider::start`], but an early exit (the port was taken between
+    /// [`free_port`] and node binding it, by a test running in parallel) is an error the
+    /// caller may retry with another port.
+    pub fn try_start(
+        port: u16,
+        redirect_uri: &str,
+        client_id: &str,
+        client_secret: &str,
+    ) -> Result<Self, String> {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
         assert!(
             dir.join("node_modules/oidc-provider").exists(),
@@ -59,7 +72,7 @@ impl OidcProvider {
                 break line;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("oidc-provider exited early ({status})");
+                return Err(format!("oidc-provider exited early ({status})"));
             }
             assert!(
                 Instant::now() < deadline,
@@ -67,11 +80,11 @@ impl OidcProvider {
             );
         };
         let issuer = line.trim_start_matches("READY ").trim().to_owned();
-        Self {
+        Ok(Self {
             child,
             port,
             issuer,
-        }
+        })
     }
 }
 
