@@ -504,6 +504,32 @@ mod cases {
         );
         reopened.close().await;
     }
+
+    /// The head watch rings after each commit and names the newest position.
+    pub async fn head_changes_ring_on_commits(b: &Backend) {
+        let mut head = b.store.head_changes();
+        let s = room();
+        let r = b
+            .store
+            .append(&s, ExpectedVersion::NoStream, vec![ev(0), ev(1)])
+            .await
+            .expect("append");
+        tokio::time::timeout(std::time::Duration::from_secs(10), head.changed())
+            .await
+            .expect("rang in time")
+            .expect("store alive");
+        assert_eq!(*head.borrow_and_update(), Some(r.last_position));
+        let r = b
+            .store
+            .append(&s, ExpectedVersion::Exact(1), vec![ev(2)])
+            .await
+            .expect("append");
+        tokio::time::timeout(std::time::Duration::from_secs(10), head.changed())
+            .await
+            .expect("rang again")
+            .expect("store alive");
+        assert_eq!(*head.borrow(), Some(r.last_position));
+    }
 }
 
 macro_rules! contract {
@@ -541,4 +567,5 @@ contract!(
     another_instance_sees_commits,
     corrupted_rows_are_typed_errors,
     close_finishes_queued_appends,
+    head_changes_ring_on_commits,
 );
