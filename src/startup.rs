@@ -164,6 +164,9 @@ impl Application {
         // heart-beat write.
         .h1_allow_half_closed(false)
         .client_request_timeout(Duration::from_secs(10))
+        // Chat frames are small and latency-bound: Nagle's algorithm would hold a MESSAGE
+        // written right after a RECEIPT until the client's delayed ACK (~40 ms).
+        .tcp_nodelay(true)
         .listen(listener)?
         .run();
         Ok(Self {

@@ -48,7 +48,10 @@ impl Conn {
     /// Opens the WebSocket and sends CONNECT with `creds` and `heart_beat` ("cx,cy"); waits
     /// for CONNECTED.
     pub async fn connect(url: &str, creds: &Creds, heart_beat: &str) -> anyhow::Result<Conn> {
-        let (ws, _) = tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::connect_async(url))
+        // Nagle off, as browsers do for WebSockets: otherwise a frame written while the
+        // previous one is unacknowledged waits for the server's delayed ACK (~40 ms).
+        let handshake = tokio_tungstenite::connect_async_with_config(url, None, true);
+        let (ws, _) = tokio::time::timeout(STEP_TIMEOUT, handshake)
             .await
             .context("WebSocket handshake timed out")?
             .with_context(|| format!("WebSocket handshake with {url}"))?;
