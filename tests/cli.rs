@@ -19,15 +19,21 @@ fn neulbi(data_dir: &std::path::Path) -> Command {
     c
 }
 
-#[tokio::test]
-async fn serve_prints_its_url_answers_and_stops_cleanly_on_sigterm() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = neulbi(dir.path())
+/// Starts `neulbi serve` on an ephemeral loopback port with `env`, and returns it with the
+/// address its first line ("Neulbi is ready at URL") names.
+async fn serve(
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, std::net::SocketAddr) {
+    let mut command = neulbi(dir);
+    command
         .args(["serve", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn neulbi serve");
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("spawn neulbi serve");
     let stdout = child.stdout.take().expect("stdout");
     let line = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
@@ -42,13 +48,16 @@ async fn serve_prints_its_url_answers_and_stops_cleanly_on_sigterm() {
         .trim()
         .strip_prefix("Neulbi is ready at ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-    let addr: std::net::SocketAddr = url
+    let addr = url
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .parse()
         .expect("URL names the bound address");
-    assert_eq!(support::http::get(addr, "/healthz").await.status, 200);
+    (child, addr)
+}
 
+/// Sends SIGTERM to `child`.
+fn sigterm(child: &std::process::Child) {
     let pid = child.id().to_string();
     assert!(
         Command::new("kill")
@@ -57,6 +66,15 @@ async fn serve_prints_its_url_answers_and_stops_cleanly_on_sigterm() {
             .expect("kill")
             .success()
     );
+}
+
+#[tokio::test]
+async fn serve_prints_its_url_answers_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut child, addr) = serve(dir.path(), &[]).await;
+    assert_eq!(support::http::get(addr, "/healthz").await.status, 200);
+
+    sigterm(&child);
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .expect("join")
@@ -69,42 +87,12 @@ async fn serve_prints_its_url_answers_and_stops_cleanly_on_sigterm() {
 #[tokio::test]
 async fn sigterm_closes_open_stomp_connections_instead_of_waiting_for_them() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = neulbi(dir.path())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("NEULBI_SHUTDOWN_TIMEOUT", "60")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn neulbi serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).map(|_| line)
-    });
-    let line = tokio::time::timeout(Duration::from_secs(30), line)
-        .await
-        .expect("serve printed its URL in time")
-        .expect("join")
-        .expect("read line");
-    let addr: std::net::SocketAddr = line
-        .trim()
-        .trim_start_matches("Neulbi is ready at ")
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .expect("URL names the bound address");
+    let (mut child, addr) = serve(dir.path(), &[("NEULBI_SHUTDOWN_TIMEOUT", "60")]).await;
     let (token, _) = support::stomp::signup(addr, "sigterm.stomp@example.com").await;
     let mut client = support::stomp::Client::connect(addr, &token).await;
 
     let started = std::time::Instant::now();
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    sigterm(&child);
     let error = client
         .expect(neulbi::edge::stomp::frame::Command::Error)
         .await;
