@@ -49,6 +49,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(rooms::configure);
 }
 
+/// Parses a UUID from a path or body field; anything else is a 400 with `code`, naming
+/// `what` but never echoing the input.
+pub fn uuid_field(value: &str, code: &'static str, what: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(value).map_err(|_| {
+        ApiError::new(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            code,
+            format!("{what} must be a UUID"),
+        )
+    })
+}
+
 /// The answer for every unknown route: the JSON error shape, not an empty 404.
 pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::not_found("no such route"))

@@ -6,12 +6,10 @@ use crate::auth::AuthUser;
 use crate::projections::queries;
 use crate::startup::AppState;
 use crate::store::Direction;
-use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use neulbi_domain::{StreamKind, StreamName};
 use serde::Deserialize;
 use serde_json::json;
-use uuid::Uuid;
 
 /// Registers the read-model routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -53,13 +51,7 @@ async fn room_messages(
     path: web::Path<String>,
     q: web::Query<HistoryQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let room = Uuid::parse_str(&path).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_room_id",
-            "the room id must be a UUID",
-        )
-    })?;
+    let room = super::uuid_field(&path, "invalid_room_id", "the room id")?;
     // Not a member and no such room look the same: room ids are not disclosed.
     if !queries::is_member(&state.read, &room.to_string(), &user.user_id.to_string()).await? {
         return Err(ApiError::not_found("no such room"));

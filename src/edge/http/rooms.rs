@@ -2,7 +2,7 @@
 //! and close the room. Every write is a command to the room actor, which checks membership;
 //! this file only checks what the room aggregate cannot see (that the counselor is one).
 
-use super::ApiError;
+use super::{ApiError, uuid_field};
 use crate::auth::{AuthService, AuthUser};
 use crate::projections::queries;
 use crate::startup::AppState;
@@ -36,16 +36,6 @@ struct OpenBody {
 struct ReadBody {
     /// The newest message the reader has seen.
     up_to: String,
-}
-
-fn uuid_field(value: &str, code: &'static str, what: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(value).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            code,
-            format!("{what} must be a UUID"),
-        )
-    })
 }
 
 /// `POST /rooms` `{"counselor_id"}`: a client opens a room with an active counselor (201), or
