@@ -12,17 +12,13 @@ use support::app::{Person, TestApp};
 use support::http::{post_json, request};
 use uuid::Uuid;
 
-fn bearer(p: &Person) -> String {
-    format!("Bearer {}", p.token)
-}
-
 async fn post(
     app: &TestApp,
     path: &str,
     who: &Person,
     body: serde_json::Value,
 ) -> support::http::Response {
-    post_json(app.addr, path, &body, &[("Authorization", &bearer(who))]).await
+    post_json(app.addr, path, &body, &[("Authorization", &who.bearer())]).await
 }
 
 async fn room_events(app: &TestApp, room: &str) -> Vec<String> {
@@ -79,7 +75,7 @@ async fn a_client_opens_one_room_with_a_counselor() {
             app.addr,
             "GET",
             "/users/me/rooms",
-            &[("Authorization", &bearer(who))],
+            &[("Authorization", &who.bearer())],
             "",
         )
         .await;
@@ -223,7 +219,7 @@ async fn members_mark_read_and_close_others_are_refused() {
             app.addr,
             "GET",
             "/users/me/rooms",
-            &[("Authorization", &bearer(&client))],
+            &[("Authorization", &client.bearer())],
             "",
         )
         .await;
@@ -246,7 +242,7 @@ async fn members_mark_read_and_close_others_are_refused() {
             app.addr,
             "POST",
             &close,
-            &[("Authorization", &bearer(&counselor))],
+            &[("Authorization", &counselor.bearer())],
             "",
         )
         .await;

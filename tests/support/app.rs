@@ -29,6 +29,13 @@ pub struct Person {
     pub token: String,
 }
 
+impl Person {
+    /// The `Authorization` header value for this person's requests.
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+}
+
 impl TestApp {
     /// Starts a node with the embedded defaults; `tune` adjusts the config first.
     pub async fn start(tune: impl FnOnce(&mut Config)) -> Self {
@@ -102,7 +109,7 @@ impl TestApp {
             self.addr,
             "/rooms",
             &json!({ "counselor_id": counselor.id.to_string() }),
-            &[("Authorization", &format!("Bearer {}", client.token))],
+            &[("Authorization", &client.bearer())],
         )
         .await;
         assert!(matches!(r.status, 200 | 201), "{}: {}", r.status, r.body);
