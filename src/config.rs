@@ -127,6 +127,8 @@ pub struct Config {
     pub images: crate::blob::ImageSettings,
     /// Chat over STOMP and SockJS (`[chat]`): limits, heart-beats, origins.
     pub chat: crate::edge::stomp::settings::ChatSettings,
+    /// Video calls (`[calls]`): call rules, signaling limits, media addresses.
+    pub calls: crate::edge::signaling::settings::CallSettings,
 }
 
 impl Default for Config {
@@ -144,6 +146,7 @@ impl Default for Config {
             auth: crate::auth::AuthSettings::default(),
             images: crate::blob::ImageSettings::default(),
             chat: crate::edge::stomp::settings::ChatSettings::default(),
+            calls: crate::edge::signaling::settings::CallSettings::default(),
         }
     }
 }
@@ -235,6 +238,12 @@ impl Config {
             .apply_env(&get)
             .map_err(|message| ConfigError::Env {
                 var: "NEULBI_CHAT_*",
+                message,
+            })?;
+        self.calls
+            .apply_env(&get)
+            .map_err(|message| ConfigError::Env {
+                var: "NEULBI_CALL_*/NEULBI_MEDIA_*",
                 message,
             })?;
         Ok(())

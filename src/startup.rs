@@ -33,6 +33,8 @@ pub struct AppState {
     pub read: ReadDb,
     /// The running projectors (readiness).
     pub projections: Arc<projections::runtime::Running>,
+    /// Call rules and signaling limits.
+    pub call_settings: crate::edge::signaling::settings::CallSettings,
 }
 
 impl AppState {
@@ -53,8 +55,43 @@ impl AppState {
             public_url,
             read,
             projections,
+            call_settings: config.calls.clone(),
         }
     }
+}
+
+/// The SFU and what signaling connections share. Fixed media ports are checked here, so a
+/// taken one stops the start with a message that names it and its setting instead of
+/// failing the first call.
+fn start_signaling(
+    config: &Config,
+    listen: SocketAddr,
+) -> anyhow::Result<crate::edge::signaling::Signaling> {
+    let addrs = config.calls.media_addrs(listen);
+    for addr in &addrs {
+        if addr.ip().is_unspecified() {
+            anyhow::bail!(
+                "media address {addr} is a wildcard (setting calls.media_udp / NEULBI_MEDIA_UDP): \
+                 name the interface address browsers reach"
+            );
+        }
+        if addr.port() != 0 {
+            std::net::UdpSocket::bind(addr).with_context(|| {
+                format!("media UDP port {addr} is not available (setting calls.media_udp / NEULBI_MEDIA_UDP)")
+            })?;
+        }
+    }
+    let sfu = crate::media::Sfu::new(crate::media::MediaSettings {
+        udp_addrs: addrs,
+        stall_after: Duration::from_secs(config.calls.stall_secs.max(1)),
+        ..crate::media::MediaSettings::default()
+    })
+    .context("starting the media server")?;
+    Ok(crate::edge::signaling::Signaling {
+        sfu,
+        settings: config.calls.clone(),
+        allowed_origins: config.chat.allowed_origins.clone(),
+    })
 }
 
 /// A node that is bound and ready to run.
@@ -143,6 +180,7 @@ impl Application {
             crate::edge::stomp::broker::Broker::start(store.clone(), Some(state.read.clone()))
                 .await;
         let broker = web::Data::from(broker_arc.clone());
+        let signaling = web::Data::new(start_signaling(config, addr)?);
         let stomp = web::Data::new(config.chat.stomp_config());
         let sockjs = web::Data::new(crate::edge::stomp::sockjs::SockJs::new(&config.chat));
         let server = HttpServer::new(move || {
@@ -152,9 +190,11 @@ impl Application {
                 .app_data(auth_data.clone())
                 .app_data(images_data.clone())
                 .app_data(broker.clone())
+                .app_data(signaling.clone())
                 .wrap(from_fn(http::trace::request_span))
                 .configure(http::configure)
                 .configure(crate::edge::stomp::websocket::configure)
+                .configure(crate::edge::signaling::driver::configure)
                 .configure(|cfg| crate::edge::stomp::sockjs::routes::configure(cfg, sockjs.clone()))
                 .default_service(web::to(http::not_found))
         })

@@ -41,8 +41,9 @@ impl<D: Decider> std::fmt::Debug for CommandOutcome<D> {
 /// The message that carries a command to its aggregate. The reply travels on a oneshot so
 /// callers can use `try_send` (and get "busy" on a full mailbox) yet still await the answer.
 pub struct Execute<D: Decider> {
-    /// The command to decide.
-    pub command: D::Command,
+    /// The command to decide; `None` only reads the state (caught up with the stream first,
+    /// so appends made by other nodes are seen).
+    pub command: Option<D::Command>,
     /// Who asks, and when.
     pub ctx: CommandContext,
     /// Correlation, causation and trace context for the resulting events.
@@ -161,7 +162,7 @@ async fn run<D: Decider>(
     store: SharedStore,
     stream: StreamName,
     mut loaded: Loaded<D::State>,
-    command: D::Command,
+    command: Option<D::Command>,
     ctx: CommandContext,
     metadata: Metadata,
 ) -> (Loaded<D::State>, Result<CommandOutcome<D>, ActorError>)
@@ -173,12 +174,21 @@ where
         user_id: metadata.user_id.or(ctx.actor.user_id.map(|u| u.as_uuid())),
         ..metadata
     };
-    if !loaded.hydrated {
+    if !loaded.hydrated || command.is_none() {
         if let Err(e) = catch_up::<D>(&store, &stream, &mut loaded).await {
             return (loaded, Err(e));
         }
         loaded.hydrated = true;
     }
+    let Some(command) = command else {
+        let outcome = CommandOutcome {
+            events: Vec::new(),
+            version: loaded.version,
+            last_position: None,
+            state: loaded.state.clone(),
+        };
+        return (loaded, Ok(outcome));
+    };
     for attempt in 0..2 {
         let events = match D::decide(&loaded.state, command.clone(), &ctx) {
             Ok(events) => events,

@@ -69,6 +69,20 @@ pub fn upcast(event_type: &str, schema_version: u32, data: &Value) -> Option<Val
                 serde_json::json!({ "$personal": { "owner": author, "value": text } });
             Some(current)
         }
+        ("Requested", 1) => {
+            // v1 named one `invitee` and no policy; v2 rings a list under the policy that
+            // was the only one then (8 participants, 30 s ring, 60 s grace).
+            let invitee = data.get("invitee")?.clone();
+            let mut current = data.clone();
+            let object = current.as_object_mut()?;
+            object.remove("invitee");
+            object.insert("invitees".into(), Value::Array(vec![invitee]));
+            object.insert(
+                "policy".into(),
+                serde_json::to_value(neulbi_domain::call_session::CallPolicy::default()).ok()?,
+            );
+            Some(current)
+        }
         _ => None,
     }
 }

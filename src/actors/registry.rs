@@ -76,6 +76,26 @@ where
         ctx: CommandContext,
         metadata: Metadata,
     ) -> Result<CommandOutcome<D>, ActorError> {
+        self.send(id, Some(command), ctx, metadata).await
+    }
+
+    /// The aggregate's current state as its actor (the authority) knows it, caught up with the
+    /// stream first: what a rule that spans aggregates checks (is this user a member of that
+    /// room?) where a read model may still trail the log. Goes through the mailbox, so it
+    /// answers "busy" like a command.
+    pub async fn state(&self, id: Uuid) -> Result<D::State, ActorError> {
+        let ctx = CommandContext::new(neulbi_domain::Actor::system(), chrono::Utc::now());
+        let outcome = self.send(id, None, ctx, Metadata::default()).await?;
+        Ok(outcome.state)
+    }
+
+    async fn send(
+        &self,
+        id: Uuid,
+        command: Option<D::Command>,
+        ctx: CommandContext,
+        metadata: Metadata,
+    ) -> Result<CommandOutcome<D>, ActorError> {
         // A passivated actor may stop between lookup and delivery; one fresh start covers it.
         for _ in 0..2 {
             let Entry { addr, depth } = self.address(id);

@@ -1,4 +1,5 @@
-//! Everything that speaks to the outside: HTTP and STOMP now; signaling as it lands.
+//! Everything that speaks to the outside: HTTP, STOMP (chat) and WebRTC signaling (calls).
 
 pub mod http;
+pub mod signaling;
 pub mod stomp;

@@ -92,10 +92,14 @@ impl Projector for Calls {
             CallEvent::Requested {
                 room_id,
                 requested_by,
-                invitee,
+                invitees,
                 at,
                 ..
             } => {
+                // The history keeps the first invitee: a two-party call's other person.
+                let Some(invitee) = invitees.first() else {
+                    return Ok(());
+                };
                 sqlx::query(sql(&self.requested))
                     .bind(&call)
                     .bind(room_id.to_string())
@@ -132,7 +136,15 @@ impl Projector for Calls {
                     .execute(&mut *tx)
                     .await?;
             }
-            CallEvent::ParticipantLeft { .. } => {}
+            CallEvent::ParticipantLeft { .. }
+            | CallEvent::ParticipantDropped { .. }
+            | CallEvent::ParticipantRejoined { .. }
+            | CallEvent::MediaNodeAssigned { .. }
+            | CallEvent::MediaStateChanged { .. }
+            | CallEvent::MediaStalled { .. }
+            | CallEvent::MediaResumed { .. }
+            | CallEvent::InCallMessagePosted { .. }
+            | CallEvent::EmojiSent { .. } => {}
             CallEvent::Ended {
                 reason,
                 duration_secs,

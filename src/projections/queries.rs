@@ -253,19 +253,40 @@ pub struct Call {
     pub started_at: Option<DateTime<Utc>>,
     /// Length in seconds, once ended.
     pub duration_secs: Option<i64>,
+    /// Why it ended (`hangup`, `no_answer`, ...), once ended.
+    pub end_reason: Option<String>,
     /// Who joined.
     pub participants: Vec<String>,
 }
 
 /// The calls `user_id` made or received, newest first.
 pub async fn calls(db: &ReadDb, user_id: &str) -> Result<Vec<Call>, ProjectionError> {
-    let rows = sqlx::query(
-        "SELECT call_id, room_id, requested_by, invitee, status, requested_at, started_at, duration_secs FROM rm_calls \
-         WHERE requested_by = $1 OR invitee = $1 ORDER BY requested_at DESC LIMIT 200",
+    calls_where(
+        db,
+        "SELECT call_id, room_id, requested_by, invitee, status, requested_at, started_at, duration_secs, end_reason \
+         FROM rm_calls WHERE requested_by = $1 OR invitee = $1 ORDER BY requested_at DESC LIMIT 200",
+        user_id,
     )
-    .bind(user_id)
-    .fetch_all(&db.pool)
-    .await?;
+    .await
+}
+
+/// The calls of room `room_id`, newest first (the room's call entries).
+pub async fn room_calls(db: &ReadDb, room_id: &str) -> Result<Vec<Call>, ProjectionError> {
+    calls_where(
+        db,
+        "SELECT call_id, room_id, requested_by, invitee, status, requested_at, started_at, duration_secs, end_reason \
+         FROM rm_calls WHERE room_id = $1 ORDER BY requested_at DESC LIMIT 200",
+        room_id,
+    )
+    .await
+}
+
+async fn calls_where(
+    db: &ReadDb,
+    query: &'static str,
+    value: &str,
+) -> Result<Vec<Call>, ProjectionError> {
+    let rows = sqlx::query(query).bind(value).fetch_all(&db.pool).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let call_id: String = r.try_get(0)?;
@@ -284,6 +305,7 @@ pub async fn calls(db: &ReadDb, user_id: &str) -> Result<Vec<Call>, ProjectionEr
             requested_at: time(r.try_get(5)?),
             started_at: opt_time(r.try_get(6)?),
             duration_secs: r.try_get(7)?,
+            end_reason: r.try_get(8)?,
             participants,
         });
     }

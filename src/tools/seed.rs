@@ -9,7 +9,7 @@ use crate::actors::codec;
 use crate::store::{EventData, ExpectedVersion, Metadata, SharedStore};
 use chrono::{DateTime, Duration, Utc};
 use futures::StreamExt;
-use neulbi_domain::call_session::CallEvent;
+use neulbi_domain::call_session::{CallEvent, CallPolicy};
 use neulbi_domain::chat_room::RoomEvent;
 use neulbi_domain::user::UserEvent;
 use neulbi_domain::{
@@ -191,7 +191,8 @@ pub async fn seed(
                 call_id: call,
                 room_id: room,
                 requested_by: client,
-                invitee: counselor,
+                invitees: vec![counselor],
+                policy: CallPolicy::default(),
                 at: started,
             },
             CallEvent::Accepted {

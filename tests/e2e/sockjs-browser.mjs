@@ -48,12 +48,17 @@ async function chatOver({ transport, room, alice, bob }) {
     const b = await within(connect(bob), 8000, 'CONNECTED for bob');
     if (a.used() !== transport) return `sockjs-client used ${a.used()}, not ${transport}`;
     const text = `over ${transport} in the browser`;
+    // Both SUBSCRIBEs must be in force before alice sends: over the polling and streaming
+    // transports each one travels on its own HTTP request, so bob's could otherwise arrive
+    // after the delivery. A RECEIPT of SUBSCRIBE says it is.
+    const bobSubscribed = new Promise((resolve) => b.client.watchForReceipt('sub-b', resolve));
     const received = new Promise((resolve) => {
-      b.client.subscribe(`/topic/rooms.${room}`, (m) => { if (m.body.includes(text)) resolve(); });
+      b.client.subscribe(`/topic/rooms.${room}`, (m) => { if (m.body.includes(text)) resolve(); }, { receipt: 'sub-b' });
     });
     const subscribed = new Promise((resolve) => a.client.watchForReceipt('sub', resolve));
     a.client.subscribe(`/topic/rooms.${room}`, () => {}, { receipt: 'sub' });
     await within(subscribed, 8000, 'RECEIPT of SUBSCRIBE');
+    await within(bobSubscribed, 8000, "RECEIPT of bob's SUBSCRIBE");
     const receipt = new Promise((resolve) => a.client.watchForReceipt('post', resolve));
     a.client.publish({ destination: `/app/rooms.${room}.send`, headers: { receipt: 'post' }, body: text });
     await within(receipt, 8000, 'RECEIPT of SEND');

@@ -1,6 +1,7 @@
 //! The HTTP edge (actix-web): routes, the JSON error shape, and the request span.
 
 pub mod auth;
+pub mod calls;
 pub mod directory;
 pub mod error;
 pub mod health;
@@ -46,7 +47,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(users::configure)
         .configure(images::configure)
         .configure(read_models::configure)
-        .configure(rooms::configure);
+        .configure(rooms::configure)
+        .configure(calls::configure);
 }
 
 /// Parses a UUID from a path or body field; anything else is a 400 with `code`, naming

@@ -88,6 +88,8 @@ pub struct Broker {
     members: Mutex<MemberCache>,
     /// Membership of rooms first seen after they opened (before this node started).
     read: Option<ReadDb>,
+    /// Call events for this node's signaling connections (the same live feed).
+    calls: Arc<crate::edge::signaling::hub::CallHub>,
 }
 
 impl Default for Broker {
@@ -109,7 +111,13 @@ impl Broker {
                 capacity: MEMBER_CACHE_ROOMS,
             }),
             read,
+            calls: Arc::default(),
         }
+    }
+
+    /// The fan-out of call events to this node's signaling connections.
+    pub fn call_hub(&self) -> Arc<crate::edge::signaling::hub::CallHub> {
+        self.calls.clone()
     }
 
     /// A broker fed by `store`'s live feed from the current head on, asking `read` for the
@@ -273,6 +281,10 @@ impl Broker {
             self.close_account(UserId::from_uuid(event.stream.id()));
             return;
         }
+        if event.stream.kind() == StreamKind::Call {
+            self.on_call_event(event);
+            return;
+        }
         if event.stream.kind() != StreamKind::Room {
             return;
         }
@@ -285,6 +297,41 @@ impl Broker {
         }
         self.push_room_change(room, &room_event, event.position)
             .await;
+    }
+
+    /// Routes one call event to the call's signaling connections and, when it is news for a
+    /// party's phone, to their `/user/queue/calls`.
+    fn on_call_event(&self, event: &RecordedEvent) {
+        use crate::edge::signaling::hub::{CallNews, user_push};
+        use neulbi_domain::call_session::CallEvent;
+        let Ok(call_event) = crate::actors::codec::decode::<CallEvent>(event) else {
+            return;
+        };
+        let call = event.stream.id();
+        let push = self.calls.publish(CallNews {
+            call,
+            position: event.position,
+            event: call_event.clone(),
+        });
+        let Some((room, parties)) = push else {
+            return;
+        };
+        let Some(body) = user_push(call, room, &call_event) else {
+            return;
+        };
+        let body = body.to_string().into_bytes();
+        for user in parties {
+            let topic = Topic::UserCalls(user);
+            if self.routes().topics.contains_key(&topic) {
+                self.publish(Arc::new(Delivery {
+                    topic,
+                    message_id: format!("call-{call}-{}", event.position),
+                    position: event.position,
+                    body: body.clone(),
+                    content_type: "application/json",
+                }));
+            }
+        }
     }
 
     /// Pushes a room-list change to every member with a local `/user/queue/rooms` subscriber.
@@ -367,6 +414,7 @@ fn topic_kind(topic: Topic) -> &'static str {
     match topic {
         Topic::Room(_) => "room",
         Topic::UserRooms(_) => "user_rooms",
+        Topic::UserCalls(_) => "user_calls",
     }
 }
 

@@ -10,6 +10,8 @@ pub enum Topic {
     Room(RoomId),
     /// One user's room-list changes (`/user/queue/rooms`, resolved to the connected user).
     UserRooms(UserId),
+    /// One user's call invitations and call state changes (`/user/queue/calls`).
+    UserCalls(UserId),
 }
 
 impl Topic {
@@ -18,6 +20,7 @@ impl Topic {
         match self {
             Topic::Room(room) => Destination::RoomTopic(room).to_wire(),
             Topic::UserRooms(_) => Destination::UserRooms.to_wire(),
+            Topic::UserCalls(_) => Destination::UserCalls.to_wire(),
         }
     }
 }
@@ -33,6 +36,8 @@ pub enum Destination {
     RoomRead(RoomId),
     /// `/user/queue/rooms`: my room-list changes (subscribe only).
     UserRooms,
+    /// `/user/queue/calls`: calls ringing me and how they go (subscribe only).
+    UserCalls,
 }
 
 impl Destination {
@@ -40,6 +45,9 @@ impl Destination {
     pub fn parse(value: &str) -> Option<Self> {
         if value == "/user/queue/rooms" {
             return Some(Destination::UserRooms);
+        }
+        if value == "/user/queue/calls" {
+            return Some(Destination::UserCalls);
         }
         if let Some(id) = value.strip_prefix("/topic/rooms.") {
             return id.parse().ok().map(Destination::RoomTopic);
@@ -59,6 +67,7 @@ impl Destination {
             Destination::RoomSend(room) => format!("/app/rooms.{room}.send"),
             Destination::RoomRead(room) => format!("/app/rooms.{room}.read"),
             Destination::UserRooms => "/user/queue/rooms".to_owned(),
+            Destination::UserCalls => "/user/queue/calls".to_owned(),
         }
     }
 }
@@ -82,6 +91,11 @@ mod tests {
             Some(Destination::RoomSend(ROOM))
         );
         assert_eq!(Destination::parse("/topic/rooms.nope"), None);
+        assert_eq!(
+            Destination::parse("/user/queue/calls"),
+            Some(Destination::UserCalls)
+        );
+        assert_eq!(Destination::parse("/user/someone/queue/calls"), None);
         assert_eq!(Destination::parse(&format!("/app/rooms.{room}")), None);
         assert_eq!(
             Destination::RoomSend(ROOM).to_wire(),

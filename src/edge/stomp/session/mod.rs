@@ -610,11 +610,12 @@ impl Session {
         let topic = match Destination::parse(destination) {
             Some(Destination::RoomTopic(room)) => Topic::Room(room),
             Some(Destination::UserRooms) => Topic::UserRooms(user),
+            Some(Destination::UserCalls) => Topic::UserCalls(user),
             _ if destination.starts_with("/user/") => {
                 // `/user/{someone}/...` would let one user read another's queue: only the
                 // connected user's own queue exists.
                 return self.error(
-                    "only /user/queue/rooms (the connected user's own queue) may be subscribed",
+                    "only /user/queue/rooms and /user/queue/calls (the connected user's own queues) may be subscribed",
                     receipt,
                     now,
                 );
@@ -627,7 +628,7 @@ impl Session {
                 Ok(id) => Some(id),
                 Err(_) => return self.error("since-message-id is not a message id", receipt, now),
             },
-            (Some(_), Topic::UserRooms(_)) => {
+            (Some(_), Topic::UserRooms(_) | Topic::UserCalls(_)) => {
                 return self.error(
                     "since-message-id applies to /topic/rooms.* only",
                     receipt,
@@ -660,8 +661,8 @@ impl Session {
                 room,
                 user,
             }),
-            // One's own queue needs no authorization.
-            Topic::UserRooms(_) => self.authorized(&id, Ok(()), now),
+            // One's own queues need no authorization.
+            Topic::UserRooms(_) | Topic::UserCalls(_) => self.authorized(&id, Ok(()), now),
         }
     }
 

@@ -1009,7 +1009,7 @@ fn the_user_queue_resolves_to_the_connected_user_only() {
         );
         is_error_then_close(
             &drain(&mut s),
-            "only /user/queue/rooms (the connected user's own queue) may be subscribed",
+            "only /user/queue/rooms and /user/queue/calls (the connected user's own queues) may be subscribed",
         );
     }
 }
