@@ -9,6 +9,7 @@ pub mod node;
 pub mod oidc;
 pub mod pg;
 pub mod raw;
+pub mod rtc;
 pub mod scenario;
 pub mod stomp;
 

@@ -51,7 +51,9 @@ async fn upgrade(
         return Ok(HttpResponse::Forbidden().finish());
     }
     let (response, ws, stream) = actix_ws::handle(&req, body)?;
-    let stream = stream.max_frame_size(signaling.settings.session().max_message_bytes);
+    // The session answers a message over its limit with a typed error; only one far over
+    // it (4×) is cut off by the WebSocket layer itself, which bounds memory per connection.
+    let stream = stream.max_frame_size(signaling.settings.session().max_message_bytes * 4);
     let conn = Connection {
         ws,
         state,
