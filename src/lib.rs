@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod edge;
 pub mod lanes;
+pub mod media;
 pub mod privacy;
 pub mod projections;
 pub mod startup;
