@@ -129,6 +129,19 @@ pub struct Config {
     pub chat: crate::edge::stomp::settings::ChatSettings,
     /// Video calls (`[calls]`): call rules, signaling limits, media addresses.
     pub calls: crate::edge::signaling::settings::CallSettings,
+    /// Media relays (`[media.turn]`): the embedded TURN server or an external coturn.
+    pub media: MediaConfig,
+}
+
+/// The `[media]` section: TURN. The embedded TURN server runs when `media.turn.secret` is set
+/// (`NEULBI_TURN_SECRET`) and no external one is configured; with an external one
+/// (`NEULBI_TURN_EXTERNAL_URLS` + `NEULBI_TURN_EXTERNAL_SECRET`), its credentials are handed
+/// out instead; with neither, clients get host candidates (and `calls.ice_urls`) only.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// TURN settings (`NEULBI_TURN_*`).
+    pub turn: crate::media::turn::TurnSettings,
 }
 
 impl Default for Config {
@@ -147,6 +160,7 @@ impl Default for Config {
             images: crate::blob::ImageSettings::default(),
             chat: crate::edge::stomp::settings::ChatSettings::default(),
             calls: crate::edge::signaling::settings::CallSettings::default(),
+            media: MediaConfig::default(),
         }
     }
 }
@@ -245,6 +259,13 @@ impl Config {
             .map_err(|message| ConfigError::Env {
                 var: "NEULBI_CALL_*/NEULBI_MEDIA_*",
                 message,
+            })?;
+        self.media
+            .turn
+            .apply_env(&get)
+            .map_err(|e| ConfigError::Env {
+                var: "NEULBI_TURN_*",
+                message: e.to_string(),
             })?;
         Ok(())
     }

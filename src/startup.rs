@@ -87,10 +87,23 @@ fn start_signaling(
         ..crate::media::MediaSettings::default()
     })
     .context("starting the media server")?;
+    let turn_settings = &config.media.turn;
+    let turn = if turn_settings.external.is_some() {
+        crate::edge::signaling::Turn::External(turn_settings.clone())
+    } else if !turn_settings.secret.is_empty() {
+        // The error names the port and its setting when one is taken.
+        let server = crate::media::turn::TurnServer::start(turn_settings)
+            .await
+            .context("starting the embedded TURN server")?;
+        crate::edge::signaling::Turn::Embedded(server)
+    } else {
+        crate::edge::signaling::Turn::None
+    };
     Ok(crate::edge::signaling::Signaling {
         sfu,
         settings: config.calls.clone(),
         allowed_origins: config.chat.allowed_origins.clone(),
+        turn,
     })
 }
 
@@ -180,7 +193,7 @@ impl Application {
             crate::edge::stomp::broker::Broker::start(store.clone(), Some(state.read.clone()))
                 .await;
         let broker = web::Data::from(broker_arc.clone());
-        let signaling = web::Data::new(start_signaling(config, addr)?);
+        let signaling = web::Data::new(start_signaling(config, addr).await?);
         let stomp = web::Data::new(config.chat.stomp_config());
         let sockjs = web::Data::new(crate::edge::stomp::sockjs::SockJs::new(&config.chat));
         let server = HttpServer::new(move || {

@@ -22,6 +22,7 @@ mod monitor;
 mod participant;
 mod router;
 mod rtcp;
+pub mod turn;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
