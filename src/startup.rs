@@ -63,7 +63,7 @@ impl AppState {
 /// The SFU and what signaling connections share. Fixed media ports are checked here, so a
 /// taken one stops the start with a message that names it and its setting instead of
 /// failing the first call.
-fn start_signaling(
+async fn start_signaling(
     config: &Config,
     listen: SocketAddr,
 ) -> anyhow::Result<crate::edge::signaling::Signaling> {

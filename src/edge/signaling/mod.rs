@@ -44,6 +44,7 @@ impl Turn {
             Turn::External(settings) => settings.external_credentials(user, now),
         }
     }
+}
 
 impl Signaling {
     /// The ICE servers a client in a call should use.
