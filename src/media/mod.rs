@@ -4,5 +4,6 @@
 #![warn(missing_docs)]
 
 mod monitor;
+mod rtcp;
 
 pub use monitor::{StallEvent, StallMonitor};
