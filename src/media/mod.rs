@@ -21,12 +21,13 @@
 #![warn(missing_docs)]
 
 mod monitor;
+mod network;
 mod participant;
 mod router;
 mod rtcp;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -48,6 +49,14 @@ pub struct MediaSettings {
     /// (`0.0.0.0`) is expanded by the `webrtc` crate into one socket per interface *skipping
     /// loopback*, so tests and single-machine setups must say `127.0.0.1:0`.
     pub udp_addrs: Vec<SocketAddr>,
+    /// If set, the inclusive range the UDP ports of `udp_addrs` entries with port 0 are taken
+    /// from (one port per connection and address), so a firewall or a container's port
+    /// mapping can open exactly that range. `None`: any ephemeral port.
+    pub udp_port_range: Option<(u16, u16)>,
+    /// Addresses to advertise in host candidates instead of the bound interface addresses
+    /// (1:1 NAT: a cloud VM's public IP, a container host's IP): `public_ips[i]` for
+    /// `udp_addrs[i]`, or one address for all. Empty: advertise what is bound.
+    pub public_ips: Vec<IpAddr>,
     /// How long a publisher's RTP may be silent before the others get
     /// [`MediaEvent::PublisherStalled`].
     pub stall_after: Duration,
@@ -64,6 +73,8 @@ impl Default for MediaSettings {
     fn default() -> Self {
         Self {
             udp_addrs: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            udp_port_range: None,
+            public_ips: Vec::new(),
             stall_after: Duration::from_secs(3),
             ice_servers: Vec::new(),
             worker_threads: 2,
@@ -238,6 +249,8 @@ pub(crate) struct Shared {
     pub(crate) settings: MediaSettings,
     pub(crate) calls: Mutex<HashMap<Uuid, Arc<Call>>>,
     pub(crate) counters: Arc<Counters>,
+    pub(crate) ports: network::PortAllocator,
+    pub(crate) public: network::PublicAddresses,
     ids: AtomicU64,
 }
 
@@ -313,6 +326,8 @@ impl Sfu {
         let handle = runtime.handle().clone();
         let stall_after = settings.stall_after;
         let shared = Arc::new(Shared {
+            ports: network::PortAllocator::new(settings.udp_port_range),
+            public: network::PublicAddresses::new(&settings.udp_addrs, &settings.public_ips),
             settings,
             calls: Mutex::new(HashMap::new()),
             counters: Arc::new(Counters::default()),

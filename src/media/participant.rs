@@ -40,7 +40,7 @@ use webrtc::rtp_transceiver::{
 use super::monitor::StallMonitor;
 use super::router::{Call, Counters, Forwarder, Member, SINK_CAPACITY, Sink, lock};
 use super::rtcp::{KEYFRAME_MARKER_SLOT, KeyframeRequestMarker, is_keyframe_request};
-use super::{ConnectionState, MediaError, MediaEvent, MediaKind, MediaSettings, Sfu, Shared};
+use super::{ConnectionState, MediaError, MediaEvent, MediaKind, Sfu, Shared};
 
 /// Capacity of a participant's command queue (API calls and routing changes).
 const COMMAND_CAPACITY: usize = 64;
@@ -430,10 +430,13 @@ impl DownTrack {
             && let Some(sender) = &self.sender
             && let Ok(parameters) = sender.get_parameters().await
         {
+            // Media payload types only: the crate de-encapsulates a publisher's RTX before
+            // the forwarder sees it, and this leg's NACK responder makes its own.
             payload_types = parameters
                 .rtp_parameters
                 .codecs
                 .iter()
+                .filter(|codec| !is_repair_codec(&codec.rtp_codec.mime_type))
                 .map(|codec| codec.payload_type)
                 .collect();
         }
@@ -457,6 +460,8 @@ async fn write_downstream(
             continue;
         }
         packet.header.ssrc = state.ssrc;
+        // Padding was stripped on receipt; nothing to re-add.
+        packet.header.padding = false;
         packet.header.extension = false;
         packet.header.extension_profile = 0;
         packet.header.extensions.clear();
@@ -494,9 +499,11 @@ async fn read_feedback(track: Arc<TrackLocalStaticRTP>, forwarder: Weak<Forwarde
 /// H.264, AV1, H.265, RTX), the default interceptors (NACK both ways, reports, TWCC receiver)
 /// and the keyframe-request marker.
 async fn build_peer_connection(
-    settings: &MediaSettings,
+    shared: &Shared,
     handler: Handler,
 ) -> Result<Arc<dyn PeerConnection>, MediaError> {
+    let settings = &shared.settings;
+    let udp_addrs = shared.ports.addresses(&settings.udp_addrs)?;
     let failed = |error: webrtc::error::Error| MediaError::PeerConnection(error.to_string());
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs().map_err(failed)?;
@@ -523,7 +530,7 @@ async fn build_peer_connection(
         .with_media_engine(media_engine)
         .with_interceptor_registry(registry)
         .with_handler(Arc::new(handler))
-        .with_udp_addrs(settings.udp_addrs.clone())
+        .with_udp_addrs(udp_addrs)
         .build()
         .await
         .map_err(failed)?;
@@ -549,7 +556,13 @@ pub(crate) async fn start(
         participant,
         generation,
     };
-    let pc = build_peer_connection(&shared.settings, handler).await?;
+    let pc = match build_peer_connection(&shared, handler).await {
+        Ok(pc) => pc,
+        Err(error) => {
+            shared.remove_call_if_empty(call_id);
+            return Err(error);
+        }
+    };
     for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
         let uplink = RTCRtpTransceiverInit {
             direction: RTCRtpTransceiverDirection::Recvonly,
@@ -805,7 +818,7 @@ impl Actor {
         match event {
             Internal::Candidate(init) => {
                 let event = MediaEvent::Candidate {
-                    candidate: init.candidate,
+                    candidate: self.shared.public.candidate(&init.candidate),
                     sdp_mid: self.first_mid.clone(),
                     sdp_mline_index: Some(0),
                 };
@@ -914,6 +927,7 @@ impl Actor {
             .map(|description| description.sdp)
             .ok_or_else(|| MediaError::PeerConnection("no local description".to_owned()))?;
         self.first_mid = first_mid(&sdp);
+        let sdp = self.shared.public.sdp(&sdp);
         tracing::debug!("offer sent");
         // Offers must not be lost: wait for room (the receiver is signaling).
         let _ = self.events.send(MediaEvent::Offer { sdp }).await;
@@ -1038,6 +1052,19 @@ impl Actor {
     }
 }
 
+/// Whether a negotiated codec is a repair format (RTX, FEC, RED) rather than media.
+fn is_repair_codec(mime_type: &str) -> bool {
+    let subtype = mime_type
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    matches!(
+        subtype.as_str(),
+        "rtx" | "red" | "ulpfec" | "flexfec" | "flexfec-03"
+    )
+}
+
 /// The mid of the first media section, which trickled candidates name (all are bundled).
 fn first_mid(sdp: &str) -> Option<String> {
     sdp.lines()
@@ -1103,6 +1130,15 @@ mod tests {
         n.offer_failed();
         assert!(!n.is_outstanding());
         assert!(!n.should_offer());
+    }
+
+    #[test]
+    fn repair_formats_are_not_forwarded_as_media() {
+        assert!(is_repair_codec("video/rtx"));
+        assert!(is_repair_codec("video/ulpfec"));
+        assert!(is_repair_codec("video/flexfec-03"));
+        assert!(!is_repair_codec("video/VP8"));
+        assert!(!is_repair_codec("audio/opus"));
     }
 
     #[test]
