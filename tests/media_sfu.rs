@@ -129,6 +129,8 @@ struct Client {
     pc: Arc<dyn PeerConnection>,
     seen: Arc<Observed>,
     sending: Arc<AtomicBool>,
+    /// While set, offers are recorded but not answered (a slow browser).
+    hold_answers: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -271,6 +273,11 @@ fn local_track(
 
 impl Client {
     async fn join(sfu: &Sfu, call: Uuid, id: Uuid) -> Client {
+        Client::join_holding(sfu, call, id, false).await
+    }
+
+    async fn join_holding(sfu: &Sfu, call: Uuid, id: Uuid, hold: bool) -> Client {
+        let hold_answers = Arc::new(AtomicBool::new(hold));
         let (events_tx, mut events) = mpsc::channel(64);
         let participant = sfu.join(call, id, events_tx).await.expect("join");
         let seen = Arc::new(Observed::default());
@@ -314,6 +321,7 @@ impl Client {
             let pc = Arc::clone(&pc);
             let participant = participant.clone();
             let seen = Arc::clone(&seen);
+            let hold = Arc::clone(&hold_answers);
             let (audio, video) = (Arc::clone(&audio), Arc::clone(&video));
             tasks.push(tokio::spawn(async move {
                 let mut attached = false;
@@ -321,6 +329,9 @@ impl Client {
                     match &event {
                         MediaEvent::Offer { sdp } => {
                             seen.offers.lock().unwrap().push(sdp.clone());
+                            while hold.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
                             let offer = RTCSessionDescription::offer(sdp.clone()).unwrap();
                             pc.set_remote_description(offer)
                                 .await
@@ -453,6 +464,7 @@ impl Client {
             pc,
             seen,
             sending,
+            hold_answers,
             tasks,
         }
     }
@@ -843,4 +855,122 @@ async fn an_answer_without_an_offer_is_refused() {
         "{error}"
     );
     a.participant.leave().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_while_an_offer_is_unanswered_become_one_follow_up_offer() {
+    init_tracing();
+    let sfu = sfu(Duration::from_secs(3));
+    let call = Uuid::new_v4();
+    let a = Client::join_holding(&sfu, call, Uuid::new_v4(), true).await;
+    let seen = Arc::clone(&a.seen);
+    eventually("a has its first offer", || {
+        !seen.offers.lock().unwrap().is_empty()
+    })
+    .await;
+    // Two others join and publish while a sits on its offer.
+    let b = Client::join(&sfu, call, Uuid::new_v4()).await;
+    let c = Client::join(&sfu, call, Uuid::new_v4()).await;
+    receives_from(&b, &c).await;
+    receives_from(&c, &b).await;
+    let stats_sfu = sfu.clone();
+    eventually("a's connection holds b's and c's tracks", || {
+        // b and c send each other 4 tracks; a gets 4 more.
+        stats_sfu.stats().subscribed_tracks == 8
+    })
+    .await;
+    assert_eq!(
+        a.seen.offers.lock().unwrap().len(),
+        1,
+        "no second offer while one is unanswered"
+    );
+    a.hold_answers.store(false, Ordering::SeqCst);
+    receives_from(&a, &b).await;
+    receives_from(&a, &c).await;
+    assert_eq!(
+        a.seen.offers.lock().unwrap().len(),
+        2,
+        "the four new tracks came in one follow-up offer"
+    );
+}
+
+/// Address and port of a `candidate:` line.
+fn candidate_address(candidate: &str) -> Option<(String, u16)> {
+    let fields: Vec<&str> = candidate.split_whitespace().collect();
+    Some((fields.get(4)?.to_string(), fields.get(5)?.parse().ok()?))
+}
+
+fn candidates(seen: &Observed) -> Vec<(String, u16)> {
+    seen.events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            MediaEvent::Candidate { candidate, .. } => candidate_address(candidate),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Ten consecutive UDP ports on 127.0.0.1 that were free a moment ago.
+fn free_port_range() -> (u16, u16) {
+    for _ in 0..50 {
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let low = probe.local_addr().unwrap().port();
+        drop(probe);
+        if low < 65_000
+            && (low..low + 10).all(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok())
+        {
+            return (low, low + 9);
+        }
+    }
+    panic!("no free port range");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ports_come_from_the_configured_range_and_public_ips_are_advertised() {
+    init_tracing();
+    let (low, high) = free_port_range();
+    let sfu = Sfu::new(MediaSettings {
+        udp_port_range: Some((low, high)),
+        ..MediaSettings::default()
+    })
+    .expect("sfu");
+    let call = Uuid::new_v4();
+    let a = Client::join(&sfu, call, Uuid::new_v4()).await;
+    let b = Client::join(&sfu, call, Uuid::new_v4()).await;
+    receives_from(&a, &b).await;
+    receives_from(&b, &a).await;
+    let ports: Vec<u16> = [&a, &b]
+        .iter()
+        .flat_map(|c| candidates(&c.seen))
+        .map(|(_, port)| port)
+        .collect();
+    assert!(!ports.is_empty());
+    assert!(
+        ports.iter().all(|p| (low..=high).contains(p)),
+        "{ports:?} in {low}-{high}"
+    );
+
+    // 1:1 NAT: the candidates name the public address, not the bound one.
+    let public: std::net::IpAddr = "203.0.113.7".parse().unwrap();
+    let sfu = Sfu::new(MediaSettings {
+        public_ips: vec![public],
+        ..MediaSettings::default()
+    })
+    .expect("sfu");
+    let c = Client::join(&sfu, Uuid::new_v4(), Uuid::new_v4()).await;
+    let seen = Arc::clone(&c.seen);
+    eventually("a candidate is trickled", || !candidates(&seen).is_empty()).await;
+    let addresses: Vec<String> = candidates(&c.seen).into_iter().map(|(a, _)| a).collect();
+    assert!(
+        addresses.iter().all(|a| *a == public.to_string()),
+        "{addresses:?}"
+    );
+    for offer in c.seen.offers.lock().unwrap().iter() {
+        for line in offer.lines().filter(|l| l.starts_with("a=candidate:")) {
+            let (address, _) = candidate_address(&line[2..]).expect("candidate line");
+            assert_eq!(address, public.to_string(), "{line}");
+        }
+    }
 }
