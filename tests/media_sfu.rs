@@ -769,6 +769,14 @@ async fn a_joining_subscriber_makes_the_sfu_ask_the_publisher_for_a_keyframe() {
     );
     let b = Client::join(&sfu, call, Uuid::new_v4()).await;
     receives_from(&b, &a).await;
+    assert!(
+        b.seen.saw(|e| *e
+            == MediaEvent::TrackPublished {
+                participant: a_id,
+                kind: MediaKind::Video
+            }),
+        "a joiner hears of the tracks already published"
+    );
     eventually("the publisher got a PLI", || {
         seen.keyframe_requests.load(Ordering::SeqCst) > 0
     })

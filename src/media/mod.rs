@@ -115,8 +115,9 @@ pub enum MediaError {
     NoOfferOutstanding,
     /// The browser's SDP could not be parsed or applied.
     ///
-    /// Handling: the client's fault; report it. The offer stays outstanding, so a corrected
-    /// answer may follow; if none does, `restart_ice` or a rejoin starts over.
+    /// Handling: the client's fault; report it. The offer stays outstanding (so no other
+    /// offer, ICE restarts included, can follow) and a corrected answer may still be applied;
+    /// if none comes, `join` again: a fresh connection starts over, tracks kept.
     #[error("session description refused: {0}")]
     InvalidDescription(String),
     /// The browser's ICE candidate could not be parsed or applied.
@@ -210,8 +211,9 @@ pub enum MediaEvent {
         /// Whose media is back.
         participant: Uuid,
     },
-    /// A participant's track started arriving at the SFU (sent to everyone in the call,
-    /// the publisher included), once per participant and kind for the life of its membership.
+    /// A participant's track started arriving at the SFU: sent to everyone in the call (the
+    /// publisher included) when it first arrives, and to each later joiner, before its first
+    /// offer, for every track already published. Not repeated when a publisher rejoins.
     TrackPublished {
         /// Who publishes.
         participant: Uuid,

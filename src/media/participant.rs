@@ -611,6 +611,15 @@ pub(crate) async fn start(
     if let Some(old) = replaced {
         close_actor(old).await;
     }
+    for forwarder in &forwarders {
+        let published = MediaEvent::TrackPublished {
+            participant: forwarder.publisher,
+            kind: forwarder.kind,
+        };
+        if events.try_send(published).is_err() {
+            tracing::warn!("media event dropped: channel full");
+        }
+    }
     tracing::info!(rejoin, subscriptions = forwarders.len(), "joined");
     let actor = Actor {
         shared,
