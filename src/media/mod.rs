@@ -262,14 +262,6 @@ impl Shared {
         self.ids.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    fn call_or_create(&self, id: Uuid) -> Arc<Call> {
-        Arc::clone(
-            lock(&self.calls)
-                .entry(id)
-                .or_insert_with(|| Arc::new(Call::new(id))),
-        )
-    }
-
     pub(crate) fn call(&self, id: Uuid) -> Option<Arc<Call>> {
         lock(&self.calls).get(&id).cloned()
     }

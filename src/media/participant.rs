@@ -266,7 +266,7 @@ impl Negotiation {
 struct Handler {
     internal: mpsc::Sender<Internal>,
     shared: Weak<Shared>,
-    call: Weak<Call>,
+    call: Uuid,
     participant: Uuid,
     generation: u64,
 }
@@ -289,7 +289,10 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let (Some(shared), Some(call)) = (self.shared.upgrade(), self.call.upgrade()) else {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let Some(call) = shared.call(self.call) else {
             return;
         };
         let span =
@@ -547,22 +550,15 @@ pub(crate) async fn start(
     events: mpsc::Sender<MediaEvent>,
 ) -> Result<Started, MediaError> {
     let generation = shared.next_id();
-    let call = shared.call_or_create(call_id);
     let (internal_tx, internal_rx) = mpsc::channel(INTERNAL_CAPACITY);
     let handler = Handler {
         internal: internal_tx,
         shared: Arc::downgrade(&shared),
-        call: Arc::downgrade(&call),
+        call: call_id,
         participant,
         generation,
     };
-    let pc = match build_peer_connection(&shared, handler).await {
-        Ok(pc) => pc,
-        Err(error) => {
-            shared.remove_call_if_empty(call_id);
-            return Err(error);
-        }
-    };
+    let pc = build_peer_connection(&shared, handler).await?;
     for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
         let uplink = RTCRtpTransceiverInit {
             direction: RTCRtpTransceiverDirection::Recvonly,
@@ -571,12 +567,19 @@ pub(crate) async fn start(
         };
         if let Err(error) = pc.add_transceiver_from_kind(kind, Some(uplink)).await {
             let _ = pc.close().await;
-            shared.remove_call_if_empty(call_id);
             return Err(MediaError::PeerConnection(error.to_string()));
         }
     }
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
-    let (rejoin, replaced, forwarders) = {
+    // Under the calls lock (then the members lock, the order `remove_call_if_empty` uses),
+    // so a concurrent last `leave` cannot forget the call between lookup and insertion.
+    let (call, rejoin, replaced, forwarders) = {
+        let mut calls = lock(&shared.calls);
+        let call = Arc::clone(
+            calls
+                .entry(call_id)
+                .or_insert_with(|| Arc::new(Call::new(call_id))),
+        );
         let mut members = lock(&call.members);
         let forwarders: Vec<Arc<Forwarder>> = members
             .iter()
@@ -606,7 +609,8 @@ pub(crate) async fn start(
                 None
             }
         };
-        (rejoin, replaced, forwarders)
+        drop(members);
+        (call, rejoin, replaced, forwarders)
     };
     if let Some(old) = replaced {
         close_actor(old).await;
