@@ -2,7 +2,8 @@
 //!
 //! Every user, chat room and call session is an actor owning one stream of an append-only
 //! event log ([`store`]); the [`actors`] runtime routes commands to them; the [`edge`] speaks
-//! HTTP (and, as features land, STOMP and WebRTC signaling). See `docs/architecture.md`.
+//! HTTP (and, as features land, STOMP and WebRTC signaling); [`media`] is the SFU that
+//! forwards the calls' audio and video. See `docs/architecture.md`.
 
 pub mod actors;
 pub mod auth;

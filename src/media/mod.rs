@@ -18,14 +18,17 @@
 //! own (`worker_threads` threads named `neulbi-media`); every method hops onto it through
 //! channels, so the API can be called from any tokio runtime.
 
+#![warn(missing_docs)]
+
 mod monitor;
+mod network;
 mod participant;
 mod router;
 mod rtcp;
 pub mod turn;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -47,6 +50,14 @@ pub struct MediaSettings {
     /// (`0.0.0.0`) is expanded by the `webrtc` crate into one socket per interface *skipping
     /// loopback*, so tests and single-machine setups must say `127.0.0.1:0`.
     pub udp_addrs: Vec<SocketAddr>,
+    /// If set, the inclusive range the UDP ports of `udp_addrs` entries with port 0 are taken
+    /// from (one port per connection and address), so a firewall or a container's port
+    /// mapping can open exactly that range. `None`: any ephemeral port.
+    pub udp_port_range: Option<(u16, u16)>,
+    /// Addresses to advertise in host candidates instead of the bound interface addresses
+    /// (1:1 NAT: a cloud VM's public IP, a container host's IP): `public_ips[i]` for
+    /// `udp_addrs[i]`, or one address for all. Empty: advertise what is bound.
+    pub public_ips: Vec<IpAddr>,
     /// How long a publisher's RTP may be silent before the others get
     /// [`MediaEvent::PublisherStalled`].
     pub stall_after: Duration,
@@ -63,6 +74,8 @@ impl Default for MediaSettings {
     fn default() -> Self {
         Self {
             udp_addrs: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            udp_port_range: None,
+            public_ips: Vec::new(),
             stall_after: Duration::from_secs(3),
             ice_servers: Vec::new(),
             worker_threads: 2,
@@ -70,8 +83,9 @@ impl Default for MediaSettings {
     }
 }
 
-/// A STUN or TURN server, as RTCIceServer in the browser API.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A STUN or TURN server, as RTCIceServer in the browser API. `Debug` redacts the
+/// credential, so settings can be logged.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct IceServer {
     /// `stun:` / `turn:` / `turns:` URLs.
     pub urls: Vec<String>,
@@ -79,6 +93,16 @@ pub struct IceServer {
     pub username: String,
     /// TURN credential (empty for STUN).
     pub credential: String,
+}
+
+impl std::fmt::Debug for IceServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IceServer")
+            .field("urls", &self.urls)
+            .field("username", &self.username)
+            .field("credential", &"<redacted>")
+            .finish()
+    }
 }
 
 /// What went wrong in a media operation, and what the caller should do about it.
@@ -92,8 +116,9 @@ pub enum MediaError {
     NoOfferOutstanding,
     /// The browser's SDP could not be parsed or applied.
     ///
-    /// Handling: the client's fault; report it. The offer stays outstanding, so a corrected
-    /// answer may follow; if none does, `restart_ice` or a rejoin starts over.
+    /// Handling: the client's fault; report it. The offer stays outstanding (so no other
+    /// offer, ICE restarts included, can follow) and a corrected answer may still be applied;
+    /// if none comes, `join` again: a fresh connection starts over, tracks kept.
     #[error("session description refused: {0}")]
     InvalidDescription(String),
     /// The browser's ICE candidate could not be parsed or applied.
@@ -187,8 +212,9 @@ pub enum MediaEvent {
         /// Whose media is back.
         participant: Uuid,
     },
-    /// A participant's track started arriving at the SFU (sent to everyone in the call,
-    /// the publisher included), once per participant and kind for the life of its membership.
+    /// A participant's track started arriving at the SFU: sent to everyone in the call (the
+    /// publisher included) when it first arrives, and to each later joiner, before its first
+    /// offer, for every track already published. Not repeated when a publisher rejoins.
     TrackPublished {
         /// Who publishes.
         participant: Uuid,
@@ -226,6 +252,8 @@ pub(crate) struct Shared {
     pub(crate) settings: MediaSettings,
     pub(crate) calls: Mutex<HashMap<Uuid, Arc<Call>>>,
     pub(crate) counters: Arc<Counters>,
+    pub(crate) ports: network::PortAllocator,
+    pub(crate) public: network::PublicAddresses,
     ids: AtomicU64,
 }
 
@@ -233,14 +261,6 @@ impl Shared {
     /// A process-unique id (generations, sources, sinks).
     pub(crate) fn next_id(&self) -> u64 {
         self.ids.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    fn call_or_create(&self, id: Uuid) -> Arc<Call> {
-        Arc::clone(
-            lock(&self.calls)
-                .entry(id)
-                .or_insert_with(|| Arc::new(Call::new(id))),
-        )
     }
 
     pub(crate) fn call(&self, id: Uuid) -> Option<Arc<Call>> {
@@ -301,6 +321,8 @@ impl Sfu {
         let handle = runtime.handle().clone();
         let stall_after = settings.stall_after;
         let shared = Arc::new(Shared {
+            ports: network::PortAllocator::new(settings.udp_port_range),
+            public: network::PublicAddresses::new(&settings.udp_addrs, &settings.public_ips),
             settings,
             calls: Mutex::new(HashMap::new()),
             counters: Arc::new(Counters::default()),

@@ -40,7 +40,7 @@ use webrtc::rtp_transceiver::{
 use super::monitor::StallMonitor;
 use super::router::{Call, Counters, Forwarder, Member, SINK_CAPACITY, Sink, lock};
 use super::rtcp::{KEYFRAME_MARKER_SLOT, KeyframeRequestMarker, is_keyframe_request};
-use super::{ConnectionState, MediaError, MediaEvent, MediaKind, MediaSettings, Sfu, Shared};
+use super::{ConnectionState, MediaError, MediaEvent, MediaKind, Sfu, Shared};
 
 /// Capacity of a participant's command queue (API calls and routing changes).
 const COMMAND_CAPACITY: usize = 64;
@@ -266,7 +266,7 @@ impl Negotiation {
 struct Handler {
     internal: mpsc::Sender<Internal>,
     shared: Weak<Shared>,
-    call: Weak<Call>,
+    call: Uuid,
     participant: Uuid,
     generation: u64,
 }
@@ -289,7 +289,10 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let (Some(shared), Some(call)) = (self.shared.upgrade(), self.call.upgrade()) else {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let Some(call) = shared.call(self.call) else {
             return;
         };
         let span =
@@ -430,10 +433,13 @@ impl DownTrack {
             && let Some(sender) = &self.sender
             && let Ok(parameters) = sender.get_parameters().await
         {
+            // Media payload types only: the crate de-encapsulates a publisher's RTX before
+            // the forwarder sees it, and this leg's NACK responder makes its own.
             payload_types = parameters
                 .rtp_parameters
                 .codecs
                 .iter()
+                .filter(|codec| !is_repair_codec(&codec.rtp_codec.mime_type))
                 .map(|codec| codec.payload_type)
                 .collect();
         }
@@ -457,6 +463,8 @@ async fn write_downstream(
             continue;
         }
         packet.header.ssrc = state.ssrc;
+        // Padding was stripped on receipt; nothing to re-add.
+        packet.header.padding = false;
         packet.header.extension = false;
         packet.header.extension_profile = 0;
         packet.header.extensions.clear();
@@ -494,9 +502,11 @@ async fn read_feedback(track: Arc<TrackLocalStaticRTP>, forwarder: Weak<Forwarde
 /// H.264, AV1, H.265, RTX), the default interceptors (NACK both ways, reports, TWCC receiver)
 /// and the keyframe-request marker.
 async fn build_peer_connection(
-    settings: &MediaSettings,
+    shared: &Shared,
     handler: Handler,
 ) -> Result<Arc<dyn PeerConnection>, MediaError> {
+    let settings = &shared.settings;
+    let udp_addrs = shared.ports.addresses(&settings.udp_addrs)?;
     let failed = |error: webrtc::error::Error| MediaError::PeerConnection(error.to_string());
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs().map_err(failed)?;
@@ -523,7 +533,7 @@ async fn build_peer_connection(
         .with_media_engine(media_engine)
         .with_interceptor_registry(registry)
         .with_handler(Arc::new(handler))
-        .with_udp_addrs(settings.udp_addrs.clone())
+        .with_udp_addrs(udp_addrs)
         .build()
         .await
         .map_err(failed)?;
@@ -540,16 +550,15 @@ pub(crate) async fn start(
     events: mpsc::Sender<MediaEvent>,
 ) -> Result<Started, MediaError> {
     let generation = shared.next_id();
-    let call = shared.call_or_create(call_id);
     let (internal_tx, internal_rx) = mpsc::channel(INTERNAL_CAPACITY);
     let handler = Handler {
         internal: internal_tx,
         shared: Arc::downgrade(&shared),
-        call: Arc::downgrade(&call),
+        call: call_id,
         participant,
         generation,
     };
-    let pc = build_peer_connection(&shared.settings, handler).await?;
+    let pc = build_peer_connection(&shared, handler).await?;
     for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
         let uplink = RTCRtpTransceiverInit {
             direction: RTCRtpTransceiverDirection::Recvonly,
@@ -558,12 +567,19 @@ pub(crate) async fn start(
         };
         if let Err(error) = pc.add_transceiver_from_kind(kind, Some(uplink)).await {
             let _ = pc.close().await;
-            shared.remove_call_if_empty(call_id);
             return Err(MediaError::PeerConnection(error.to_string()));
         }
     }
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
-    let (rejoin, replaced, forwarders) = {
+    // Under the calls lock (then the members lock, the order `remove_call_if_empty` uses),
+    // so a concurrent last `leave` cannot forget the call between lookup and insertion.
+    let (call, rejoin, replaced, forwarders) = {
+        let mut calls = lock(&shared.calls);
+        let call = Arc::clone(
+            calls
+                .entry(call_id)
+                .or_insert_with(|| Arc::new(Call::new(call_id))),
+        );
         let mut members = lock(&call.members);
         let forwarders: Vec<Arc<Forwarder>> = members
             .iter()
@@ -593,10 +609,20 @@ pub(crate) async fn start(
                 None
             }
         };
-        (rejoin, replaced, forwarders)
+        drop(members);
+        (call, rejoin, replaced, forwarders)
     };
     if let Some(old) = replaced {
         close_actor(old).await;
+    }
+    for forwarder in &forwarders {
+        let published = MediaEvent::TrackPublished {
+            participant: forwarder.publisher,
+            kind: forwarder.kind,
+        };
+        if events.try_send(published).is_err() {
+            tracing::warn!("media event dropped: channel full");
+        }
     }
     tracing::info!(rejoin, subscriptions = forwarders.len(), "joined");
     let actor = Actor {
@@ -805,7 +831,7 @@ impl Actor {
         match event {
             Internal::Candidate(init) => {
                 let event = MediaEvent::Candidate {
-                    candidate: init.candidate,
+                    candidate: self.shared.public.candidate(&init.candidate),
                     sdp_mid: self.first_mid.clone(),
                     sdp_mline_index: Some(0),
                 };
@@ -914,6 +940,7 @@ impl Actor {
             .map(|description| description.sdp)
             .ok_or_else(|| MediaError::PeerConnection("no local description".to_owned()))?;
         self.first_mid = first_mid(&sdp);
+        let sdp = self.shared.public.sdp(&sdp);
         tracing::debug!("offer sent");
         // Offers must not be lost: wait for room (the receiver is signaling).
         let _ = self.events.send(MediaEvent::Offer { sdp }).await;
@@ -1000,12 +1027,15 @@ impl Actor {
     async fn unsubscribe(&mut self, publisher: Uuid) {
         for kind in [MediaKind::Audio, MediaKind::Video] {
             if let Some(down) = self.downs.remove(&(publisher, kind)) {
-                if let Some(sender) = &down.sender
-                    && let Err(error) = self.pc.remove_track(sender).await
+                // Stop the tasks first: the feedback reader holds the track's event queue,
+                // which `remove_track` unbinds.
+                let sender = down.sender.clone();
+                self.release(down);
+                if let Some(sender) = sender
+                    && let Err(error) = self.pc.remove_track(&sender).await
                 {
                     tracing::debug!(%error, "downstream track not removed");
                 }
-                self.release(down);
                 self.negotiation.request();
             }
         }
@@ -1033,6 +1063,19 @@ impl Actor {
             tracing::debug!(%error, "close");
         }
     }
+}
+
+/// Whether a negotiated codec is a repair format (RTX, FEC, RED) rather than media.
+fn is_repair_codec(mime_type: &str) -> bool {
+    let subtype = mime_type
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    matches!(
+        subtype.as_str(),
+        "rtx" | "red" | "ulpfec" | "flexfec" | "flexfec-03"
+    )
 }
 
 /// The mid of the first media section, which trickled candidates name (all are bundled).
@@ -1100,6 +1143,15 @@ mod tests {
         n.offer_failed();
         assert!(!n.is_outstanding());
         assert!(!n.should_offer());
+    }
+
+    #[test]
+    fn repair_formats_are_not_forwarded_as_media() {
+        assert!(is_repair_codec("video/rtx"));
+        assert!(is_repair_codec("video/ulpfec"));
+        assert!(is_repair_codec("video/flexfec-03"));
+        assert!(!is_repair_codec("video/VP8"));
+        assert!(!is_repair_codec("audio/opus"));
     }
 
     #[test]

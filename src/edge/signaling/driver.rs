@@ -9,7 +9,7 @@ use super::session::{Action, CallAction, Session};
 use crate::actors::ActorError;
 use crate::auth::AuthService;
 use crate::edge::stomp::broker::Broker;
-use crate::media::{MediaError, MediaEvent, Participant};
+use crate::media::{ConnectionState, MediaError, MediaEvent, Participant};
 use crate::startup::AppState;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::Message;
@@ -296,6 +296,10 @@ impl Connection {
         match result {
             Ok(()) => Vec::new(),
             Err(e) => {
+                if matches!(e, MediaError::InvalidDescription(_)) && re == "answer" {
+                    // The media layer keeps its offer waiting: a corrected answer may follow.
+                    self.session.answer_refused();
+                }
                 let code = match e {
                     MediaError::NoOfferOutstanding => "no_offer",
                     MediaError::InvalidDescription(_) => "invalid_sdp",
@@ -378,6 +382,11 @@ impl Connection {
             MediaEvent::PublisherResumed { participant } => {
                 self.report_media(participant, false).await;
                 Vec::new()
+            }
+            MediaEvent::Connection(ConnectionState::Failed) => {
+                // ICE failed (network change, NAT rebinding): offer fresh credentials; the
+                // browser answers and the media comes back on the same tracks.
+                self.media_op(MediaOp::RestartIce).await
             }
             MediaEvent::Connection(_) | MediaEvent::TrackPublished { .. } => Vec::new(),
         }
@@ -501,7 +510,13 @@ impl Connection {
         {
             Ok(outcome) if !outcome.events.is_empty() => {
                 let grace = outcome.state.policy().map_or(60, |p| p.grace_secs);
-                spawn_grace_timer(self.state.clone(), in_call.call, user, grace);
+                spawn_grace_timer(
+                    self.state.clone(),
+                    in_call.call,
+                    user,
+                    grace,
+                    in_call.participant,
+                );
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not record the dropped participant"),
@@ -511,7 +526,13 @@ impl Connection {
 
 /// Removes a dropped participant who did not come back once the grace period is over (a
 /// no-op if they did: the decision checks the time and their presence itself).
-fn spawn_grace_timer(state: web::Data<AppState>, call: Uuid, user: UserId, secs: u32) {
+fn spawn_grace_timer(
+    state: web::Data<AppState>,
+    call: Uuid,
+    user: UserId,
+    secs: u32,
+    media: Participant,
+) {
     actix_web::rt::spawn(
         async move {
             // A moment past the deadline, so the decision at "now" sees it as passed.
@@ -519,12 +540,18 @@ fn spawn_grace_timer(state: web::Data<AppState>, call: Uuid, user: UserId, secs:
                 .await;
             let ctx = Context::new(Actor::system(), chrono::Utc::now());
             let command = CallCommand::GraceExpired { user_id: user };
-            if let Err(e) = state
+            match state
                 .calls
                 .execute(call, command, ctx, Default::default())
                 .await
             {
-                tracing::warn!(error = %e, "grace timer: could not remove the participant");
+                // Gone for good: their tracks leave the others' connections. (After a rejoin
+                // this handle is stale and `leave` does nothing.)
+                Ok(outcome) if !outcome.events.is_empty() => media.leave().await,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "grace timer: could not remove the participant")
+                }
             }
         }
         .instrument(tracing::info_span!("grace_timer", call_id = %call)),

@@ -359,6 +359,13 @@ impl Session {
         vec![Action::Send(ServerMessage::Offer { sdp })]
     }
 
+    /// The media layer refused the answer; its offer still waits for a corrected one.
+    pub fn answer_refused(&mut self) {
+        if self.in_call() {
+            self.offer_outstanding = true;
+        }
+    }
+
     /// The call is over (ended for everyone, or this user left): back to ready.
     pub fn left_call(&mut self) {
         if let Phase::InCall { user, .. } | Phase::Joining { user, .. } = self.phase {
