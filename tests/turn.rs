@@ -6,9 +6,9 @@
 //! webrtc 0.21 skips `?transport=tcp` TURN URLs ("Skipping unsupported non-UDP TURN url"), so
 //! TURN over TCP is driven with the `turn` crate's client over a framed TCP stream instead.
 
+mod support;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -35,10 +35,6 @@ const STEP: Duration = Duration::from_secs(15);
 const EMBEDDED_RELAY_PORTS: PortRange = PortRange {
     min: 61000,
     max: 62999,
-};
-const COTURN_RELAY_PORTS: PortRange = PortRange {
-    min: 63000,
-    max: 64999,
 };
 
 fn init_tracing() {
@@ -620,121 +616,14 @@ async fn a_taken_port_names_the_address_and_the_setting() {
 
 // ── coturn as the external TURN server ────────────────────────────────────────
 
-/// A coturn process the test owns; killed (and reaped) on drop, even when the test panics.
-struct Coturn {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Coturn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A port free on 127.0.0.1 for both UDP and TCP right now.
-fn free_port() -> u16 {
-    for _ in 0..50 {
-        let udp = std::net::UdpSocket::bind(loopback(0)).expect("probe UDP");
-        let port = udp.local_addr().expect("addr").port();
-        if std::net::TcpListener::bind(loopback(port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both UDP and TCP");
-}
-
-fn start_coturn(dir: &Path, secret: &str, realm: &str) -> Coturn {
-    let port = free_port();
-    let d = dir.display();
-    let config = format!(
-        "listening-ip=127.0.0.1\n\
-         relay-ip=127.0.0.1\n\
-         listening-port={port}\n\
-         min-port={min}\n\
-         max-port={max}\n\
-         realm={realm}\n\
-         use-auth-secret\n\
-         static-auth-secret={secret}\n\
-         allow-loopback-peers\n\
-         fingerprint\n\
-         no-cli\n\
-         no-tls\n\
-         no-dtls\n\
-         no-rfc5780\n\
-         no-software-attribute\n\
-         userdb={d}/turndb\n\
-         pidfile={d}/turnserver.pid\n\
-         log-file={d}/turnserver.log\n\
-         simple-log\n\
-         verbose\n",
-        min = COTURN_RELAY_PORTS.min,
-        max = COTURN_RELAY_PORTS.max,
-    );
-    let conf = dir.join("turnserver.conf");
-    std::fs::write(&conf, config).expect("write coturn config");
-    let out = std::fs::File::create(dir.join("stdout.log")).expect("stdout log");
-    let err = out.try_clone().expect("stderr log");
-    let child = Command::new("turnserver")
-        .arg("-c")
-        .arg(&conf)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("coturn is required for this test (Debian package `coturn`): turnserver: {e}")
-        });
-    Coturn { child, port }
-}
-
-fn coturn_logs(dir: &Path) -> String {
-    let mut logs = String::new();
-    for f in ["stdout.log", "turnserver.log"] {
-        logs.push_str(&format!("--- {f}\n"));
-        logs.push_str(&std::fs::read_to_string(dir.join(f)).unwrap_or_default());
-    }
-    logs
-}
-
-/// Waits until coturn answers a STUN Binding request on UDP.
-async fn wait_for_coturn(coturn: &mut Coturn, dir: &Path) {
-    let socket = UdpSocket::bind(loopback(0)).await.expect("probe socket");
-    let deadline = Instant::now() + STEP;
-    // Binding request: type 0x0001, length 0, magic cookie, transaction id.
-    let mut request = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
-    request.extend_from_slice(b"neulbi-probe");
-    let mut buf = [0u8; 512];
-    loop {
-        if let Ok(Some(status)) = coturn.child.try_wait() {
-            panic!("coturn exited early ({status}):\n{}", coturn_logs(dir));
-        }
-        assert!(
-            Instant::now() < deadline,
-            "coturn did not answer on port {} in time:\n{}",
-            coturn.port,
-            coturn_logs(dir)
-        );
-        let _ = socket.send_to(&request, loopback(coturn.port)).await;
-        if let Ok(Ok((n, _))) =
-            timeout(Duration::from_millis(200), socket.recv_from(&mut buf)).await
-            && n >= 20
-            && buf[0..2] == [0x01, 0x01]
-        {
-            return;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relay_only_peers_exchange_data_through_coturn_with_rest_credentials() {
     init_tracing();
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("temp dir");
     let coturn_secret = "coturn-shared-secret";
-    let mut coturn = start_coturn(dir.path(), coturn_secret, "neulbi.test");
-    wait_for_coturn(&mut coturn, dir.path()).await;
+    let mut coturn = support::coturn::start(dir.path(), coturn_secret, "neulbi.test");
+    support::coturn::wait_ready(&mut coturn, dir.path()).await;
 
     let settings = TurnSettings {
         external: Some(ExternalTurn {
@@ -758,12 +647,12 @@ async fn two_relay_only_peers_exchange_data_through_coturn_with_rest_credentials
     .unwrap_or_else(|_| {
         panic!(
             "relay through coturn timed out:\n{}",
-            coturn_logs(dir.path())
+            support::coturn::logs(dir.path())
         )
     });
-    assert_in_range(&connected.candidates, COTURN_RELAY_PORTS);
+    assert_in_range(&connected.candidates, support::coturn::RELAY_PORTS);
     connected.close().await;
-    let logs = coturn_logs(dir.path());
+    let logs = support::coturn::logs(dir.path());
     for user in ["alice", "bob"] {
         assert!(
             logs.lines()

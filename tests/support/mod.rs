@@ -3,10 +3,12 @@
 
 pub mod app;
 pub mod capture;
+pub mod coturn;
 pub mod http;
 pub mod moto;
 pub mod node;
 pub mod oidc;
+pub mod peer;
 pub mod pg;
 pub mod raw;
 pub mod rtc;

@@ -126,6 +126,9 @@ pub struct Session {
     strikes: u32,
     /// True while the server's latest offer waits for the client's answer.
     offer_outstanding: bool,
+    /// The media section ids (`a=mid:`) of the latest offer, in order: a candidate must
+    /// name one of them.
+    mids: Vec<String>,
 }
 
 impl Session {
@@ -139,6 +142,7 @@ impl Session {
             filled_at: now,
             strikes: 0,
             offer_outstanding: false,
+            mids: Vec::new(),
             config,
         }
     }
@@ -287,11 +291,23 @@ impl Session {
                 candidate,
                 sdp_mid,
                 sdp_mline_index,
-            } => Action::Candidate {
-                candidate,
-                sdp_mid,
-                sdp_mline_index,
-            },
+            } => {
+                let unknown_mid = sdp_mid.as_ref().is_some_and(|m| !self.mids.contains(m));
+                let unknown_index =
+                    sdp_mline_index.is_some_and(|i| usize::from(i) >= self.mids.len());
+                if unknown_mid || unknown_index {
+                    return self.refuse(
+                        "invalid_candidate",
+                        "the candidate names a media section the offer does not have".into(),
+                        re,
+                    );
+                }
+                Action::Candidate {
+                    candidate,
+                    sdp_mid,
+                    sdp_mline_index,
+                }
+            }
             ClientMessage::RestartIce => Action::RestartIce,
             ClientMessage::Media {
                 audio_muted,
@@ -356,6 +372,11 @@ impl Session {
             return Vec::new();
         }
         self.offer_outstanding = true;
+        self.mids = sdp
+            .lines()
+            .filter_map(|l| l.trim_end().strip_prefix("a=mid:"))
+            .map(str::to_owned)
+            .collect();
         vec![Action::Send(ServerMessage::Offer { sdp })]
     }
 
@@ -593,6 +614,31 @@ mod tests {
             vec!["no_offer"],
             "answered once"
         );
+    }
+
+    #[test]
+    fn candidates_must_name_a_section_of_the_offer() {
+        let t0 = Instant::now();
+        let mut s = in_call(t0);
+        s.offer_sent("v=0\r\nm=audio 9\r\na=mid:0\r\nm=video 9\r\na=mid:1\r\n".into());
+        let line = "candidate:1 1 udp 1 127.0.0.1 9 typ host";
+        let ok = format!(
+            r#"{{"type":"candidate","candidate":"{line}","sdp_mid":"1","sdp_mline_index":1}}"#
+        );
+        assert!(matches!(
+            s.handle_text(&ok, t0)[..],
+            [Action::Candidate { .. }]
+        ));
+        for bad in [
+            format!(r#"{{"type":"candidate","candidate":"{line}","sdp_mid":"7"}}"#),
+            format!(r#"{{"type":"candidate","candidate":"{line}","sdp_mline_index":2}}"#),
+        ] {
+            assert_eq!(
+                codes(&s.handle_text(&bad, t0)),
+                vec!["invalid_candidate"],
+                "{bad}"
+            );
+        }
     }
 
     #[test]
