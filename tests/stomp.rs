@@ -415,3 +415,48 @@ async fn erasing_an_account_ends_its_open_stomp_sessions() {
     bob_ws.post(room, "still here").await;
     stopper.stop(true).await;
 }
+
+/// SUBSCRIBE authorization is read-your-writes: with the read models held back (the
+/// projectors stopped, as when they trail the log by seconds under load), a member of a room
+/// opened a moment ago subscribes at once, because the room's actor vouches for them; an
+/// outsider is still refused.
+#[actix_rt::test]
+async fn a_new_member_subscribes_at_once_while_the_projector_is_held_back() {
+    let app = TestApp::start(|_| {}).await;
+    let addr = app.addr;
+    let (alice_token, alice) = signup(addr, "alice.heldback@example.com").await;
+    let (bob_token, bob) = signup(addr, "bob.heldback@example.com").await;
+    let (eve_token, _) = signup(addr, "eve.heldback@example.com").await;
+    app.state.projections.stop().await;
+
+    let room = RoomId(Uuid::now_v7());
+    let open = RoomCommand::Open {
+        room_id: room,
+        client: alice,
+        counselor: bob,
+    };
+    let ctx = Context::new(Actor::user(alice, Role::Client), chrono::Utc::now());
+    app.state
+        .rooms
+        .execute(room.0, open, ctx, Metadata::default())
+        .await
+        .expect("open");
+    let member = neulbi::projections::queries::is_member(
+        &app.state.read,
+        &room.to_string(),
+        &alice.to_string(),
+    )
+    .await
+    .expect("query");
+    assert!(!member, "the read model must not know the room yet");
+
+    for (token, id) in [(&alice_token, "a"), (&bob_token, "b")] {
+        let mut ws = Client::connect(addr, token).await;
+        let answer = ws.subscribe(room, id).await;
+        assert_eq!(answer.command, Command::Receipt, "first try: {answer:?}");
+    }
+    let mut eve_ws = Client::connect(addr, &eve_token).await;
+    let answer = eve_ws.subscribe(room, "e").await;
+    assert_eq!(answer.command, Command::Error, "{answer:?}");
+    app.stop().await;
+}
