@@ -253,3 +253,30 @@ async fn relay_only_media_goes_through_an_external_coturn() {
     b.vanish().await;
     app.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_silent_publisher_is_reported_stalled_to_the_others_and_in_the_log() {
+    let app = TestApp::start(|c| c.calls.stall_secs = 1).await;
+    let (client, counselor, call) = accepted_call(&app, "stall").await;
+    let a = Browser::join(app.addr, &client.token, &call, false).await;
+    let b = Browser::join(app.addr, &counselor.token, &call, false).await;
+    a.receives(b.id, 10, 20).await;
+    b.sending.store(false, Ordering::SeqCst);
+    let stalled = a
+        .wait_message("b stalled", |m| m["type"] == "media_stalled")
+        .await;
+    assert_eq!(stalled["user_id"], counselor.id.to_string());
+    b.sending.store(true, Ordering::SeqCst);
+    a.wait_message("b resumed", |m| m["type"] == "media_resumed")
+        .await;
+    let types: Vec<String> = event_types(&app, &call)
+        .await
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    assert!(types.contains(&"MediaStalled".to_owned()), "{types:?}");
+    assert!(types.contains(&"MediaResumed".to_owned()), "{types:?}");
+    a.vanish().await;
+    b.vanish().await;
+    app.stop().await;
+}

@@ -408,3 +408,74 @@ async fn a_dropped_participant_who_does_not_return_ends_a_call_left_empty() {
     }
     app.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_join_on_the_wrong_node_is_redirected_to_the_media_node() {
+    let app = TestApp::start(|c| c.calls.node = "node-a".into()).await;
+    let (client, counselor, room) = setup(&app, "redirect").await;
+    let call = start_call(&app, &room, &client).await;
+    let r = post(&app, &format!("/calls/{call}/accept"), &counselor).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Another node took the call's media first.
+    let ctx = neulbi_domain::Context::new(neulbi_domain::Actor::system(), chrono::Utc::now());
+    app.state
+        .calls
+        .execute(
+            call.parse().expect("uuid"),
+            neulbi_domain::call_session::CallCommand::AssignMediaNode {
+                node: "node-b".into(),
+            },
+            ctx,
+            neulbi::store::Metadata::default(),
+        )
+        .await
+        .expect("assign");
+    let mut rtc = Rtc::connect(app.addr, &client.token).await;
+    rtc.send(json!({"type": "join", "call_id": call})).await;
+    let redirect = rtc.expect("redirect").await;
+    assert_eq!(redirect["node"], "node-b");
+    let types: Vec<String> = call_events(&app, &call)
+        .await
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    assert!(
+        !types.contains(&"ParticipantJoined".to_owned()),
+        "nobody joined here: {types:?}"
+    );
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_taken_media_or_turn_port_stops_the_start_and_names_the_setting() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = neulbi::config::Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir.path().to_owned(),
+        ..neulbi::config::Config::default()
+    };
+    config.calls.media_udp = vec![addr];
+    let error = match neulbi::startup::Application::build(&config).await {
+        Ok(_) => panic!("started on a taken media port"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("NEULBI_MEDIA_UDP"), "{error}");
+    assert!(error.contains(&addr.to_string()), "{error}");
+
+    let mut config = neulbi::config::Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir.path().to_owned(),
+        ..neulbi::config::Config::default()
+    };
+    config.media.turn.secret = "s".into();
+    config.media.turn.listen_udp = Some(addr);
+    config.media.turn.listen_tcp = None;
+    let error = match neulbi::startup::Application::build(&config).await {
+        Ok(_) => panic!("started on a taken TURN port"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("NEULBI_TURN_LISTEN_UDP"), "{error}");
+    assert!(error.contains(&addr.to_string()), "{error}");
+}

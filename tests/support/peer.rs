@@ -88,6 +88,8 @@ pub struct Browser {
     pub id: Uuid,
     pub seen: Arc<Observed>,
     pub joined: Value,
+    /// Clear it and the browser stops sending media (a frozen camera, a stalled uplink).
+    pub sending: Arc<AtomicBool>,
     out: mpsc::Sender<Value>,
     pc: Arc<dyn PeerConnection>,
     tasks: Vec<JoinHandle<()>>,
@@ -360,8 +362,10 @@ impl Browser {
             }));
         }
         // Media: Opus every 20 ms, VP8 every 10 ms, once connected.
+        let sending = Arc::new(AtomicBool::new(true));
         {
             let seen = Arc::clone(&seen);
+            let sending = Arc::clone(&sending);
             tasks.push(tokio::spawn(async move {
                 let Some([audio_sender, video_sender]) = senders_rx.recv().await else {
                     return;
@@ -372,7 +376,7 @@ impl Browser {
                 loop {
                     interval.tick().await;
                     tick = tick.wrapping_add(1);
-                    if !seen.connected.load(Ordering::SeqCst) {
+                    if !seen.connected.load(Ordering::SeqCst) || !sending.load(Ordering::SeqCst) {
                         continue;
                     }
                     if apt.is_none() {
@@ -414,6 +418,7 @@ impl Browser {
             id,
             seen,
             joined,
+            sending,
             out,
             pc,
             tasks,
