@@ -7,9 +7,9 @@
 
 mod support;
 
-use neulbi::store::{Direction, Metadata};
+use neulbi::store::Metadata;
 use neulbi_domain::call_session::{CallCommand, CallPolicy};
-use neulbi_domain::{Actor, CallId, Context, Role, RoomId, StreamKind, StreamName};
+use neulbi_domain::{Actor, CallId, Context, Role, RoomId};
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -44,18 +44,6 @@ async fn accepted_call(app: &TestApp, tag: &str) -> (Person, Person, String) {
     let call = r.json()["call_id"].as_str().expect("call").to_owned();
     accept(app, &call, &counselor).await;
     (client, counselor, call)
-}
-
-async fn event_types(app: &TestApp, call: &str) -> Vec<(String, serde_json::Value)> {
-    let stream = StreamName::new(StreamKind::Call, call.parse().expect("uuid"));
-    app.state
-        .store
-        .read_stream(&stream, 0, Direction::Forward, 1000)
-        .await
-        .expect("read")
-        .into_iter()
-        .map(|e| (e.event_type, e.data))
-        .collect()
 }
 
 #[actix_rt::test]
@@ -93,7 +81,7 @@ async fn two_browsers_see_and_hear_each_other_and_hang_up_with_the_duration() {
     a.send(json!({"type": "hangup"})).await;
     let ended = b.wait_message("ended", |m| m["type"] == "ended").await;
     assert_eq!(ended["reason"], "hangup");
-    let events = event_types(&app, &call).await;
+    let events = app.call_events(&call).await;
     let (last, data) = events.last().expect("events");
     assert_eq!(last, "Ended");
     assert!(
@@ -269,7 +257,8 @@ async fn a_silent_publisher_is_reported_stalled_to_the_others_and_in_the_log() {
     b.sending.store(true, Ordering::SeqCst);
     a.wait_message("b resumed", |m| m["type"] == "media_resumed")
         .await;
-    let types: Vec<String> = event_types(&app, &call)
+    let types: Vec<String> = app
+        .call_events(&call)
         .await
         .into_iter()
         .map(|(t, _)| t)

@@ -7,8 +7,6 @@
 mod support;
 
 use neulbi::edge::stomp::frame::Command;
-use neulbi::store::Direction;
-use neulbi_domain::{StreamKind, StreamName};
 use serde_json::json;
 use std::time::Duration;
 use support::app::{Person, TestApp};
@@ -24,19 +22,6 @@ async fn post(app: &TestApp, path: &str, who: &Person) -> support::http::Respons
         &[("Authorization", &who.bearer())],
     )
     .await
-}
-
-/// The event types of a call's stream, in order.
-async fn call_events(app: &TestApp, call: &str) -> Vec<(String, serde_json::Value)> {
-    let stream = StreamName::new(StreamKind::Call, call.parse().expect("uuid"));
-    app.state
-        .store
-        .read_stream(&stream, 0, Direction::Forward, 1000)
-        .await
-        .expect("read")
-        .into_iter()
-        .map(|e| (e.event_type, e.data))
-        .collect()
 }
 
 /// A client, a counselor and their room.
@@ -145,7 +130,7 @@ async fn a_call_rings_is_accepted_joined_and_hung_up_with_its_duration() {
     assert_eq!(ended["reason"], "hangup");
     assert_eq!(phone.next_json().await["type"], "ended");
 
-    let events = call_events(&app, &call).await;
+    let events = app.call_events(&call).await;
     let types: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
     for expected in [
         "Requested",
@@ -371,7 +356,8 @@ async fn a_dropped_participant_rejoins_within_the_grace_period() {
         m["type"] == "participant" && m["event"] == "rejoined"
     })
     .await;
-    let types: Vec<String> = call_events(&app, &call)
+    let types: Vec<String> = app
+        .call_events(&call)
         .await
         .into_iter()
         .map(|(t, _)| t)
@@ -395,7 +381,7 @@ async fn a_dropped_participant_who_does_not_return_ends_a_call_left_empty() {
     drop(b);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let events = call_events(&app, &call).await;
+        let events = app.call_events(&call).await;
         if let Some((_, ended)) = events.iter().find(|(t, _)| t == "Ended") {
             assert_eq!(ended["reason"], "dropped");
             break;
@@ -434,7 +420,8 @@ async fn a_join_on_the_wrong_node_is_redirected_to_the_media_node() {
     rtc.send(json!({"type": "join", "call_id": call})).await;
     let redirect = rtc.expect("redirect").await;
     assert_eq!(redirect["node"], "node-b");
-    let types: Vec<String> = call_events(&app, &call)
+    let types: Vec<String> = app
+        .call_events(&call)
         .await
         .into_iter()
         .map(|(t, _)| t)

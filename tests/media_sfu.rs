@@ -5,6 +5,8 @@
 //! what it receives per remote track. Every wait is on a condition with a generous bound, so
 //! a loaded machine makes the tests slower, not flaky.
 
+mod support;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,18 +15,14 @@ use std::time::{Duration, Instant};
 
 use neulbi::media::{ConnectionState, MediaEvent, MediaKind, MediaSettings, Participant, Sfu};
 use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
-use rtc::media_stream::MediaStreamTrack;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtp;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::sansio::Protocol;
+use support::peer::{local_track, packet, payload_type, rand_u32};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
-use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
@@ -242,35 +240,6 @@ impl Interceptor for KeyframeMarker {
     fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
 }
 
-fn local_track(
-    kind: RtpCodecKind,
-    mime: &str,
-    clock_rate: u32,
-    channels: u16,
-    ssrc: u32,
-) -> Arc<TrackLocalStaticRTP> {
-    let name = format!("local-{}", mime.replace('/', "-"));
-    Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-        "local".to_owned(),
-        name.clone(),
-        name,
-        kind,
-        vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters {
-                ssrc: Some(ssrc),
-                ..Default::default()
-            },
-            codec: RTCRtpCodec {
-                mime_type: mime.to_owned(),
-                clock_rate,
-                channels,
-                ..Default::default()
-            },
-            ..Default::default()
-        }],
-    )))
-}
-
 impl Client {
     async fn join(sfu: &Sfu, call: Uuid, id: Uuid) -> Client {
         Client::join_holding(sfu, call, id, false).await
@@ -476,39 +445,6 @@ impl Client {
         }
         let _ = self.pc.close().await;
     }
-}
-
-async fn payload_type(sender: &Arc<dyn RtpSender>, mime: &str) -> Option<u8> {
-    let parameters = sender.get_parameters().await.ok()?;
-    parameters
-        .rtp_parameters
-        .codecs
-        .iter()
-        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
-        .map(|c| c.payload_type)
-}
-
-fn packet(id: Uuid, kind: u8, pt: u8, ssrc: u32, seq: u16, ts: u32, marker: bool) -> rtp::Packet {
-    let mut payload = id.as_bytes().to_vec();
-    payload.push(kind);
-    payload.extend_from_slice(&[0xAB; 40]);
-    rtp::Packet {
-        header: rtp::header::Header {
-            version: 2,
-            marker,
-            payload_type: pt,
-            sequence_number: seq,
-            timestamp: ts,
-            ssrc,
-            ..Default::default()
-        },
-        payload: payload.into(),
-    }
-}
-
-fn rand_u32() -> u32 {
-    let b = Uuid::new_v4().into_bytes();
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]]) | 1
 }
 
 /// Waits until `to` receives audio and video from `from` with the right codecs.

@@ -6,43 +6,22 @@
 mod support;
 
 use serde_json::json;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use support::app::TestApp;
+use support::capture::Capture;
 use support::http::post_json;
 use support::rtc::Rtc;
-use tracing_subscriber::fmt::format::FmtSpan;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("capture").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 const SECRET_TEXT: &str = "in-call-secret-words";
 const EMAIL: &str = "leaky.caller@example.com";
 
 #[actix_rt::test]
 async fn a_call_logs_no_token_or_chat_text() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        // The test's own WebSocket client and the WebRTC stack see neither tokens nor chat;
-        // they are left out so the capture holds the server's own records.
-        .with_env_filter(
-            "trace,tungstenite=off,tokio_tungstenite=off,rtc=warn,rtc_ice=warn,rtc_dtls=warn,\
-             rtc_sctp=warn,rtc_srtp=warn,rtc_interceptor=warn,webrtc=warn,turn=warn",
-        )
-        .with_span_events(FmtSpan::FULL)
-        .with_writer(move || writer.clone())
-        .init();
+    // The test's own WebSocket client and the WebRTC stack see neither tokens nor chat; they
+    // are left out so the capture holds the server's own records.
+    let capture = Capture::install_with(
+        "trace,tungstenite=off,tokio_tungstenite=off,rtc=warn,rtc_ice=warn,rtc_dtls=warn,\
+         rtc_sctp=warn,rtc_srtp=warn,rtc_interceptor=warn,webrtc=warn,turn=warn",
+    );
 
     let app = TestApp::start(|_| {}).await;
     let client = app.client(EMAIL).await;
@@ -80,7 +59,7 @@ async fn a_call_logs_no_token_or_chat_text() {
     b.expect("ended").await;
     app.stop().await;
 
-    let logs = String::from_utf8(capture.0.lock().expect("capture").clone()).expect("utf8");
+    let logs = capture.text();
     assert!(
         logs.contains("rtc_connection"),
         "the signaling spans were not captured"

@@ -137,6 +137,22 @@ impl TestApp {
         room
     }
 
+    /// The events of call `call`'s stream: type and data, in order.
+    pub async fn call_events(&self, call: &str) -> Vec<(String, serde_json::Value)> {
+        let stream = neulbi_domain::StreamName::new(
+            neulbi_domain::StreamKind::Call,
+            call.parse().expect("call id"),
+        );
+        self.state
+            .store
+            .read_stream(&stream, 0, neulbi::store::Direction::Forward, 1000)
+            .await
+            .expect("read")
+            .into_iter()
+            .map(|e| (e.event_type, e.data))
+            .collect()
+    }
+
     /// Waits until the read models list `person` as a member of `room` (the projection
     /// trails the log by a few milliseconds), for at most 10 s.
     pub async fn wait_member(&self, room: &str, person: &Person) {

@@ -23,10 +23,16 @@ impl Capture {
     /// Installs a global trace-level subscriber writing into a new capture (once per test
     /// binary; each leak test lives in its own binary).
     pub fn install() -> Self {
+        Self::install_with("trace")
+    }
+
+    /// Like [`Capture::install`], with the env-filter `filter` (to leave out the test's own
+    /// clients and libraries that see no secrets).
+    pub fn install_with(filter: &str) -> Self {
         let capture = Self::default();
         let writer = capture.clone();
         tracing_subscriber::fmt()
-            .with_env_filter("trace")
+            .with_env_filter(filter)
             .with_span_events(FmtSpan::FULL)
             .with_writer(move || writer.clone())
             .init();

@@ -151,7 +151,8 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
-fn local_track(
+/// A local RTP track of `mime` with a fixed SSRC, for a peer that writes synthetic packets.
+pub fn local_track(
     kind: RtpCodecKind,
     mime: &str,
     clock_rate: u32,
@@ -493,7 +494,8 @@ pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
     }
 }
 
-async fn payload_type(sender: &Arc<dyn RtpSender>, mime: &str) -> Option<u8> {
+/// The payload type `sender` negotiated for `mime`, once negotiated.
+pub async fn payload_type(sender: &Arc<dyn RtpSender>, mime: &str) -> Option<u8> {
     let parameters = sender.get_parameters().await.ok()?;
     parameters
         .rtp_parameters
@@ -503,7 +505,16 @@ async fn payload_type(sender: &Arc<dyn RtpSender>, mime: &str) -> Option<u8> {
         .map(|c| c.payload_type)
 }
 
-fn packet(id: Uuid, kind: u8, pt: u8, ssrc: u32, seq: u16, ts: u32, marker: bool) -> rtp::Packet {
+/// A synthetic RTP packet whose payload starts with `id` and the `kind` byte.
+pub fn packet(
+    id: Uuid,
+    kind: u8,
+    pt: u8,
+    ssrc: u32,
+    seq: u16,
+    ts: u32,
+    marker: bool,
+) -> rtp::Packet {
     let mut payload = id.as_bytes().to_vec();
     payload.push(kind);
     payload.extend_from_slice(&[0xAB; 40]);
@@ -521,7 +532,8 @@ fn packet(id: Uuid, kind: u8, pt: u8, ssrc: u32, seq: u16, ts: u32, marker: bool
     }
 }
 
-fn rand_u32() -> u32 {
+/// A random odd `u32` (SSRCs, sequence bases).
+pub fn rand_u32() -> u32 {
     let b = Uuid::new_v4().into_bytes();
     u32::from_be_bytes([b[0], b[1], b[2], b[3]]) | 1
 }
