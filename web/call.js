@@ -10,6 +10,30 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 /** The reactions the server accepts. */
 export const PALETTE = ['👍', '❤️', '😂', '😮', '😢', '👏', '🙏', '🎉'];
 
+/** Line icons (24×24, stroked), built as DOM nodes: no markup strings, nothing inline. */
+const ICONS = {
+  mic: ['M12 3a3 3 0 0 1 3 3v6a3 3 0 0 1-6 0V6a3 3 0 0 1 3-3z', 'M5 11a7 7 0 0 0 14 0', 'M12 18v3'],
+  micOff: ['M9 9v3a3 3 0 0 0 5.1 2.1', 'M15 9.3V6a3 3 0 0 0-5.7-1.3', 'M5 11a7 7 0 0 0 11.7 5.2', 'M19 11a7 7 0 0 1-.4 2.3', 'M12 18v3', 'M3 3l18 18'],
+  camera: ['M3 7h12a1 1 0 0 1 1 1v8a1 1 0 0 1-1 1H3a1 1 0 0 1-1-1V8a1 1 0 0 1 1-1z', 'M16 10.5l5-3v9l-5-3'],
+  cameraOff: ['M3 7h12a1 1 0 0 1 1 1v8a1 1 0 0 1-1 1H3a1 1 0 0 1-1-1V8a1 1 0 0 1 1-1z', 'M16 10.5l5-3v9l-5-3', 'M2 3l20 18'],
+  phone: ['M3.5 14.5c5-4.7 12-4.7 17 0l-2.3 2.6-3.4-1.5v-2.2a10 10 0 0 0-5.6 0v2.2l-3.4 1.5z'],
+  hangup: ['M3 15.5c5-5 13-5 18 0'],
+};
+
+export function icon(name) {
+  const ns = 'http://www.w3.org/2000/svg';
+  const svg = document.createElementNS(ns, 'svg');
+  svg.setAttribute('viewBox', '0 0 24 24');
+  svg.setAttribute('aria-hidden', 'true');
+  svg.setAttribute('class', 'icon');
+  for (const d of ICONS[name]) {
+    const path = document.createElementNS(ns, 'path');
+    path.setAttribute('d', d);
+    svg.append(path);
+  }
+  return svg;
+}
+
 /** "3:12", or "1:02:03" for an hour and more. */
 export function formatDuration(secs) {
   const s = Math.max(0, Math.floor(secs));
@@ -75,6 +99,7 @@ export function setupCalls(app) {
 
   // --- the room: start button and history entries ---------------------------------------
 
+  $('start-call').prepend(icon('camera'));
   $('start-call').addEventListener('click', () => startCall().catch(fail));
 
   function updateStartButton() {
@@ -119,7 +144,9 @@ export function setupCalls(app) {
     }
     el.className = `msg call-entry${missed ? ' missed' : ''}`;
     const line = document.createElement('div');
-    line.textContent = `📹 ${text}`;
+    const label = document.createElement('span');
+    label.textContent = text;
+    line.append(icon(missed ? 'phone' : 'camera'), label);
     const when = document.createElement('div');
     when.className = 'muted';
     when.textContent = new Date(c.requested_at).toLocaleTimeString();
@@ -628,11 +655,15 @@ export function setupCalls(app) {
     $('call-chat-text').value = '';
   });
 
+  const BUTTON_ICONS = { 'call-mute': ['mic', 'micOff'], 'call-camera': ['camera', 'cameraOff'] };
   function setPressed(id, on, off, onText) {
     const b = $(id);
     b.setAttribute('aria-pressed', String(on));
-    b.textContent = on ? onText : off;
+    const label = document.createElement('span');
+    label.textContent = on ? onText : off;
+    b.replaceChildren(icon(BUTTON_ICONS[id][on ? 1 : 0]), label);
   }
+  $('call-hangup').prepend(icon('hangup'));
 
   function sendMedia() {
     send({ type: 'media', audio_muted: call.audioMuted, video_off: call.videoOff, screen_sharing: false });

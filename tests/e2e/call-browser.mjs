@@ -154,6 +154,10 @@ function inner() {
     const focused = await counselor.page.evaluate(() => document.activeElement?.id);
     if (focused !== 'incoming-accept') throw new Error(`focus is on #${focused}, not on Accept`);
 
+    if (process.env.SCREENSHOT_DIR) {
+      mkdirSync(process.env.SCREENSHOT_DIR, { recursive: true });
+      await counselor.page.screenshot({ path: join(process.env.SCREENSHOT_DIR, 'incoming.png') });
+    }
     step = 'counselor accepts';
     await counselor.page.click('#incoming-accept');
     for (const side of [client, counselor]) {
@@ -210,6 +214,23 @@ function inner() {
     await counselor.page.waitForSelector('#tiles .tile.remote .flag:has-text("muted")');
     await client.page.click('#call-mute');
     await counselor.page.waitForSelector('#tiles .tile.remote .flag:not(:has-text("muted"))', { state: 'attached' });
+
+    step = "the client's signaling socket drops: the banner shows and it rejoins the same call";
+    await client.page.evaluate(() => window.__neulbiCall.ws.close());
+    await client.page.waitForSelector('#call-banner:not([hidden])', { state: 'attached' });
+    await client.page.waitForFunction(() => window.__neulbiCall?.pc?.connectionState === 'connected', null, { timeout: STEP_MS });
+    await client.page.waitForSelector('#call-banner[hidden]', { state: 'attached' });
+    step = 'after the rejoin both remote videos decode frames again';
+    await client.page.waitForFunction(() => {
+      const v = document.querySelector('#tiles .tile.remote video');
+      return v && v.videoWidth > 0 && v.currentTime > 0.2 && !v.paused;
+    }, null, { timeout: STEP_MS });
+    const rejoined = await Promise.all([client, counselor].map(playback));
+    await sleep(1500);
+    const later = await Promise.all([client, counselor].map(playback));
+    for (const [i, side] of [client, counselor].entries()) {
+      if (!(later[i].framesDecoded > rejoined[i].framesDecoded + 5)) throw new Error(`${side.who}: framesDecoded ${rejoined[i].framesDecoded} → ${later[i].framesDecoded}`);
+    }
 
     if (process.env.SCREENSHOT_DIR) {
       mkdirSync(process.env.SCREENSHOT_DIR, { recursive: true });
@@ -322,6 +343,9 @@ function inner() {
         '--disable-component-update',
         '--no-first-run',
         '--disable-sync',
+        // Pages fulfilled by the test (NEULBI_WEB_DIR) have no address, so Chromium would
+        // treat them as public and refuse their connections to 127.0.0.1.
+        ...(process.env.NEULBI_WEB_DIR ? ['--disable-features=LocalNetworkAccessChecks'] : []),
       ],
       timeout: 60_000,
     });
