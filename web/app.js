@@ -356,7 +356,8 @@ fetch('/auth/providers').then((r) => r.json()).then(({ providers }) => {
 });
 const code = new URLSearchParams(location.hash.slice(1)).get('login_code');
 if (code) {
-  history.replaceState(null, '', location.pathname);
+  // `window.`: this module's own history() (a room's messages) shadows the global.
+  window.history.replaceState(null, '', location.pathname);
   tokens({ grant_type: 'authorization_code', code }).then(signedIn).catch(fail);
 } else if (localStorage.getItem(SESSION_HINT)) {
   // A page reload: the refresh cookie, if still valid, renews the session.
