@@ -44,7 +44,7 @@ export function formatDuration(secs) {
 
 /** What a room's history says about a call (an item of GET /rooms/{id}/calls). */
 export function describeCall(c, me) {
-  if (c.status === 'declined') return { text: 'Missed call · declined', missed: true };
+  if (c.status === 'declined') return { text: 'Missed call', missed: true };
   if (c.status === 'ended') {
     if (c.end_reason === 'no_answer') return { text: 'Missed call', missed: true };
     if (!c.started_at) return { text: c.requested_by === me ? 'Cancelled call' : 'Missed call', missed: c.requested_by !== me };

@@ -256,6 +256,18 @@ function inner() {
       await client.page.screenshot({ path: join(process.env.SCREENSHOT_DIR, 'room-after-call.png') });
     }
 
+    step = 'a second call: Escape on the incoming-call dialog declines it';
+    await client.page.click('#start-call');
+    await counselor.page.waitForSelector('dialog#incoming[open]');
+    await counselor.page.keyboard.press('Escape');
+    await counselor.page.waitForSelector('dialog#incoming:not([open])', { state: 'attached' });
+    await client.page.waitForSelector('#call[hidden]', { state: 'attached' });
+    await client.page.waitForSelector('#call-last:has-text("Declined")');
+    for (const side of [client, counselor]) {
+      step = `${side.who}: the room shows the declined call as missed`;
+      await side.page.waitForSelector('#messages .call-entry.missed:has-text("Missed call")');
+    }
+
     step = 'no script errors on either page';
     const problems = [client, counselor].flatMap((s) => s.problems.map((p) => `${s.who}: ${p}`));
     if (problems.length) throw new Error(problems.join('; '));
