@@ -510,7 +510,15 @@ export function setupCalls(app) {
     $('local-flag').textContent = '';
     $('tiles').replaceChildren(waitingTile());
     updateStartButton();
+    setBackgroundInert(true);
     $('call-hangup').focus();
+  }
+
+  /** The call view covers the page: keyboard and screen readers stay in it. */
+  function setBackgroundInert(on) {
+    for (const el of document.body.children) {
+      if (el.id !== 'call' && el.id !== 'incoming' && el.tagName !== 'SCRIPT') el.inert = on;
+    }
   }
 
   function waitingTile() {
@@ -735,6 +743,7 @@ export function setupCalls(app) {
       id: null, roomId: null, phase: 'idle', audioMuted: false, videoOff: false, startedAt: null, rejoinUntil: 0, inbox: Promise.resolve(),
     });
     $('call').hidden = true;
+    setBackgroundInert(false);
     banner(false);
     $('call-status').textContent = '';
     $('call-last').textContent = text;
