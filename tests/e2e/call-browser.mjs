@@ -13,7 +13,8 @@
 //
 // Env: NEULBI_BIN (the neulbi binary), CHROMIUM (default /usr/bin/chromium), SCREENSHOT_DIR
 // (optional: PNGs of the call view), NEULBI_WEB_DIR (optional, for working on the client:
-// serve index.html, app.js and call.js from that directory instead of the binary).
+// serve index.html, app.js and call.js from that directory instead of the binary), VERBOSE
+// (print the server's log at the end also when every step passed).
 // Prints "OK" last, or "FAIL at <step>: <why>" with the pages' console.
 import { chromium } from 'playwright-core';
 import { spawn } from 'node:child_process';
@@ -109,6 +110,7 @@ function inner() {
       if (serverLog.length) console.log(`server log (last lines):\n${serverLog.slice(-30).join('\n')}`);
     }
     await cleanup();
+    if (ok && process.env.VERBOSE) console.error(`server log:\n${serverLog.join('\n')}`);
     if (ok) console.log('OK');
     process.exit(ok ? 0 : 1);
   };
