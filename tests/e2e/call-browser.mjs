@@ -23,7 +23,7 @@ import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const OVERALL_MS = 120_000;
+const OVERALL_MS = 110_000;
 const STEP_MS = 15_000;
 const executablePath = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const CLIENT = ['client@demo.neulbi.local', 'demo-client-pass'];
