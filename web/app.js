@@ -3,6 +3,9 @@
 // The access token lives in memory only; the refresh token is an HttpOnly cookie the page never
 // sees, and renews the access token on reload and before every STOMP (re)connect.
 // Every text from the server is put on the page with textContent, never as HTML.
+// Video calls live in web/call.js.
+
+import { setupCalls } from './call.js';
 
 const $ = (id) => document.getElementById(id);
 const state = { access: null, me: null, room: null, rooms: [], names: new Map(), stomp: null, sub: null, lastSeen: null, readTimer: null };
@@ -72,6 +75,7 @@ $('local').addEventListener('submit', async (ev) => {
 });
 
 $('logout').addEventListener('click', async () => {
+  calls.reset();
   await state.stomp?.deactivate();
   await fetch('/auth/logout', { method: 'POST', credentials: 'same-origin' });
   localStorage.removeItem(SESSION_HINT);
@@ -115,6 +119,13 @@ async function startChat(counselorId) {
 function otherParty(r) {
   const other = state.me.id === r.client_id ? r.counselor_id : r.client_id;
   return state.names.get(other) ?? `${state.me.id === r.client_id ? 'counselor' : 'client'} ${other.slice(0, 8)}`;
+}
+
+/** A user's name as far as this page knows it. */
+function nameOf(userId) {
+  if (state.names.has(userId)) return state.names.get(userId);
+  const r = state.rooms.find((x) => x.client_id === userId || x.counselor_id === userId);
+  return r ? otherParty(r) : `user ${userId.slice(0, 8)}`;
 }
 
 async function loadRooms() {
@@ -167,6 +178,7 @@ function showMessage({ id, authorId, body, at, clientMessageId }, pending = fals
   when.textContent = pending ? 'sending…' : new Date(at).toLocaleTimeString();
   el.replaceChildren(text, when);
   box.scrollTop = box.scrollHeight;
+  if (at) el.dataset.at = at;
   if (id && !pending) state.lastSeen = id;
 }
 
@@ -206,6 +218,7 @@ async function openRoom(roomId, known) {
   $('room-title').textContent = r ? `Chat with ${otherParty(r)}` : 'Chat';
   $('compose').hidden = Boolean(r?.closed_at);
   $('close-room').hidden = Boolean(r?.closed_at);
+  $('start-call').hidden = Boolean(r?.closed_at);
   $('messages').replaceChildren();
   $('chat').hidden = false;
   // Writing waits for the history: a message sent meanwhile could come back in it, without
@@ -218,6 +231,7 @@ async function openRoom(roomId, known) {
   }
   subscribeRoom();
   setComposing(true);
+  calls.roomOpened(roomId);
   markRead();
   loadRooms().catch(() => {});
 }
@@ -291,6 +305,7 @@ function connect() {
   client.onConnect = () => {
     $('status').textContent = 'live';
     followRoomList();
+    calls.follow(client);
     // After a reconnect the server replays what the open room missed since the last message.
     subscribeRoom();
     loadRooms().catch(() => {});
@@ -310,6 +325,25 @@ function connect() {
   state.stomp = client;
 }
 
+// --- calls --------------------------------------------------------------------------------
+
+const calls = setupCalls({
+  state,
+  api,
+  fail,
+  openRoom,
+  nameOf,
+  /** Who the room is with (or `fallback`'s name when the room is not listed yet). */
+  roomTitle: (roomId, fallback) => {
+    const r = state.rooms.find((x) => x.room_id === roomId);
+    return r ? otherParty(r) : fallback ? nameOf(fallback) : 'your counselor';
+  },
+  freshToken: async () => {
+    if (expiresInSeconds(state.access) < 60) await tokens({ grant_type: 'refresh_token' }).catch(() => {});
+    return state.access;
+  },
+});
+
 // --- start --------------------------------------------------------------------------------
 
 fetch('/auth/providers').then((r) => r.json()).then(({ providers }) => {
@@ -322,7 +356,8 @@ fetch('/auth/providers').then((r) => r.json()).then(({ providers }) => {
 });
 const code = new URLSearchParams(location.hash.slice(1)).get('login_code');
 if (code) {
-  history.replaceState(null, '', location.pathname);
+  // `window.`: this module's own history() (a room's messages) shadows the global.
+  window.history.replaceState(null, '', location.pathname);
   tokens({ grant_type: 'authorization_code', code }).then(signedIn).catch(fail);
 } else if (localStorage.getItem(SESSION_HINT)) {
   // A page reload: the refresh cookie, if still valid, renews the session.

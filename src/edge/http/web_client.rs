@@ -16,7 +16,7 @@ struct Asset {
 /// Where the vendored sockjs-client is served (the SockJS iframe page loads it).
 pub const SOCKJS_CLIENT_PATH: &str = "/web/vendor/sockjs.min.js";
 
-const ASSETS: [Asset; 4] = [
+const ASSETS: [Asset; 5] = [
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
@@ -26,6 +26,11 @@ const ASSETS: [Asset; 4] = [
         path: "/web/app.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("../../../web/app.js"),
+    },
+    Asset {
+        path: "/web/call.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../../web/call.js"),
     },
     Asset {
         path: "/web/vendor/stomp.umd.min.js",
