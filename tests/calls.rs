@@ -128,6 +128,11 @@ async fn a_call_rings_is_accepted_joined_and_hung_up_with_its_duration() {
     a.send(json!({"type": "hangup"})).await;
     let ended = b.expect("ended").await;
     assert_eq!(ended["reason"], "hangup");
+    assert_eq!(
+        a.expect("ended").await["reason"],
+        "hangup",
+        "the one who hung up hears it too"
+    );
     assert_eq!(phone.next_json().await["type"], "ended");
 
     let events = app.call_events(&call).await;

@@ -31,7 +31,8 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
     RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceServer, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSessionDescription, Registry, register_default_interceptors,
+    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
+    register_default_interceptors,
 };
 use webrtc::rtp_transceiver::{
     RTCRtpTransceiverDirection, RTCRtpTransceiverInit, RtpSender, RtpTransceiver,
@@ -498,6 +499,31 @@ async fn read_feedback(track: Arc<TrackLocalStaticRTP>, forwarder: Weak<Forwarde
     }
 }
 
+/// Whether the SFU resolves browsers' mDNS (`.local`) host candidates. The crate opens a
+/// multicast socket per connection for that, and fails the whole connection where multicast
+/// cannot be joined (no route covers 224.0.0.0/4: a container or namespace with only `lo`).
+/// Probed once: where it cannot work, it is off, and browsers' other candidates still connect.
+fn mdns_mode() -> rtc::ice::mdns::MulticastDnsMode {
+    use rtc::ice::mdns::MulticastDnsMode;
+    static MODE: std::sync::OnceLock<MulticastDnsMode> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| {
+        let joined =
+            std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).and_then(|s| {
+                s.join_multicast_v4(
+                    &std::net::Ipv4Addr::new(224, 0, 0, 251),
+                    &std::net::Ipv4Addr::UNSPECIFIED,
+                )
+            });
+        match joined {
+            Ok(()) => MulticastDnsMode::QueryOnly,
+            Err(error) => {
+                tracing::info!(%error, "multicast unavailable: mDNS candidates are not resolved");
+                MulticastDnsMode::Disabled
+            }
+        }
+    })
+}
+
 /// Builds a peer connection with the default codecs (Opus, G.722, PCMU, PCMA; VP8, VP9,
 /// H.264, AV1, H.265, RTX), the default interceptors (NACK both ways, reports, TWCC receiver)
 /// and the keyframe-request marker.
@@ -528,8 +554,12 @@ async fn build_peer_connection(
     let configuration = RTCConfigurationBuilder::new()
         .with_ice_servers(ice_servers)
         .build();
+    let setting_engine = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(mdns_mode())
+        .build();
     let pc = PeerConnectionBuilder::new()
         .with_configuration(configuration)
+        .with_setting_engine(setting_engine)
         .with_media_engine(media_engine)
         .with_interceptor_registry(registry)
         .with_handler(Arc::new(handler))

@@ -255,6 +255,8 @@ pub struct Call {
     pub duration_secs: Option<i64>,
     /// Why it ended (`hangup`, `no_answer`, ...), once ended.
     pub end_reason: Option<String>,
+    /// When it ended.
+    pub ended_at: Option<DateTime<Utc>>,
     /// Who joined.
     pub participants: Vec<String>,
 }
@@ -263,7 +265,7 @@ pub struct Call {
 pub async fn calls(db: &ReadDb, user_id: &str) -> Result<Vec<Call>, ProjectionError> {
     calls_where(
         db,
-        "SELECT call_id, room_id, requested_by, invitee, status, requested_at, started_at, duration_secs, end_reason \
+        "SELECT call_id, room_id, requested_by, invitee, status, requested_at, started_at, duration_secs, end_reason, ended_at \
          FROM rm_calls WHERE requested_by = $1 OR invitee = $1 ORDER BY requested_at DESC LIMIT 200",
         user_id,
     )
@@ -274,7 +276,7 @@ pub async fn calls(db: &ReadDb, user_id: &str) -> Result<Vec<Call>, ProjectionEr
 pub async fn room_calls(db: &ReadDb, room_id: &str) -> Result<Vec<Call>, ProjectionError> {
     calls_where(
         db,
-        "SELECT call_id, room_id, requested_by, invitee, status, requested_at, started_at, duration_secs, end_reason \
+        "SELECT call_id, room_id, requested_by, invitee, status, requested_at, started_at, duration_secs, end_reason, ended_at \
          FROM rm_calls WHERE room_id = $1 ORDER BY requested_at DESC LIMIT 200",
         room_id,
     )
@@ -306,6 +308,7 @@ async fn calls_where(
             started_at: opt_time(r.try_get(6)?),
             duration_secs: r.try_get(7)?,
             end_reason: r.try_get(8)?,
+            ended_at: opt_time(r.try_get(9)?),
             participants,
         });
     }

@@ -39,10 +39,9 @@ if (!process.env.NEULBI_CALL_NETNS) {
 
 function outer() {
   const script = fileURLToPath(import.meta.url);
-  // The multicast route is a workaround for a server bug: the SFU's peer connections open an
-  // mDNS socket, whose multicast join fails with ENODEV ("No such device") where no route
-  // covers 224.0.0.0/4, and then every media join fails (`media_unavailable`). It stays on lo.
-  const setup = 'ip link set lo up && ip route add 224.0.0.0/4 dev lo';
+  // Only lo, and no multicast route: the SFU must cope without mDNS here (it probes and turns
+  // mDNS resolution off where multicast cannot be joined).
+  const setup = 'ip link set lo up';
   const child = spawn('unshare', ['-n', '--', 'sh', '-c', `${setup} && exec "$0" "$1"`, process.execPath, script], {
     env: { ...process.env, NEULBI_CALL_NETNS: '1' },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -354,9 +354,25 @@ impl Connection {
             .instrument(tracing::info_span!("call_command", command = re, call_id = %call))
             .await;
         match result {
-            Ok(_) if leaving => {
+            Ok(outcome) if leaving => {
+                // This connection stops following the call now, so the one who hung up (or
+                // left last) hears the end here rather than from the feed.
+                let ended = outcome.events.iter().find_map(|e| match e {
+                    CallEvent::Ended {
+                        reason,
+                        duration_secs,
+                        ..
+                    } => Some(ServerMessage::Ended {
+                        reason: reason.clone(),
+                        duration_secs: *duration_secs,
+                    }),
+                    _ => None,
+                });
+                if ended.is_some() {
+                    self.signaling.sfu.end_call(call).await;
+                }
                 self.leave_call().await;
-                Vec::new()
+                ended.map(Action::Send).into_iter().collect()
             }
             Ok(_) => Vec::new(),
             Err(e) => vec![Action::Send(actor_error(e, re))],
