@@ -119,7 +119,10 @@ fn now_us() -> u64 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Shape {
     /// One call: publishers × subscribers, video only.
-    Fanout { publishers: usize, subscribers: usize },
+    Fanout {
+        publishers: usize,
+        subscribers: usize,
+    },
     /// N calls of two participants, audio + video both ways.
     Calls { calls: usize },
 }
@@ -211,7 +214,9 @@ fn options() -> anyhow::Result<Options> {
 fn env_name(flag: &str) -> String {
     format!(
         "SFU_LOAD_{}",
-        flag.trim_start_matches('-').replace('-', "_").to_uppercase()
+        flag.trim_start_matches('-')
+            .replace('-', "_")
+            .to_uppercase()
     )
 }
 
@@ -677,8 +682,9 @@ async fn neulbi_join(
                             return;
                         }
                         for (track, stream) in pending.take().unwrap_or_default() {
-                            let Ok(sender) =
-                                pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>).await
+                            let Ok(sender) = pc
+                                .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
+                                .await
                             else {
                                 return;
                             };
@@ -1121,7 +1127,8 @@ impl Target {
         match self {
             Target::Neulbi(sfu) => neulbi_join(sfu, group.call, run, rx, Some(publishing)).await,
             Target::Janus(janus) => {
-                let (pc, tasks) = janus_publish(janus, group.room, feed, run, &rx, publishing).await?;
+                let (pc, tasks) =
+                    janus_publish(janus, group.room, feed, run, &rx, publishing).await?;
                 Ok(Peer {
                     rx,
                     pcs: vec![pc],
@@ -1380,7 +1387,9 @@ async fn drive(
                 let peer = target.join_publisher(group, run, p).await?;
                 let streams = p.streams();
                 if !wait_for(PATIENCE, || {
-                    streams.iter().all(|s| s.next_seq.load(Ordering::Relaxed) > 0)
+                    streams
+                        .iter()
+                        .all(|s| s.next_seq.load(Ordering::Relaxed) > 0)
                 })
                 .await
                 {
@@ -1390,7 +1399,11 @@ async fn drive(
                 pubs.push(peer);
             }
             for (i, peer) in pubs.iter_mut().enumerate() {
-                let others: Vec<u64> = feeds.iter().copied().filter(|&f| f != i as u64 + 1).collect();
+                let others: Vec<u64> = feeds
+                    .iter()
+                    .copied()
+                    .filter(|&f| f != i as u64 + 1)
+                    .collect();
                 if !others.is_empty() {
                     target.subscribe(group, run, peer, &others).await?;
                     for (j, p) in publishing.iter().enumerate() {
@@ -1430,7 +1443,9 @@ async fn drive(
                 let mut a = target.join_publisher(group, run, &pa).await?;
                 let streams_a = pa.streams();
                 if !wait_for(PATIENCE, || {
-                    streams_a.iter().all(|s| s.next_seq.load(Ordering::Relaxed) > 0)
+                    streams_a
+                        .iter()
+                        .all(|s| s.next_seq.load(Ordering::Relaxed) > 0)
                 })
                 .await
                 {
@@ -1530,7 +1545,9 @@ async fn drive(
     };
     let mut notes = Vec::new();
     if !ready {
-        notes.push(format!("{silent} subscriptions silent at the window's start"));
+        notes.push(format!(
+            "{silent} subscriptions silent at the window's start"
+        ));
     }
     if let Target::Janus(janus) = target {
         let trouble = janus.trouble.load(Ordering::Relaxed);
@@ -1609,7 +1626,10 @@ fn janus_lib_dir() -> anyhow::Result<String> {
         "/usr/lib/janus",
         "/opt/janus/lib/janus",
     ] {
-        if std::path::Path::new(dir).join("plugins/libjanus_videoroom.so").exists() {
+        if std::path::Path::new(dir)
+            .join("plugins/libjanus_videoroom.so")
+            .exists()
+        {
             return Ok(dir.to_owned());
         }
     }
@@ -1698,7 +1718,9 @@ async fn janus_child(o: &Options) -> anyhow::Result<()> {
     run_cmd("ip", &["link", "set", "lo", "up"])?;
     run_cmd(
         "ip",
-        &["link", "add", "sfub0", "type", "veth", "peer", "name", "sfub1"],
+        &[
+            "link", "add", "sfub0", "type", "veth", "peer", "name", "sfub1",
+        ],
     )?;
     let addr = format!("{NAMESPACE_ADDR}/32");
     run_cmd("ip", &["addr", "add", &addr, "dev", "sfub0"])?;
@@ -1744,7 +1766,10 @@ async fn janus_child(o: &Options) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    if tokio::time::timeout(Duration::from_secs(15), up).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(15), up)
+        .await
+        .is_err()
+    {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         bail!("Janus did not come up in 15 s; its log:\n{log}");
     }
@@ -1798,7 +1823,10 @@ fn run_janus(shape: &Shape, o: &Options) -> anyhow::Result<ShapeResult> {
     let mut child = KillOnDrop(child);
     let (tx, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if tx.send(line).is_err() {
                 return;
             }
@@ -1967,7 +1995,11 @@ async fn main_async(o: Options) -> anyhow::Result<()> {
     eprintln!(
         "sfu_load: {} run, shapes {}, {} s measured after {} s warm-up, SFU threads {}, {} CPUs",
         if o.smoke { "smoke" } else { "full" },
-        o.shapes.iter().map(Shape::name).collect::<Vec<_>>().join(","),
+        o.shapes
+            .iter()
+            .map(Shape::name)
+            .collect::<Vec<_>>()
+            .join(","),
         o.duration,
         o.warmup,
         o.sfu_threads,
