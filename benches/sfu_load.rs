@@ -49,6 +49,7 @@
 //!            --shape 1x10,1x50,1x100,4x4,calls:50   --servers neulbi,janus
 //!            --duration 10 (measured seconds)  --warmup 2
 //!            --sfu-threads 2 (the SFU runtime's threads)
+//!            --peer-ice-check-ms MS (the load peers' ICE check interval; crate default 200)
 //! Smoke run: cargo test --bench sfu_load   (or `--smoke`: shape 1x2, 2 s, Neulbi only;
 //!            exits 0 only when packets flowed; used by .ci/run)
 //!
@@ -119,7 +120,10 @@ fn now_us() -> u64 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Shape {
     /// One call: publishers × subscribers, video only.
-    Fanout { publishers: usize, subscribers: usize },
+    Fanout {
+        publishers: usize,
+        subscribers: usize,
+    },
     /// N calls of two participants, audio + video both ways.
     Calls { calls: usize },
 }
@@ -211,7 +215,9 @@ fn options() -> anyhow::Result<Options> {
 fn env_name(flag: &str) -> String {
     format!(
         "SFU_LOAD_{}",
-        flag.trim_start_matches('-').replace('-', "_").to_uppercase()
+        flag.trim_start_matches('-')
+            .replace('-', "_")
+            .to_uppercase()
     )
 }
 
@@ -441,6 +447,8 @@ impl StreamRx {
 struct PeerRx {
     window: Arc<Window>,
     first_media_us: AtomicU64,
+    /// When the first of its connections reached `connected` (ICE + DTLS done).
+    connected_us: AtomicU64,
     connected: Arc<AtomicBool>,
     streams: Mutex<HashMap<(u32, u8), StreamRx>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -451,6 +459,7 @@ impl PeerRx {
         Arc::new(PeerRx {
             window: Arc::clone(window),
             first_media_us: AtomicU64::new(0),
+            connected_us: AtomicU64::new(0),
             connected: Arc::new(AtomicBool::new(false)),
             streams: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
@@ -514,6 +523,12 @@ impl PeerConnectionEventHandler for Handler {
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         if state == RTCPeerConnectionState::Connected {
+            let _ = self.rx.connected_us.compare_exchange(
+                0,
+                now_us(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
             self.rx.connected.store(true, Ordering::Relaxed);
         }
     }
@@ -522,6 +537,20 @@ impl PeerConnectionEventHandler for Handler {
         let task = tokio::spawn(read_track(track, Arc::clone(&self.rx)));
         self.rx.tasks.lock().unwrap().push(task);
     }
+}
+
+/// `--peer-ice-check-ms` / SFU_LOAD_PEER_ICE_CHECK_MS: the load peers' ICE check interval
+/// (the `webrtc` crate's default is 200 ms), to see how much of join → media is theirs.
+fn peer_ice_check_ms() -> Option<u64> {
+    static MS: OnceLock<Option<u64>> = OnceLock::new();
+    *MS.get_or_init(|| {
+        let args: Vec<String> = std::env::args().collect();
+        args.iter()
+            .position(|a| a == "--peer-ice-check-ms")
+            .and_then(|i| args.get(i + 1).cloned())
+            .or_else(|| std::env::var("SFU_LOAD_PEER_ICE_CHECK_MS").ok())
+            .and_then(|v| v.parse().ok())
+    })
 }
 
 type Candidates = mpsc::UnboundedReceiver<Option<RTCIceCandidateInit>>;
@@ -534,9 +563,12 @@ async fn build_pc(
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs()?;
     let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
-    let settings = SettingEngineBuilder::new()
-        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-        .build();
+    let mut settings =
+        SettingEngineBuilder::new().with_multicast_dns_mode(MulticastDnsMode::Disabled);
+    if let Some(ms) = peer_ice_check_ms() {
+        settings = settings.with_ice_connection_attempts(Some(Duration::from_millis(ms)), None);
+    }
+    let settings = settings.build();
     let pc = PeerConnectionBuilder::new()
         .with_media_engine(media_engine)
         .with_setting_engine(settings)
@@ -677,8 +709,9 @@ async fn neulbi_join(
                             return;
                         }
                         for (track, stream) in pending.take().unwrap_or_default() {
-                            let Ok(sender) =
-                                pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>).await
+                            let Ok(sender) = pc
+                                .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
+                                .await
                             else {
                                 return;
                             };
@@ -1121,7 +1154,8 @@ impl Target {
         match self {
             Target::Neulbi(sfu) => neulbi_join(sfu, group.call, run, rx, Some(publishing)).await,
             Target::Janus(janus) => {
-                let (pc, tasks) = janus_publish(janus, group.room, feed, run, &rx, publishing).await?;
+                let (pc, tasks) =
+                    janus_publish(janus, group.room, feed, run, &rx, publishing).await?;
                 Ok(Peer {
                     rx,
                     pcs: vec![pc],
@@ -1280,6 +1314,8 @@ struct ShapeResult {
     delay_p99_ms: f64,
     join_p50_ms: f64,
     join_p99_ms: f64,
+    /// Join → the joiner's connection up (ICE + DTLS), the part of the above before media.
+    join_connected_p50_ms: f64,
     joins: usize,
     /// Joiners that never received media.
     joins_without_media: usize,
@@ -1380,7 +1416,9 @@ async fn drive(
                 let peer = target.join_publisher(group, run, p).await?;
                 let streams = p.streams();
                 if !wait_for(PATIENCE, || {
-                    streams.iter().all(|s| s.next_seq.load(Ordering::Relaxed) > 0)
+                    streams
+                        .iter()
+                        .all(|s| s.next_seq.load(Ordering::Relaxed) > 0)
                 })
                 .await
                 {
@@ -1390,7 +1428,11 @@ async fn drive(
                 pubs.push(peer);
             }
             for (i, peer) in pubs.iter_mut().enumerate() {
-                let others: Vec<u64> = feeds.iter().copied().filter(|&f| f != i as u64 + 1).collect();
+                let others: Vec<u64> = feeds
+                    .iter()
+                    .copied()
+                    .filter(|&f| f != i as u64 + 1)
+                    .collect();
                 if !others.is_empty() {
                     target.subscribe(group, run, peer, &others).await?;
                     for (j, p) in publishing.iter().enumerate() {
@@ -1430,7 +1472,9 @@ async fn drive(
                 let mut a = target.join_publisher(group, run, &pa).await?;
                 let streams_a = pa.streams();
                 if !wait_for(PATIENCE, || {
-                    streams_a.iter().all(|s| s.next_seq.load(Ordering::Relaxed) > 0)
+                    streams_a
+                        .iter()
+                        .all(|s| s.next_seq.load(Ordering::Relaxed) > 0)
                 })
                 .await
                 {
@@ -1441,6 +1485,14 @@ async fn drive(
                 let rx = Arc::clone(&b.rx);
                 wait_for(PATIENCE, || rx.first_media_us.load(Ordering::Relaxed) != 0).await;
                 joiners.push((Arc::clone(&b.rx), started));
+                // B's uplink may come up after its downlink: Janus knows the feed once B sends.
+                let streams_b = pb.streams();
+                wait_for(PATIENCE, || {
+                    streams_b
+                        .iter()
+                        .all(|s| s.next_seq.load(Ordering::Relaxed) > 0)
+                })
+                .await;
                 target.subscribe(group, run, &mut a, &[feed_b]).await?;
                 for s in pb.streams() {
                     expected.push((Arc::clone(&a.rx), s));
@@ -1522,6 +1574,14 @@ async fn drive(
         })
         .collect();
     join_ms.sort_by(f64::total_cmp);
+    let mut connected_ms: Vec<f64> = joiners
+        .iter()
+        .filter_map(|(rx, started)| {
+            let up = rx.connected_us.load(Ordering::Relaxed);
+            (up != 0).then(|| up.saturating_sub(*started) as f64 / 1000.0)
+        })
+        .collect();
+    connected_ms.sort_by(f64::total_cmp);
     let server_cpu_s = cpu1 - cpu0;
     let load_cpu_s = match target {
         // The bench process minus the SFU's threads.
@@ -1530,7 +1590,9 @@ async fn drive(
     };
     let mut notes = Vec::new();
     if !ready {
-        notes.push(format!("{silent} subscriptions silent at the window's start"));
+        notes.push(format!(
+            "{silent} subscriptions silent at the window's start"
+        ));
     }
     if let Target::Janus(janus) = target {
         let trouble = janus.trouble.load(Ordering::Relaxed);
@@ -1565,6 +1627,7 @@ async fn drive(
         delay_p99_ms: percentile(&delays, 0.99),
         join_p50_ms: percentile(&join_ms, 0.50),
         join_p99_ms: percentile(&join_ms, 0.99),
+        join_connected_p50_ms: percentile(&connected_ms, 0.50),
         joins: joiners.len(),
         joins_without_media: joiners.len() - join_ms.len(),
         silent_subscriptions: silent,
@@ -1609,7 +1672,10 @@ fn janus_lib_dir() -> anyhow::Result<String> {
         "/usr/lib/janus",
         "/opt/janus/lib/janus",
     ] {
-        if std::path::Path::new(dir).join("plugins/libjanus_videoroom.so").exists() {
+        if std::path::Path::new(dir)
+            .join("plugins/libjanus_videoroom.so")
+            .exists()
+        {
             return Ok(dir.to_owned());
         }
     }
@@ -1698,7 +1764,9 @@ async fn janus_child(o: &Options) -> anyhow::Result<()> {
     run_cmd("ip", &["link", "set", "lo", "up"])?;
     run_cmd(
         "ip",
-        &["link", "add", "sfub0", "type", "veth", "peer", "name", "sfub1"],
+        &[
+            "link", "add", "sfub0", "type", "veth", "peer", "name", "sfub1",
+        ],
     )?;
     let addr = format!("{NAMESPACE_ADDR}/32");
     run_cmd("ip", &["addr", "add", &addr, "dev", "sfub0"])?;
@@ -1744,7 +1812,10 @@ async fn janus_child(o: &Options) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    if tokio::time::timeout(Duration::from_secs(15), up).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(15), up)
+        .await
+        .is_err()
+    {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         bail!("Janus did not come up in 15 s; its log:\n{log}");
     }
@@ -1789,6 +1860,8 @@ fn run_janus(shape: &Shape, o: &Options) -> anyhow::Result<ShapeResult> {
             &o.duration.to_string(),
             "--warmup",
             &o.warmup.to_string(),
+            "--peer-ice-check-ms",
+            &peer_ice_check_ms().map_or(String::new(), |ms| ms.to_string()),
         ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -1798,7 +1871,10 @@ fn run_janus(shape: &Shape, o: &Options) -> anyhow::Result<ShapeResult> {
     let mut child = KillOnDrop(child);
     let (tx, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if tx.send(line).is_err() {
                 return;
             }
@@ -1849,12 +1925,12 @@ fn fmt_num(v: f64, decimals: usize) -> String {
 fn print_table(results: &[ShapeResult]) {
     println!();
     println!(
-        "| shape | server | subs | sent pps | fwd pps | server CPU s | CPU µs/pkt | load CPU s | loss % | delay p50 / p99 ms | join→media p50 / p99 ms | notes |"
+        "| shape | server | subs | sent pps | fwd pps | server CPU s | CPU µs/pkt | load CPU s | loss % | delay p50 / p99 ms | join→media p50 / p99 ms | join→connected p50 ms | notes |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in results {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} | {} |",
             r.shape,
             r.server,
             r.subscriptions,
@@ -1868,6 +1944,7 @@ fn print_table(results: &[ShapeResult]) {
             fmt_num(r.delay_p99_ms, 2),
             fmt_num(r.join_p50_ms, 0),
             fmt_num(r.join_p99_ms, 0),
+            fmt_num(r.join_connected_p50_ms, 0),
             r.notes
         );
     }
@@ -1936,7 +2013,7 @@ fn janus_available() -> Result<(), String> {
         return Err("the Janus side needs root (unshare -n, ip link)".into());
     }
     let found = std::process::Command::new(janus_bin())
-        .arg("--version")
+        .arg("--help")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
@@ -1967,7 +2044,11 @@ async fn main_async(o: Options) -> anyhow::Result<()> {
     eprintln!(
         "sfu_load: {} run, shapes {}, {} s measured after {} s warm-up, SFU threads {}, {} CPUs",
         if o.smoke { "smoke" } else { "full" },
-        o.shapes.iter().map(Shape::name).collect::<Vec<_>>().join(","),
+        o.shapes
+            .iter()
+            .map(Shape::name)
+            .collect::<Vec<_>>()
+            .join(","),
         o.duration,
         o.warmup,
         o.sfu_threads,
