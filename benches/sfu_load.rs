@@ -49,6 +49,7 @@
 //!            --shape 1x10,1x50,1x100,4x4,calls:50   --servers neulbi,janus
 //!            --duration 10 (measured seconds)  --warmup 2
 //!            --sfu-threads 2 (the SFU runtime's threads)
+//!            --peer-ice-check-ms MS (the load peers' ICE check interval; crate default 200)
 //! Smoke run: cargo test --bench sfu_load   (or `--smoke`: shape 1x2, 2 s, Neulbi only;
 //!            exits 0 only when packets flowed; used by .ci/run)
 //!
@@ -446,6 +447,8 @@ impl StreamRx {
 struct PeerRx {
     window: Arc<Window>,
     first_media_us: AtomicU64,
+    /// When the first of its connections reached `connected` (ICE + DTLS done).
+    connected_us: AtomicU64,
     connected: Arc<AtomicBool>,
     streams: Mutex<HashMap<(u32, u8), StreamRx>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -456,6 +459,7 @@ impl PeerRx {
         Arc::new(PeerRx {
             window: Arc::clone(window),
             first_media_us: AtomicU64::new(0),
+            connected_us: AtomicU64::new(0),
             connected: Arc::new(AtomicBool::new(false)),
             streams: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
@@ -519,6 +523,12 @@ impl PeerConnectionEventHandler for Handler {
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         if state == RTCPeerConnectionState::Connected {
+            let _ = self.rx.connected_us.compare_exchange(
+                0,
+                now_us(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
             self.rx.connected.store(true, Ordering::Relaxed);
         }
     }
@@ -527,6 +537,20 @@ impl PeerConnectionEventHandler for Handler {
         let task = tokio::spawn(read_track(track, Arc::clone(&self.rx)));
         self.rx.tasks.lock().unwrap().push(task);
     }
+}
+
+/// `--peer-ice-check-ms` / SFU_LOAD_PEER_ICE_CHECK_MS: the load peers' ICE check interval
+/// (the `webrtc` crate's default is 200 ms), to see how much of join → media is theirs.
+fn peer_ice_check_ms() -> Option<u64> {
+    static MS: OnceLock<Option<u64>> = OnceLock::new();
+    *MS.get_or_init(|| {
+        let args: Vec<String> = std::env::args().collect();
+        args.iter()
+            .position(|a| a == "--peer-ice-check-ms")
+            .and_then(|i| args.get(i + 1).cloned())
+            .or_else(|| std::env::var("SFU_LOAD_PEER_ICE_CHECK_MS").ok())
+            .and_then(|v| v.parse().ok())
+    })
 }
 
 type Candidates = mpsc::UnboundedReceiver<Option<RTCIceCandidateInit>>;
@@ -539,9 +563,12 @@ async fn build_pc(
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs()?;
     let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
-    let settings = SettingEngineBuilder::new()
-        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-        .build();
+    let mut settings =
+        SettingEngineBuilder::new().with_multicast_dns_mode(MulticastDnsMode::Disabled);
+    if let Some(ms) = peer_ice_check_ms() {
+        settings = settings.with_ice_connection_attempts(Some(Duration::from_millis(ms)), None);
+    }
+    let settings = settings.build();
     let pc = PeerConnectionBuilder::new()
         .with_media_engine(media_engine)
         .with_setting_engine(settings)
@@ -1287,6 +1314,8 @@ struct ShapeResult {
     delay_p99_ms: f64,
     join_p50_ms: f64,
     join_p99_ms: f64,
+    /// Join → the joiner's connection up (ICE + DTLS), the part of the above before media.
+    join_connected_p50_ms: f64,
     joins: usize,
     /// Joiners that never received media.
     joins_without_media: usize,
@@ -1456,6 +1485,14 @@ async fn drive(
                 let rx = Arc::clone(&b.rx);
                 wait_for(PATIENCE, || rx.first_media_us.load(Ordering::Relaxed) != 0).await;
                 joiners.push((Arc::clone(&b.rx), started));
+                // B's uplink may come up after its downlink: Janus knows the feed once B sends.
+                let streams_b = pb.streams();
+                wait_for(PATIENCE, || {
+                    streams_b
+                        .iter()
+                        .all(|s| s.next_seq.load(Ordering::Relaxed) > 0)
+                })
+                .await;
                 target.subscribe(group, run, &mut a, &[feed_b]).await?;
                 for s in pb.streams() {
                     expected.push((Arc::clone(&a.rx), s));
@@ -1537,6 +1574,14 @@ async fn drive(
         })
         .collect();
     join_ms.sort_by(f64::total_cmp);
+    let mut connected_ms: Vec<f64> = joiners
+        .iter()
+        .filter_map(|(rx, started)| {
+            let up = rx.connected_us.load(Ordering::Relaxed);
+            (up != 0).then(|| up.saturating_sub(*started) as f64 / 1000.0)
+        })
+        .collect();
+    connected_ms.sort_by(f64::total_cmp);
     let server_cpu_s = cpu1 - cpu0;
     let load_cpu_s = match target {
         // The bench process minus the SFU's threads.
@@ -1582,6 +1627,7 @@ async fn drive(
         delay_p99_ms: percentile(&delays, 0.99),
         join_p50_ms: percentile(&join_ms, 0.50),
         join_p99_ms: percentile(&join_ms, 0.99),
+        join_connected_p50_ms: percentile(&connected_ms, 0.50),
         joins: joiners.len(),
         joins_without_media: joiners.len() - join_ms.len(),
         silent_subscriptions: silent,
@@ -1814,6 +1860,8 @@ fn run_janus(shape: &Shape, o: &Options) -> anyhow::Result<ShapeResult> {
             &o.duration.to_string(),
             "--warmup",
             &o.warmup.to_string(),
+            "--peer-ice-check-ms",
+            &peer_ice_check_ms().map_or(String::new(), |ms| ms.to_string()),
         ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -1877,12 +1925,12 @@ fn fmt_num(v: f64, decimals: usize) -> String {
 fn print_table(results: &[ShapeResult]) {
     println!();
     println!(
-        "| shape | server | subs | sent pps | fwd pps | server CPU s | CPU µs/pkt | load CPU s | loss % | delay p50 / p99 ms | join→media p50 / p99 ms | notes |"
+        "| shape | server | subs | sent pps | fwd pps | server CPU s | CPU µs/pkt | load CPU s | loss % | delay p50 / p99 ms | join→media p50 / p99 ms | join→connected p50 ms | notes |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in results {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} | {} |",
             r.shape,
             r.server,
             r.subscriptions,
@@ -1896,6 +1944,7 @@ fn print_table(results: &[ShapeResult]) {
             fmt_num(r.delay_p99_ms, 2),
             fmt_num(r.join_p50_ms, 0),
             fmt_num(r.join_p99_ms, 0),
+            fmt_num(r.join_connected_p50_ms, 0),
             r.notes
         );
     }
@@ -1964,7 +2013,7 @@ fn janus_available() -> Result<(), String> {
         return Err("the Janus side needs root (unshare -n, ip link)".into());
     }
     let found = std::process::Command::new(janus_bin())
-        .arg("--version")
+        .arg("--help")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
