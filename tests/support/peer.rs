@@ -125,7 +125,7 @@ impl PeerConnectionEventHandler for Handler {
         tokio::spawn(async move {
             let id = track.track_id().await.to_string();
             let ssrc = track.ssrcs().await.first().copied().unwrap_or_default();
-            let mime = track
+            let mut mime = track
                 .codec(ssrc)
                 .await
                 .map(|c| c.mime_type)
@@ -135,11 +135,23 @@ impl PeerConnectionEventHandler for Handler {
                 .expect("lock")
                 .entry(id.clone())
                 .or_default()
-                .mime = mime;
+                .mime = mime.clone();
             while let Some(event) = track.poll().await {
                 if let TrackRemoteEvent::OnRtpPacket(packet) = event {
+                    // The codec may not be known yet when the track is announced (seen on a
+                    // loaded machine): ask again with the packets' SSRC until it is.
+                    if mime.is_empty() {
+                        mime = track
+                            .codec(packet.header.ssrc)
+                            .await
+                            .map(|c| c.mime_type)
+                            .unwrap_or_default();
+                    }
                     let mut tracks = seen.tracks.lock().expect("lock");
                     let r = tracks.entry(id.clone()).or_default();
+                    if r.mime.is_empty() {
+                        r.mime = mime.clone();
+                    }
                     r.packets += 1;
                     if packet.payload.len() >= 17 {
                         let uuid = Uuid::from_slice(&packet.payload[..16]).unwrap_or_default();
