@@ -112,7 +112,7 @@ export function setupCalls(app) {
   /** Fetches the room's calls and merges them into the message list by time. A call that
    * just ended may trail in the read model: `until` names one that must show as over. */
   async function showRoomCalls(roomId, until) {
-    for (let attempt = 0; attempt < 30; attempt++) {
+    for (let attempt = 0; attempt < 75; attempt++) {
       if (app.state.room !== roomId) return;
       let items;
       try {
@@ -142,6 +142,10 @@ export function setupCalls(app) {
       box.insertBefore(el, later ?? null);
       if (!later) box.scrollTop = box.scrollHeight;
     }
+    // A trailing read model must not turn an entry that is over back into "in progress".
+    const over = ['ended', 'declined'].includes(c.status);
+    if (el.dataset.over && !over) return;
+    if (over) el.dataset.over = '1';
     el.className = `msg call-entry${missed ? ' missed' : ''}`;
     const line = document.createElement('div');
     const label = document.createElement('span');
@@ -178,7 +182,18 @@ export function setupCalls(app) {
         const why = p.reason === 'no_answer' ? 'No answer.' : `Call ended · ${formatDuration(p.duration_secs ?? 0)}`;
         teardown(why);
       }
-      if (app.state.room === p.room_id) showRoomCalls(p.room_id, p.call_id).catch(() => {});
+      if (app.state.room === p.room_id) {
+        // The push says how it ended; the read model may trail it by seconds under load, so
+        // the entry shows the push's word at once and the list catches up behind it.
+        const el = $('messages').querySelector(`[data-call="${CSS.escape(p.call_id)}"]`);
+        if (el && p.reason !== 'no_answer' && p.duration_secs > 0) {
+          showCallEntry({
+            call_id: p.call_id, room_id: p.room_id, requested_at: el.dataset.at, status: 'ended',
+            started_at: el.dataset.at, duration_secs: p.duration_secs, end_reason: p.reason,
+          });
+        }
+        showRoomCalls(p.room_id, p.call_id).catch(() => {});
+      }
     }
   }
 
