@@ -37,7 +37,10 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 /// What one remote track delivered.
 #[derive(Debug, Clone, Default)]
 pub struct Received {
+    /// The codec the track names; empty when webrtc 0.21 could not name it (see `receives`).
     pub mime: String,
+    /// Payload type of the last packet, to find the negotiated codec when `mime` is empty.
+    pub payload_type: u8,
     pub packets: u64,
     /// Publisher id and kind byte read from the payloads (the last one seen).
     pub origin: Option<(Uuid, u8)>,
@@ -153,6 +156,7 @@ impl PeerConnectionEventHandler for Handler {
                         r.mime = mime.clone();
                     }
                     r.packets += 1;
+                    r.payload_type = packet.header.payload_type;
                     if packet.payload.len() >= 17 {
                         let uuid = Uuid::from_slice(&packet.payload[..16]).unwrap_or_default();
                         r.origin = Some((uuid, packet.payload[16]));
@@ -479,16 +483,44 @@ impl Browser {
                 "one {} track from {from}: {tracks:?}",
                 kind as char
             );
-            // webrtc 0.21 sometimes cannot name a remote track's codec yet on a loaded
-            // machine (seen twice in full-suite runs, relay-only); the payloads above still
-            // prove the media. A codec it does name must be the right one.
-            let got = &tracks[0].1.mime;
+            // webrtc 0.21 cannot name a track's codec when a renegotiation resets the
+            // receiver's codings between a stream's first packet and the track event (a race
+            // seen on loaded machines): then the codec is the one negotiated for the packets'
+            // payload type, as a browser would decode them.
+            let track = &tracks[0].1;
+            let got = if track.mime.is_empty() {
+                self.negotiated(track.payload_type).await
+            } else {
+                track.mime.clone()
+            };
             assert!(
-                got.is_empty() || got.eq_ignore_ascii_case(mime),
-                "codec of {} is {got}",
+                got.eq_ignore_ascii_case(mime),
+                "codec of {} is {got:?} (payload type {})",
                 kind as char,
+                track.payload_type,
             );
         }
+    }
+
+    /// The codec the receive side negotiated for `payload_type`, over all transceivers.
+    async fn negotiated(&self, payload_type: u8) -> String {
+        for transceiver in self.pc.get_transceivers().await {
+            let Ok(Some(receiver)) = transceiver.receiver().await else {
+                continue;
+            };
+            let Ok(parameters) = receiver.get_parameters().await else {
+                continue;
+            };
+            if let Some(codec) = parameters
+                .rtp_parameters
+                .codecs
+                .iter()
+                .find(|c| c.payload_type == payload_type)
+            {
+                return codec.rtp_codec.mime_type.clone();
+            }
+        }
+        String::new()
     }
 
     /// The browser tab goes away without a word: socket and peer connection closed.
