@@ -38,6 +38,9 @@ pub enum Command {
     /// Operator actions on users.
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Key-encryption keys and access-token signing keys: status and rotation.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Read models: status and rebuild.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
@@ -133,6 +136,25 @@ pub enum DevCommand {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+}
+
+/// Key management.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// How the stored keys are wrapped: rows per key-encryption key (KEK), plaintext rows
+    /// left by older versions, destroyed data keys.
+    Status {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rewrap every stored key under the current KEK (`NEULBI_KEK` / `[keys] kek`),
+    /// unwrapping with the previous ones (`NEULBI_KEK_PREVIOUS`). Nodes that hold both KEKs
+    /// keep serving throughout; afterwards the previous KEK can be dropped.
+    RotateKek,
+    /// Sign new access tokens with a fresh key. The old key stays in the JWKS and keeps
+    /// verifying until the tokens it signed have expired; every node switches within a minute.
+    RotateSigning,
 }
 
 /// Operator actions on users.
@@ -396,6 +418,96 @@ pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
     bar.set_style(style);
     bar.set_message(what.to_owned());
     bar
+}
+
+/// `neulbi keys status`.
+pub async fn keys_status(
+    storage: &crate::store::Storage,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let status = crate::privacy::rewrap::status(&storage.database, &storage.kek).await?;
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&status)?)?;
+        return Ok(());
+    }
+    writeln!(out, "current KEK: {}", status.current_kek)?;
+    writeln!(out, "{:<16} {:<40} {:>8}", "TABLE", "WRAPPED BY", "ROWS")?;
+    for (table, t) in &status.tables {
+        for (kek, n) in &t.wrapped {
+            writeln!(out, "{table:<16} {kek:<40} {n:>8}")?;
+        }
+        if t.plaintext > 0 {
+            writeln!(out, "{table:<16} {:<40} {:>8}", "(plaintext)", t.plaintext)?;
+        }
+        if t.destroyed > 0 {
+            writeln!(out, "{table:<16} {:<40} {:>8}", "(destroyed)", t.destroyed)?;
+        }
+    }
+    let others: Vec<String> = status
+        .keks_in_use()
+        .into_keys()
+        .filter(|k| *k != status.current_kek)
+        .collect();
+    if others.is_empty() {
+        writeln!(out, "every stored key is wrapped by the current KEK")?;
+    } else {
+        writeln!(
+            out,
+            "still wrapped by {}: run `neulbi keys rotate-kek` before dropping it",
+            others.join(", ")
+        )?;
+    }
+    Ok(())
+}
+
+/// `neulbi keys rotate-kek`: rewraps every stored key under the current KEK.
+pub async fn keys_rotate_kek(
+    storage: &crate::store::Storage,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let bar = progress_bar(0, "rewrapping");
+    let n = crate::privacy::rewrap::rewrap(&storage.database, &storage.kek, &bar)
+        .await
+        .context("rewrapping the stored keys")?;
+    bar.finish_and_clear();
+    let status = crate::privacy::rewrap::status(&storage.database, &storage.kek).await?;
+    writeln!(
+        out,
+        "rewrapped {n} keys under {}; {} rows remain under other KEKs",
+        storage.kek.current_id(),
+        status
+            .keks_in_use()
+            .iter()
+            .filter(|(k, _)| **k != status.current_kek)
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    )?;
+    Ok(())
+}
+
+/// `neulbi keys rotate-signing`: adds a signing key; the previous ones retire.
+pub async fn keys_rotate_signing(
+    storage: &crate::store::Storage,
+    config: &crate::config::Config,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    if config.auth.signing_key_pem.is_some() {
+        anyhow::bail!(
+            "signing keys come from NEULBI_AUTH_SIGNING_KEY; rotate them there (put the old \
+             key in NEULBI_AUTH_VERIFY_KEYS until its tokens have expired)"
+        );
+    }
+    let grace = crate::auth::keys::grace_secs(config.auth.access_token_ttl_secs);
+    let ring = crate::auth::keys::KeyRing::rotate(&storage.database, &storage.kek, grace)
+        .await
+        .context("rotating the signing key")?;
+    writeln!(
+        out,
+        "new tokens are signed with {}; the previous keys verify for {grace} s more",
+        ring.signing_kid()
+    )?;
+    Ok(())
 }
 
 /// `neulbi projections status`.

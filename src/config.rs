@@ -131,6 +131,8 @@ pub struct Config {
     pub calls: crate::edge::signaling::settings::CallSettings,
     /// Media relays (`[media.turn]`): the embedded TURN server or an external coturn.
     pub media: MediaConfig,
+    /// Key-encryption keys (`[keys]`): what wraps the data keys, signing keys and secrets.
+    pub keys: crate::privacy::KeySettings,
 }
 
 /// The `[media]` section: TURN. The embedded TURN server runs when `media.turn.secret` is set
@@ -161,6 +163,7 @@ impl Default for Config {
             chat: crate::edge::stomp::settings::ChatSettings::default(),
             calls: crate::edge::signaling::settings::CallSettings::default(),
             media: MediaConfig::default(),
+            keys: crate::privacy::KeySettings::default(),
         }
     }
 }
@@ -267,7 +270,28 @@ impl Config {
                 var: "NEULBI_TURN_*",
                 message: e.to_string(),
             })?;
+        self.keys
+            .apply_env(&get)
+            .map_err(|message| ConfigError::Env {
+                var: "NEULBI_KEK*/NEULBI_KMS_*",
+                message,
+            })?;
         Ok(())
+    }
+
+    /// Opens the configured database with this configuration's keys (`[keys]`).
+    pub async fn open_storage(
+        &self,
+        migrate: bool,
+    ) -> Result<crate::store::Storage, crate::store::StoreError> {
+        crate::store::open_storage_with(
+            &self.database_url(),
+            self.store_limits(),
+            migrate,
+            &self.keys,
+            &self.data_dir,
+        )
+        .await
     }
 
     /// The database URL in force: the explicit one, or the SQLite file in the data dir.

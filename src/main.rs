@@ -2,7 +2,8 @@
 
 use clap::Parser;
 use neulbi::cli::{
-    self, AuditKind, Cli, Command, DevCommand, EventsCommand, ProjectionsCommand, UsersCommand,
+    self, AuditKind, Cli, Command, DevCommand, EventsCommand, KeysCommand, ProjectionsCommand,
+    UsersCommand,
 };
 use neulbi::config::Config;
 use neulbi::projections::{self, ReadDb};
@@ -49,7 +50,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let url = config.database_url();
-            let s = store::open(&url, config.store_limits(), true).await?;
+            let s = config.open_storage(true).await?.events;
             s.close().await;
             println!("migrations applied to {}", store::redact_url(&url));
             Ok(())
@@ -61,7 +62,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .parse::<neulbi_domain::StreamName>()
                     .map_err(|e| anyhow::anyhow!("invalid stream name {stream:?}: {e}"))?;
             }
-            let s = store::open(&config.database_url(), config.store_limits(), true).await?;
+            let s = config.open_storage(true).await?.events;
             let mut out = std::io::stdout().lock();
             let result = match cmd {
                 EventsCommand::Read {
@@ -82,7 +83,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Projections(cmd) => {
             let url = config.database_url();
-            let s = store::open(&url, config.store_limits(), true).await?;
+            let s = config.open_storage(true).await?.events;
             let db = ReadDb::connect(&projections::db::read_model_url(&url)).await?;
             let mut out = std::io::stdout().lock();
             let result = match cmd {
@@ -119,7 +120,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .parse()
                 .map_err(|_| anyhow::anyhow!("invalid id {id:?}: expected a UUID"))?;
             let url = config.database_url();
-            let s = store::open(&url, config.store_limits(), true).await?;
+            let s = config.open_storage(true).await?.events;
             let db = ReadDb::connect(&projections::db::read_model_url(&url)).await?;
             // The audit trail is a read model: bring it up to date first.
             projections::runtime::catch_up(&s, &db).await?;
@@ -148,7 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(a) => a.parse().map_err(|e: String| anyhow::anyhow!(e))?,
                 None => neulbi::tools::replay::At::Now,
             };
-            let s = store::open(&config.database_url(), config.store_limits(), true).await?;
+            let s = config.open_storage(true).await?.events;
             let r = neulbi::tools::replay::replay(&s, &name, at).await;
             s.close().await;
             let r = r?;
@@ -174,7 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             calls,
             seed,
         }) => {
-            let s = store::open(&config.database_url(), config.store_limits(), true).await?;
+            let s = config.open_storage(true).await?.events;
             let spec = neulbi::tools::seed::SeedSpec {
                 counselors,
                 clients,
@@ -215,17 +216,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Users(UsersCommand::Erase { user_id, yes }) => {
-            let storage =
-                store::open_storage(&config.database_url(), config.store_limits(), true).await?;
+            let storage = config.open_storage(true).await?;
             let mut out = std::io::stdout().lock();
             let result =
                 cli::users_erase_with_images(&storage, &config, &user_id, yes, &mut out).await;
             storage.events.close().await;
             result
         }
+        Command::Keys(command) => {
+            let storage = config.open_storage(true).await?;
+            let mut out = std::io::stdout().lock();
+            let result = match command {
+                KeysCommand::Status { json } => cli::keys_status(&storage, json, &mut out).await,
+                KeysCommand::RotateKek => cli::keys_rotate_kek(&storage, &mut out).await,
+                KeysCommand::RotateSigning => {
+                    cli::keys_rotate_signing(&storage, &config, &mut out).await
+                }
+            };
+            storage.events.close().await;
+            result
+        }
         Command::Users(UsersCommand::GrantCounselor { user_id }) => {
-            let storage =
-                store::open_storage(&config.database_url(), config.store_limits(), true).await?;
+            let storage = config.open_storage(true).await?;
             let mut out = std::io::stdout().lock();
             let result = cli::users_grant_counselor(&storage, &user_id, &mut out).await;
             storage.events.close().await;
@@ -235,7 +247,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn export(config: &Config, file: Option<std::path::PathBuf>) -> anyhow::Result<()> {
-    let storage = store::open_storage(&config.database_url(), config.store_limits(), true).await?;
+    let storage = config.open_storage(true).await?;
     let n = match file {
         Some(path) => {
             let f = std::fs::File::create(&path)
@@ -254,7 +266,7 @@ async fn export(config: &Config, file: Option<std::path::PathBuf>) -> anyhow::Re
 }
 
 async fn import(config: &Config, path: &std::path::Path) -> anyhow::Result<()> {
-    let storage = store::open_storage(&config.database_url(), config.store_limits(), true).await?;
+    let storage = config.open_storage(true).await?;
     let result = import_into(&storage.raw, path).await;
     storage.raw.close().await;
     result

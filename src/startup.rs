@@ -141,7 +141,8 @@ impl Application {
     /// Opens the store (migrating if configured), binds the listener and builds the server.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let url = config.database_url();
-        let storage = store::open_storage(&url, config.store_limits(), config.store.auto_migrate)
+        let storage = config
+            .open_storage(config.store.auto_migrate)
             .await
             .with_context(|| format!("opening the event store at {}", store::redact_url(&url)))?;
         let store = storage.events.clone();

@@ -301,3 +301,72 @@ fn dev_bench_fixture_writes_rooms_and_tokens() {
     assert_eq!(fixture.fanout.subscribers.len(), 5);
     assert!(fixture.rooms.iter().all(|r| r.id != fixture.fanout.room));
 }
+
+#[test]
+fn keys_commands_report_rotate_and_refuse_a_missing_kek() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = |args: &[&str], env: &[(&str, String)]| {
+        let mut c = neulbi(dir.path());
+        c.args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().expect("run neulbi");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Two signing-key generations, wrapped by the default KEK file created on first use.
+    for _ in 0..2 {
+        let (ok, out, err) = run(&["keys", "rotate-signing"], &[]);
+        assert!(ok, "{out}{err}");
+        assert!(out.contains("new tokens are signed with"), "{out}");
+    }
+    let old = dir.path().join("neulbi.kek");
+    assert!(old.exists(), "default KEK file beside the database");
+    let (ok, out, err) = run(&["keys", "status", "--json"], &[]);
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    let old_id = status["current_kek"].as_str().expect("kek").to_owned();
+    assert_eq!(status["tables"]["signing keys"]["wrapped"][&old_id], 2);
+
+    // Rotate to a new KEK with the old one as previous.
+    let new = dir.path().join("new.kek");
+    std::fs::write(
+        &new,
+        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n", // 32 bytes, base64
+    )
+    .expect("write kek");
+    let both = [
+        ("NEULBI_KEK", format!("file:{}", new.display())),
+        ("NEULBI_KEK_PREVIOUS", format!("file:{}", old.display())),
+    ];
+    let (ok, out, err) = run(&["keys", "status"], &both);
+    assert!(ok, "{err}");
+    assert!(out.contains("run `neulbi keys rotate-kek`"), "{out}");
+    let (ok, out, err) = run(&["keys", "rotate-kek"], &both);
+    assert!(ok, "{err}");
+    assert!(out.contains("rewrapped 2 keys"), "{out}");
+    assert!(out.contains("0 rows remain"), "{out}");
+    let only_new = [("NEULBI_KEK", format!("file:{}", new.display()))];
+    let (ok, out, err) = run(&["keys", "status"], &only_new);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("every stored key is wrapped by the current KEK"),
+        "{out}"
+    );
+
+    // The old KEK alone no longer opens the database: refused, naming what is missing.
+    let (ok, _, err) = run(&["keys", "status"], &[]);
+    assert!(!ok);
+    assert!(err.contains("does not have") && err.contains("NEULBI_KEK"), "{err}");
+    // A pasted key instead of a spec is refused without being echoed.
+    let (ok, _, err) = run(
+        &["keys", "status"],
+        &[("NEULBI_KEK", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into())],
+    );
+    assert!(!ok);
+    assert!(err.contains("file:PATH") && !err.contains("MDEyMzQ1"), "{err}");
+}

@@ -9,7 +9,7 @@ use neulbi::actors::{ActorError, Registry, RegistryConfig, codec};
 use neulbi::privacy::erasure::erase_user;
 use neulbi::projections::db::read_model_url;
 use neulbi::projections::{ReadDb, runtime};
-use neulbi::store::{self, Direction, Metadata, Storage, StoreLimits};
+use neulbi::store::{Direction, Metadata, Storage};
 use neulbi_domain::chat_room::{ChatRoomDecider, RoomEvent};
 use neulbi_domain::user::{UserCommand, UserDecider};
 use neulbi_domain::{Actor, Context, Decider, DomainError, Role, StreamKind, StreamName};
@@ -62,9 +62,7 @@ async fn erasure_leaves_no_personal_data(b: Backend) {
         keys,
         database,
         ..
-    } = store::open_storage(&b.url, StoreLimits::default(), false)
-        .await
-        .expect("storage");
+    } = b.storage(false).await;
     let users = Registry::<UserDecider>::new(events.clone(), RegistryConfig::default());
     let rooms = Registry::<ChatRoomDecider>::new(events.clone(), RegistryConfig::default());
     let s = seed(&users, &rooms).await;
@@ -214,9 +212,7 @@ async fn postgres_erasure_leaves_no_personal_data() {
 #[actix_rt::test]
 async fn key_loss_for_one_user_affects_no_other() {
     let b = Backend::sqlite().await;
-    let Storage { events, keys, .. } = store::open_storage(&b.url, StoreLimits::default(), false)
-        .await
-        .expect("storage");
+    let Storage { events, keys, .. } = b.storage(false).await;
     let users = Registry::<UserDecider>::new(events.clone(), RegistryConfig::default());
     let rooms = Registry::<ChatRoomDecider>::new(events.clone(), RegistryConfig::default());
     let s = seed(&users, &rooms).await;

@@ -8,7 +8,7 @@ use neulbi::actors::{Registry, RegistryConfig};
 use neulbi::config::Config;
 use neulbi::privacy::erasure::erase_user;
 use neulbi::startup::Application;
-use neulbi::store::{self, Metadata, Storage, StoreLimits};
+use neulbi::store::{Metadata, Storage};
 use neulbi_domain::Role;
 use neulbi_domain::chat_room::ChatRoomDecider;
 use neulbi_domain::user::UserDecider;
@@ -26,9 +26,7 @@ async fn a_full_scenario_logs_no_personal_data() {
         keys,
         database,
         ..
-    } = store::open_storage(&b.url, StoreLimits::default(), false)
-        .await
-        .expect("storage");
+    } = b.storage(false).await;
     let users = Registry::<UserDecider>::new(events.clone(), RegistryConfig::default());
     let rooms = Registry::<ChatRoomDecider>::new(events.clone(), RegistryConfig::default());
     let s = seed(&users, &rooms).await;

@@ -4,7 +4,7 @@
 mod support;
 
 use neulbi::actors::codec;
-use neulbi::store::{self, Direction, StoreLimits};
+use neulbi::store::Direction;
 use neulbi::tools::replay::{At, replay};
 use neulbi::tools::seed::{SeedSpec, seed};
 use neulbi::tools::transfer::{ImportError, check, export, import};
@@ -16,10 +16,8 @@ use support::Backend;
 
 const FIXTURE: &str = include_str!("fixtures/v1-room-log.ndjson");
 
-async fn export_bytes(url: &str) -> Vec<u8> {
-    let storage = store::open_storage(url, StoreLimits::default(), true)
-        .await
-        .expect("storage");
+async fn export_bytes(b: &Backend) -> Vec<u8> {
+    let storage = b.storage(true).await;
     let mut out = Vec::new();
     export(&storage.raw, &mut out, |_| {})
         .await
@@ -39,7 +37,7 @@ async fn round_trip(a: Backend, b: Backend) {
     };
     let n = seed(&a.store, spec, |_, _| {}).await.expect("seed");
     assert!(n > 300);
-    let first = export_bytes(&a.url).await;
+    let first = export_bytes(&a).await;
     assert_eq!(first.iter().filter(|&&c| c == b'\n').count() as u64, n);
     let text = String::from_utf8_lossy(&first);
     assert!(
@@ -47,9 +45,7 @@ async fn round_trip(a: Backend, b: Backend) {
         "exports carry sealed personal fields only"
     );
 
-    let target = store::open_storage(&b.url, StoreLimits::default(), true)
-        .await
-        .expect("target");
+    let target = b.storage(true).await;
     check(&target.raw, Cursor::new(&first))
         .await
         .expect("check");
@@ -57,13 +53,11 @@ async fn round_trip(a: Backend, b: Backend) {
         .await
         .expect("import");
     target.events.close().await;
-    let second = export_bytes(&b.url).await;
+    let second = export_bytes(&b).await;
     assert!(first == second, "export → import → export is byte-exact");
 
     // Importing again refuses: the streams exist now. Nothing is written.
-    let again = store::open_storage(&b.url, StoreLimits::default(), false)
-        .await
-        .expect("again");
+    let again = b.storage(false).await;
     let head = again.events.head_position().await.expect("head");
     let err = check(&again.events, Cursor::new(&first))
         .await

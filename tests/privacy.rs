@@ -3,7 +3,7 @@
 
 mod support;
 
-use neulbi::store::{self, Direction, EventData, ExpectedVersion, StoreLimits};
+use neulbi::store::{self, Direction, EventData, ExpectedVersion};
 use neulbi_domain::{StreamKind, StreamName};
 use serde_json::json;
 use support::Backend;
@@ -34,9 +34,7 @@ async fn raw_data(b: &Backend) -> String {
 }
 
 async fn erasure_is_per_owner(b: Backend) {
-    let storage = store::open_storage(&b.url, StoreLimits::default(), false)
-        .await
-        .expect("storage");
+    let storage = b.storage(false).await;
     let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
     let room = StreamName::new(StreamKind::Room, Uuid::now_v7());
     let events = vec![
@@ -74,9 +72,7 @@ async fn erasure_is_per_owner(b: Backend) {
 
     storage.keys.destroy(alice).await.expect("destroy");
     // A second instance (another node, or after restart) sees the erasure too.
-    let other = store::open(&b.url, StoreLimits::default(), false)
-        .await
-        .expect("other");
+    let other = b.open_again().await;
     for s in [&storage.events, &other] {
         let read = s.read_all(0, 10).await.expect("read after erasure");
         assert_eq!(

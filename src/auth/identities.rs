@@ -9,12 +9,14 @@
 
 use super::AuthError;
 use super::tokens::hex_lower;
+use crate::privacy::{KekRing, WrapContext};
 use crate::store::Database;
 use chacha20poly1305::aead::OsRng;
 use chacha20poly1305::aead::rand_core::RngCore;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use uuid::Uuid;
+use zeroize::Zeroizing;
 
 /// The name of the generated lookup secret in `auth_secrets`.
 const LOOKUP_SECRET: &str = "identity_lookup";
@@ -75,7 +77,11 @@ pub struct IdentityStore {
 impl IdentityStore {
     /// An identity store keyed by `secret`: the configured one, or one generated on first run
     /// and kept in the database.
-    pub async fn open(db: Database, configured: Option<&str>) -> Result<Self, AuthError> {
+    pub async fn open(
+        db: Database,
+        configured: Option<&str>,
+        kek: &KekRing,
+    ) -> Result<Self, AuthError> {
         let secret = match configured {
             Some(s) if s.len() >= 32 => s.as_bytes().to_vec(),
             Some(_) => {
@@ -83,7 +89,7 @@ impl IdentityStore {
                     "NEULBI_AUTH_SECRET must be at least 32 bytes".into(),
                 ));
             }
-            None => stored_secret(&db, LOOKUP_SECRET).await?,
+            None => stored_secret(&db, kek, LOOKUP_SECRET).await?.to_vec(),
         };
         Ok(Self { db, secret })
     }
@@ -180,18 +186,39 @@ pub async fn forget_user_identities(db: &Database, user_id: Uuid) -> Result<(), 
     Ok(())
 }
 
-/// A 32-byte secret kept in `auth_secrets` under `name`, generated on first use. Concurrent
-/// first uses agree on one value (the primary key keeps the first insert).
-pub async fn stored_secret(db: &Database, name: &str) -> Result<Vec<u8>, AuthError> {
-    let mut fresh = [0u8; 32];
-    OsRng.fill_bytes(&mut fresh);
+/// A 32-byte secret kept in `auth_secrets` under `name`, wrapped by the KEK and generated on
+/// first use. Concurrent first uses agree on one value (the primary key keeps the first
+/// insert).
+pub async fn stored_secret(
+    db: &Database,
+    kek: &KekRing,
+    name: &str,
+) -> Result<Zeroizing<Vec<u8>>, AuthError> {
+    let ctx = WrapContext::Secret {
+        name: name.to_owned(),
+    };
+    let mut fresh = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(&mut *fresh);
+    let (kek_id, wrapped) = kek
+        .wrap(&ctx, &*fresh)
+        .await
+        .map_err(|e| AuthError::Key(e.to_string()))?;
     let now = chrono::Utc::now().timestamp_micros();
     on_db!(db, p => sqlx::query(
-        "INSERT INTO auth_secrets (name, value, created_at) VALUES ($1, $2, $3) \
-         ON CONFLICT DO NOTHING")
-        .bind(name).bind(fresh.to_vec()).bind(now).execute(p).await?.rows_affected());
-    let value: Vec<u8> = on_db!(db, p => sqlx::query_scalar(
-        "SELECT value FROM auth_secrets WHERE name = $1")
-        .bind(name).fetch_one(p).await?);
-    Ok(value)
+        "INSERT INTO auth_secrets (name, value, wrapped, kek_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING")
+        .bind(name).bind(Vec::<u8>::new()).bind(wrapped).bind(kek_id).bind(now)
+        .execute(p).await?.rows_affected());
+    let (value, wrapped, kek_id): (Vec<u8>, Option<Vec<u8>>, Option<String>) = on_db!(db, p => sqlx::query_as(
+            "SELECT value, wrapped, kek_id FROM auth_secrets WHERE name = $1")
+            .bind(name).fetch_one(p).await?);
+    match (wrapped, kek_id) {
+        (Some(wrapped), Some(kek_id)) => kek
+            .unwrap(&kek_id, &ctx, &wrapped)
+            .await
+            .map_err(|e| AuthError::Key(e.to_string())),
+        // Written by a version before envelope encryption, not migrated yet.
+        _ if !value.is_empty() => Ok(Zeroizing::new(value)),
+        _ => Err(AuthError::Key(format!("server secret {name} is empty"))),
+    }
 }

@@ -8,6 +8,7 @@
 //! node computes the same one.
 
 use super::AuthError;
+use crate::privacy::{KekRing, WrapContext};
 use crate::store::Database;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -18,11 +19,25 @@ use jsonwebtoken::{DecodingKey, EncodingKey};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use zeroize::Zeroizing;
 
 /// The DER prefix of an Ed25519 SubjectPublicKeyInfo; the 32 key bytes follow.
 const SPKI_ED25519_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
+
+/// How often a node re-reads the signing keys kept in the database, so a rotation made
+/// elsewhere (`neulbi keys rotate-signing`, another node) reaches the key it signs with.
+pub const SIGNING_REFRESH_SECS: u64 = 60;
+
+/// How long a retired signing key keeps verifying: one token lifetime, plus the time a node
+/// may still sign with it before it re-reads the keys.
+pub fn grace_secs(access_token_ttl_secs: u64) -> i64 {
+    i64::try_from(access_token_ttl_secs.saturating_add(SIGNING_REFRESH_SECS)).unwrap_or(i64::MAX)
+}
+
+/// A stored signing key: generation, plaintext DER of older versions, wrapped DER, KEK id.
+type SigningRow = (i64, Vec<u8>, Option<Vec<u8>>, Option<String>);
 
 /// A key that signs new access tokens. Deliberately not `Debug`: it holds private bytes.
 pub struct SigningKey {
@@ -170,43 +185,59 @@ impl KeyRing {
 
     /// The ring kept in the database, generating the first key if there is none. Keys retired
     /// more than `grace_secs` ago no longer verify.
-    pub async fn load_or_create(db: &Database, grace_secs: i64) -> Result<Self, AuthError> {
-        if let Some(ring) = Self::load(db, grace_secs).await? {
+    pub async fn load_or_create(
+        db: &Database,
+        kek: &KekRing,
+        grace_secs: i64,
+    ) -> Result<Self, AuthError> {
+        if let Some(ring) = Self::load(db, kek, grace_secs).await? {
             return Ok(ring);
         }
         // Two nodes starting at once both try generation 1; the primary key lets one win and
         // both then load the winner.
-        insert_generation(db, 1).await?;
-        Self::load(db, grace_secs)
+        insert_generation(db, kek, 1).await?;
+        Self::load(db, kek, grace_secs)
             .await?
             .ok_or_else(|| AuthError::Key("no signing key after creating one".into()))
     }
 
     /// Adds a new signing key in the database and retires the previous ones (they keep
     /// verifying for `grace_secs`, the access-token lifetime). Returns the new ring.
-    pub async fn rotate(db: &Database, grace_secs: i64) -> Result<Self, AuthError> {
+    pub async fn rotate(db: &Database, kek: &KekRing, grace_secs: i64) -> Result<Self, AuthError> {
         let max: Option<i64> = on_db!(db, p => sqlx::query_scalar(
             "SELECT MAX(generation) FROM auth_signing_keys").fetch_one(p).await?);
         let next = max.unwrap_or(0) + 1;
-        insert_generation(db, next).await?;
+        insert_generation(db, kek, next).await?;
         let now = chrono::Utc::now().timestamp_micros();
         on_db!(db, p => sqlx::query(
             "UPDATE auth_signing_keys SET retired_at = $1 WHERE generation < $2 AND retired_at IS NULL")
             .bind(now).bind(next).execute(p).await?.rows_affected());
-        Self::load(db, grace_secs)
+        Self::load(db, kek, grace_secs)
             .await?
             .ok_or_else(|| AuthError::Key("no signing key after rotation".into()))
     }
 
-    async fn load(db: &Database, grace_secs: i64) -> Result<Option<Self>, AuthError> {
+    async fn load(
+        db: &Database,
+        kek: &KekRing,
+        grace_secs: i64,
+    ) -> Result<Option<Self>, AuthError> {
         let cutoff = chrono::Utc::now().timestamp_micros() - grace_secs.saturating_mul(1_000_000);
-        let rows: Vec<(i64, Vec<u8>)> = on_db!(db, p => sqlx::query_as(
-            "SELECT generation, private_der FROM auth_signing_keys \
+        let rows: Vec<SigningRow> = on_db!(db, p => sqlx::query_as(
+            "SELECT generation, private_der, wrapped, kek_id FROM auth_signing_keys \
              WHERE retired_at IS NULL OR retired_at > $1 ORDER BY generation DESC")
             .bind(cutoff).fetch_all(p).await?);
         let mut signing = None;
         let mut verifying = HashMap::new();
-        for (_, der) in rows {
+        for (generation, legacy, wrapped, kek_id) in rows {
+            let der = match (wrapped, kek_id) {
+                (Some(wrapped), Some(kek_id)) => kek
+                    .unwrap(&kek_id, &WrapContext::Signing { generation }, &wrapped)
+                    .await
+                    .map_err(|e| AuthError::Key(e.to_string()))?,
+                // Written before envelope encryption and not migrated yet.
+                _ => Zeroizing::new(legacy),
+            };
             let (s, v) = from_private_der(&der)?;
             verifying.insert(v.kid.clone(), v);
             if signing.is_none() {
@@ -252,17 +283,23 @@ impl KeyRing {
     }
 }
 
-async fn insert_generation(db: &Database, generation: i64) -> Result<(), AuthError> {
-    let der = generate_private_der()?;
+async fn insert_generation(db: &Database, kek: &KekRing, generation: i64) -> Result<(), AuthError> {
+    let der = Zeroizing::new(generate_private_der()?);
     let public = ed25519_dalek::SigningKey::from_pkcs8_der(&der)
         .map_err(|e| AuthError::Key(e.to_string()))?
         .verifying_key()
         .to_bytes();
     let now = chrono::Utc::now().timestamp_micros();
+    // Only the wrapped key is stored; `private_der` stays empty (older versions kept it there).
+    let (kek_id, wrapped) = kek
+        .wrap(&WrapContext::Signing { generation }, &der)
+        .await
+        .map_err(|e| AuthError::Key(e.to_string()))?;
     on_db!(db, p => sqlx::query(
-        "INSERT INTO auth_signing_keys (generation, kid, private_der, created_at) \
-         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
-        .bind(generation).bind(kid_of(&public)).bind(der).bind(now).execute(p).await?.rows_affected());
+        "INSERT INTO auth_signing_keys (generation, kid, private_der, wrapped, kek_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING")
+        .bind(generation).bind(kid_of(&public)).bind(Vec::<u8>::new()).bind(wrapped).bind(kek_id)
+        .bind(now).execute(p).await?.rows_affected());
     Ok(())
 }
 

@@ -33,6 +33,8 @@ const STALE_CLAIM_MICROS: i64 = 30_000_000;
 const CLAIM_WAIT: Duration = Duration::from_secs(5);
 /// Least time between two key-ring reloads triggered by an unknown `kid`.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+/// See [`super::keys::SIGNING_REFRESH_SECS`].
+const SIGNING_REFRESH: Duration = Duration::from_secs(super::keys::SIGNING_REFRESH_SECS);
 
 /// The demo accounts seeded on the first run of the embedded default (documented in README).
 pub const DEMO_USERS: [(&str, &str, &str, Role); 2] = [
@@ -122,6 +124,7 @@ pub struct AuthService {
     ring: RwLock<Arc<KeyRing>>,
     ring_in_db: bool,
     last_reload: Mutex<Instant>,
+    last_signing_load: Mutex<Instant>,
     db: Database,
     events: SharedStore,
     keys: Arc<KeyStore>,
@@ -153,20 +156,23 @@ impl AuthService {
         storage: &Storage,
         issuer: &str,
     ) -> Result<Self, AuthError> {
-        let grace = i64::try_from(settings.access_token_ttl_secs).unwrap_or(i64::MAX);
+        let grace = super::keys::grace_secs(settings.access_token_ttl_secs);
         let (ring, ring_in_db) = match &settings.signing_key_pem {
             Some(pem) => (
                 KeyRing::from_pem(pem, settings.verify_keys_pem.as_deref())?,
                 false,
             ),
             None => (
-                KeyRing::load_or_create(&storage.database, grace).await?,
+                KeyRing::load_or_create(&storage.database, &storage.kek, grace).await?,
                 true,
             ),
         };
-        let identities =
-            IdentityStore::open(storage.database.clone(), settings.lookup_secret.as_deref())
-                .await?;
+        let identities = IdentityStore::open(
+            storage.database.clone(),
+            settings.lookup_secret.as_deref(),
+            &storage.kek,
+        )
+        .await?;
         let window = Duration::from_secs(settings.login_window_secs.max(1));
         let dummy_hash = blocking(|| hash_password("neulbi timing equaliser"))
             .await?
@@ -184,6 +190,7 @@ impl AuthService {
             ring: RwLock::new(Arc::new(ring)),
             ring_in_db,
             last_reload: Mutex::new(Instant::now()),
+            last_signing_load: Mutex::new(Instant::now()),
             db: storage.database.clone(),
             events: storage.events.clone(),
             keys: storage.keys.clone(),
@@ -243,9 +250,43 @@ impl AuthService {
                 "signing keys come from NEULBI_AUTH_SIGNING_KEY; rotate them there".into(),
             ));
         }
-        let ring = KeyRing::rotate(&self.db, self.issuer.ttl_secs()).await?;
+        let ring = KeyRing::rotate(&self.db, self.keys.ring(), self.grace_secs()).await?;
         *self.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
         Ok(())
+    }
+
+    /// How long a retired signing key keeps verifying.
+    fn grace_secs(&self) -> i64 {
+        super::keys::grace_secs(self.settings.access_token_ttl_secs)
+    }
+
+    /// The ring to sign with, re-read from the database at most every [`SIGNING_REFRESH`].
+    async fn signing_ring(&self) -> Arc<KeyRing> {
+        if self.ring_in_db {
+            let due = {
+                let mut last = self
+                    .last_signing_load
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let due = last.elapsed() >= SIGNING_REFRESH;
+                if due {
+                    *last = Instant::now();
+                }
+                due
+            };
+            if due {
+                match KeyRing::load_or_create(&self.db, self.keys.ring(), self.grace_secs()).await {
+                    Ok(ring) => {
+                        *self.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring)
+                    }
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "re-reading the signing keys failed; signing with the cached ones"
+                    ),
+                }
+            }
+        }
+        self.key_ring()
     }
 
     /// Checks an access token. An unknown `kid` reloads the ring from the database (at most
@@ -262,7 +303,9 @@ impl AuthService {
                     due
                 };
                 if due {
-                    let ring = KeyRing::load_or_create(&self.db, self.issuer.ttl_secs()).await?;
+                    let ring =
+                        KeyRing::load_or_create(&self.db, self.keys.ring(), self.grace_secs())
+                            .await?;
                     *self.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
                 }
                 self.issuer.verify(&self.key_ring(), token)
@@ -312,7 +355,7 @@ impl AuthService {
         let claims = self
             .issuer
             .claims(user.to_string(), WEB_CLIENT_ID, "", Some(role), now);
-        let access_token = self.issuer.sign(&self.key_ring(), &claims)?;
+        let access_token = self.issuer.sign(&*self.signing_ring().await, &claims)?;
         Ok(TokenResponse {
             access_token,
             token_type: "Bearer",
@@ -587,7 +630,7 @@ impl AuthService {
 
     /// `grant_type=client_credentials`: an access token for a registered service client,
     /// with the requested subset of its scopes (all of them if none is requested).
-    pub fn client_credentials(
+    pub async fn client_credentials(
         &self,
         client_id: &str,
         secret: &str,
@@ -630,7 +673,7 @@ impl AuthService {
             now,
         );
         Ok(TokenResponse {
-            access_token: self.issuer.sign(&self.key_ring(), &claims)?,
+            access_token: self.issuer.sign(&*self.signing_ring().await, &claims)?,
             token_type: "Bearer",
             expires_in: self.issuer.ttl_secs(),
             refresh_token: None,

@@ -53,7 +53,7 @@ pub async fn erase_user(
 
 /// Makes sure deleted bytes do not linger in the database files: SQLite runs with
 /// `secure_delete`, and a truncating checkpoint drops old page images from the WAL.
-async fn scrub_free_space(database: &Database) -> Result<(), crate::store::StoreError> {
+pub(crate) async fn scrub_free_space(database: &Database) -> Result<(), crate::store::StoreError> {
     if let Database::Sqlite(pool) = database {
         sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
             .execute(pool)

@@ -1,23 +1,20 @@
-//! Per-user data keys, kept in a table outside the event streams.
+//! Per-user data keys, kept in a table outside the event streams, wrapped by the
+//! key-encryption key ([`super::kek`]) so the table alone opens nothing.
 //!
 //! A key row is created on the first personal field a user owns and its bytes are deleted on
 //! erasure; the row itself stays, so a destroyed key is never re-created and later personal
-//! fields of an erased user are stored as erased straight away. Keys are cached for a short
-//! time; on another node an erasure takes effect on reads within that time.
+//! fields of an erased user are stored as erased straight away. Unwrapped keys are cached for
+//! a short time (bounded); on another node an erasure takes effect on reads within that time.
 
+use super::kek::{KekError, KekRing, WrapContext};
 use crate::store::{Database, StoreError};
 use chacha20poly1305::XChaCha20Poly1305;
-use chacha20poly1305::aead::{KeyInit, OsRng};
+use chacha20poly1305::aead::KeyInit;
 use chrono::Utc;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
-
-/// How long a looked-up key (or its absence) is trusted before asking the database again.
-const CACHE_TTL: Duration = Duration::from_secs(30);
-/// Most cached keys; the cache is cleared when it grows past this.
-const CACHE_MAX: usize = 100_000;
 
 /// A usable data key. Deliberately not `Debug`: key bytes must never reach a log.
 #[derive(Clone)]
@@ -38,16 +35,43 @@ enum Cached {
 /// Reads, creates and destroys data keys.
 pub struct KeyStore {
     db: Database,
+    ring: Arc<KekRing>,
     cache: Mutex<HashMap<Uuid, (Cached, Instant)>>,
+    cache_ttl: Duration,
+    cache_max: usize,
+}
+
+/// A stored key row: key id, legacy plaintext key, wrapped key, KEK id, destroyed.
+type KeyRow = (Uuid, Option<Vec<u8>>, Option<Vec<u8>>, Option<String>, bool);
+/// The same row as SQLite returns it (ids as text).
+type SqliteKeyRow = (
+    String,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Option<String>,
+    bool,
+);
+
+fn kek_error(e: KekError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
 }
 
 impl KeyStore {
-    /// A key store over the same database as the events.
-    pub fn new(db: Database) -> Self {
+    /// A key store over the same database as the events, wrapping keys with `ring` and
+    /// caching unwrapped keys for `cache_ttl`, at most `cache_max` of them.
+    pub fn new(db: Database, ring: Arc<KekRing>, cache_ttl: Duration, cache_max: usize) -> Self {
         Self {
             db,
+            ring,
             cache: Mutex::new(HashMap::new()),
+            cache_ttl,
+            cache_max: cache_max.max(1),
         }
+    }
+
+    /// The KEKs this store wraps and unwraps with.
+    pub fn ring(&self) -> &Arc<KekRing> {
+        &self.ring
     }
 
     /// The key to seal `owner`'s new personal data with, created on first use; `None` if the
@@ -83,7 +107,8 @@ impl KeyStore {
             Database::Sqlite(pool) => {
                 sqlx::query(
                     "INSERT INTO data_keys (owner, key_id, key, created_at, destroyed_at) VALUES (?, ?, NULL, ?, ?) \
-                     ON CONFLICT (owner) DO UPDATE SET key = NULL, destroyed_at = COALESCE(data_keys.destroyed_at, excluded.destroyed_at)",
+                     ON CONFLICT (owner) DO UPDATE SET key = NULL, wrapped = NULL, \
+                     destroyed_at = COALESCE(data_keys.destroyed_at, excluded.destroyed_at)",
                 )
                 .bind(owner.to_string())
                 .bind(key_id.to_string())
@@ -95,7 +120,8 @@ impl KeyStore {
             Database::Postgres(pool) => {
                 sqlx::query(
                     "INSERT INTO neulbi_keys.data_keys (owner, key_id, key, created_at, destroyed_at) VALUES ($1, $2, NULL, $3, $3) \
-                     ON CONFLICT (owner) DO UPDATE SET key = NULL, destroyed_at = COALESCE(neulbi_keys.data_keys.destroyed_at, excluded.destroyed_at)",
+                     ON CONFLICT (owner) DO UPDATE SET key = NULL, wrapped = NULL, \
+                     destroyed_at = COALESCE(neulbi_keys.data_keys.destroyed_at, excluded.destroyed_at)",
                 )
                 .bind(owner)
                 .bind(key_id)
@@ -118,40 +144,61 @@ impl KeyStore {
         if let Some(hit) = self.cache_get(owner) {
             return Ok(hit);
         }
-        let row: Option<(Uuid, Option<Vec<u8>>)> = match &self.db {
+        let row: Option<KeyRow> = match &self.db {
             Database::Sqlite(pool) => {
-                let row: Option<(String, Option<Vec<u8>>)> =
-                    sqlx::query_as("SELECT key_id, key FROM data_keys WHERE owner = ?")
-                        .bind(owner.to_string())
-                        .fetch_optional(pool)
-                        .await?;
+                let row: Option<SqliteKeyRow> = sqlx::query_as(
+                    "SELECT key_id, key, wrapped, kek_id, destroyed_at IS NOT NULL \
+                         FROM data_keys WHERE owner = ?",
+                )
+                .bind(owner.to_string())
+                .fetch_optional(pool)
+                .await?;
                 match row {
-                    Some((id, key)) => Some((
+                    Some((id, key, wrapped, kek, destroyed)) => Some((
                         Uuid::parse_str(&id)
                             .map_err(|e| StoreError::Unavailable(format!("bad key id: {e}")))?,
                         key,
+                        wrapped,
+                        kek,
+                        destroyed,
                     )),
                     None => None,
                 }
             }
             Database::Postgres(pool) => {
-                sqlx::query_as("SELECT key_id, key FROM neulbi_keys.data_keys WHERE owner = $1")
-                    .bind(owner)
-                    .fetch_optional(pool)
-                    .await?
+                sqlx::query_as(
+                    "SELECT key_id, key, wrapped, kek_id, destroyed_at IS NOT NULL \
+                     FROM neulbi_keys.data_keys WHERE owner = $1",
+                )
+                .bind(owner)
+                .fetch_optional(pool)
+                .await?
             }
         };
         let state = match row {
             None => Cached::Missing,
-            Some((_, None)) => Cached::Destroyed,
-            Some((id, Some(bytes))) => {
-                let cipher = XChaCha20Poly1305::new_from_slice(&bytes).map_err(|_| {
-                    StoreError::Unavailable(format!(
-                        "data key of {owner} has {} bytes, expected 32",
-                        bytes.len()
-                    ))
-                })?;
-                Cached::Active(DataKey { id, cipher })
+            Some((_, _, _, _, true)) | Some((_, None, None, _, _)) => Cached::Destroyed,
+            Some((id, _, Some(wrapped), Some(kek_id), false)) => {
+                let ctx = WrapContext::DataKey { owner, key_id: id };
+                let bytes = self
+                    .ring
+                    .unwrap(&kek_id, &ctx, &wrapped)
+                    .await
+                    .map_err(kek_error)?;
+                Cached::Active(DataKey {
+                    id,
+                    cipher: cipher_of(owner, &bytes)?,
+                })
+            }
+            // Written by a version before envelope encryption and not migrated yet.
+            Some((id, Some(bytes), _, _, false)) => Cached::Active(DataKey {
+                id,
+                cipher: cipher_of(owner, &bytes)?,
+            }),
+            Some((_, None, Some(_), None, false)) => {
+                return Err(StoreError::Unavailable(format!(
+                    "data key of {owner} is wrapped but names no KEK"
+                )));
             }
         };
         // "Missing" is not cached: another node may create the key a moment later, and a
@@ -163,30 +210,37 @@ impl KeyStore {
     }
 
     async fn create(&self, owner: Uuid) -> Result<(), StoreError> {
-        let key = XChaCha20Poly1305::generate_key(&mut OsRng);
         let key_id = Uuid::now_v7();
+        let ctx = WrapContext::DataKey { owner, key_id };
+        // Only the wrapped form is stored; the plaintext is dropped (zeroed) here and the
+        // winning row is read back and unwrapped like any other.
+        let (_, kek_id, wrapped) = self.ring.generate(&ctx).await.map_err(kek_error)?;
         let now = Utc::now().timestamp_micros();
         // ON CONFLICT DO NOTHING: a concurrent first write (or another node) may win; both then
         // read back the same winning key.
         match &self.db {
             Database::Sqlite(pool) => {
                 sqlx::query(
-                    "INSERT INTO data_keys (owner, key_id, key, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (owner) DO NOTHING",
+                    "INSERT INTO data_keys (owner, key_id, key, wrapped, kek_id, created_at) \
+                     VALUES (?, ?, NULL, ?, ?, ?) ON CONFLICT (owner) DO NOTHING",
                 )
                 .bind(owner.to_string())
                 .bind(key_id.to_string())
-                .bind(&key[..])
+                .bind(wrapped)
+                .bind(kek_id)
                 .bind(now)
                 .execute(pool)
                 .await?;
             }
             Database::Postgres(pool) => {
                 sqlx::query(
-                    "INSERT INTO neulbi_keys.data_keys (owner, key_id, key, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (owner) DO NOTHING",
+                    "INSERT INTO neulbi_keys.data_keys (owner, key_id, key, wrapped, kek_id, created_at) \
+                     VALUES ($1, $2, NULL, $3, $4, $5) ON CONFLICT (owner) DO NOTHING",
                 )
                 .bind(owner)
                 .bind(key_id)
-                .bind(&key[..])
+                .bind(wrapped)
+                .bind(kek_id)
                 .bind(now)
                 .execute(pool)
                 .await?;
@@ -199,14 +253,18 @@ impl KeyStore {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache
             .get(&owner)
-            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
+            .filter(|(_, at)| at.elapsed() < self.cache_ttl)
             .map(|(c, _)| c.clone())
     }
 
     fn cache_put(&self, owner: Uuid, state: Cached) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= CACHE_MAX {
-            cache.clear();
+        if cache.len() >= self.cache_max {
+            let ttl = self.cache_ttl;
+            cache.retain(|_, (_, at)| at.elapsed() < ttl);
+            if cache.len() >= self.cache_max {
+                cache.clear();
+            }
         }
         cache.insert(owner, (state, Instant::now()));
     }
@@ -215,4 +273,13 @@ impl KeyStore {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.remove(&owner);
     }
+}
+
+fn cipher_of(owner: Uuid, bytes: &[u8]) -> Result<XChaCha20Poly1305, StoreError> {
+    XChaCha20Poly1305::new_from_slice(bytes).map_err(|_| {
+        StoreError::Unavailable(format!(
+            "data key of {owner} has {} bytes, expected 32",
+            bytes.len()
+        ))
+    })
 }

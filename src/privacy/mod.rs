@@ -10,7 +10,12 @@
 pub mod cipher;
 pub mod crypto_store;
 pub mod erasure;
+pub mod kek;
 pub mod keys;
+pub mod rewrap;
+pub mod settings;
 
 pub use crypto_store::CryptoStore;
+pub use kek::{KekError, KekRing, WrapContext};
 pub use keys::{DataKey, KeyStore};
+pub use settings::KeySettings;

@@ -197,8 +197,7 @@ pub async fn write(
     spec: FixtureSpec,
     out: &std::path::Path,
 ) -> anyhow::Result<Fixture> {
-    let url = config.database_url();
-    let storage = crate::store::open_storage(&url, config.store_limits(), true).await?;
+    let storage = config.open_storage(true).await?;
     let result = async {
         let users = Registry::new(storage.events.clone(), config.registry_config());
         let rooms = Registry::new(storage.events.clone(), config.registry_config());

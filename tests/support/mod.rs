@@ -15,7 +15,9 @@ pub mod rtc;
 pub mod scenario;
 pub mod stomp;
 
-use neulbi::store::{self, SharedStore, StoreLimits};
+use neulbi::privacy::KeySettings;
+use neulbi::store::{self, SharedStore, Storage, StoreLimits};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A store backend under test, with what is needed to open a second instance on the same
@@ -24,7 +26,17 @@ pub struct Backend {
     pub name: &'static str,
     pub url: String,
     pub store: SharedStore,
+    /// Where the default key-encryption key file of a PostgreSQL backend lives (a SQLite
+    /// backend keeps it beside the database file).
+    pub key_dir: PathBuf,
     _guard: Arc<dyn Send + Sync>,
+}
+
+/// Opens `url` with the default key settings and `key_dir` as the data directory.
+pub async fn open_keyed(url: &str, limits: StoreLimits, migrate: bool, key_dir: &Path) -> Storage {
+    store::open_storage_with(url, limits, migrate, &KeySettings::default(), key_dir)
+        .await
+        .expect("open store")
 }
 
 impl Backend {
@@ -37,13 +49,13 @@ impl Backend {
     pub async fn sqlite_with(limits: StoreLimits) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("events.db").display());
-        let store = store::open(&url, limits, true)
-            .await
-            .expect("open sqlite store");
+        let key_dir = dir.path().to_owned();
+        let store = open_keyed(&url, limits, true, &key_dir).await.events;
         Self {
             name: "sqlite",
             url,
             store,
+            key_dir,
             _guard: Arc::new(dir),
         }
     }
@@ -57,22 +69,26 @@ impl Backend {
     pub async fn postgres_with(limits: StoreLimits) -> Self {
         let pg = pg::TempPostgres::start();
         let url = pg.url();
-        let store = store::open(&url, limits, true)
-            .await
-            .expect("open postgres store");
+        let keys = tempfile::tempdir().expect("temp dir");
+        let key_dir = keys.path().to_owned();
+        let store = open_keyed(&url, limits, true, &key_dir).await.events;
         Self {
             name: "postgres",
             url,
             store,
-            _guard: Arc::new(pg),
+            key_dir,
+            _guard: Arc::new((pg, keys)),
         }
     }
 
     /// Another store instance on the same database (another node, or the same after restart).
     pub async fn open_again(&self) -> SharedStore {
-        store::open(&self.url, StoreLimits::default(), false)
-            .await
-            .expect("reopen store")
+        self.storage(false).await.events
+    }
+
+    /// Everything opened from this backend's database, with its key-encryption key.
+    pub async fn storage(&self, migrate: bool) -> Storage {
+        open_keyed(&self.url, StoreLimits::default(), migrate, &self.key_dir).await
     }
 
     /// Runs raw SQL against the database, bypassing the store (to corrupt rows on purpose).

@@ -135,7 +135,8 @@ impl TempPostgres {
         format!("postgres://neulbi@127.0.0.1:{}/postgres", self.port)
     }
 
-    fn data_dir(&self) -> PathBuf {
+    /// The server's data directory (for raw scans of tables and WAL).
+    pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 

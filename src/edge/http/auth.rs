@@ -207,7 +207,8 @@ async fn grant(
                 (Some(id), Some(secret)) => (id, secret),
                 _ => basic_credentials(req).ok_or(AuthError::InvalidClient)?,
             };
-            auth.client_credentials(&id, &secret, form.scope.as_deref())?
+            auth.client_credentials(&id, &secret, form.scope.as_deref())
+                .await?
         }
         _ => return Err(AuthError::UnsupportedGrantType.into()),
     })
