@@ -193,6 +193,46 @@ async fn sign_out_everywhere_refuses_old_tokens_at_once_and_a_new_sign_in_works(
 }
 
 #[actix_rt::test]
+async fn a_login_code_from_before_sign_out_everywhere_starts_no_session() {
+    let app = TestApp::start(|_| {}).await;
+    let person = neulbi::auth::service::NewUser {
+        provider: "test-oidc".into(),
+        subject: Some("subject-everywhere".into()),
+        email: "external.everywhere@example.com".into(),
+        nickname: "Ext".into(),
+        role: Role::Client,
+    };
+    let info = neulbi::auth::ClientInfo::default();
+    let pending = app
+        .auth
+        .external_sign_in(&app.state.users, &person, &info)
+        .await
+        .expect("first sign-in");
+    let used = app
+        .auth
+        .external_sign_in(&app.state.users, &person, &info)
+        .await
+        .expect("second sign-in");
+    let exchange = |code: String| async move {
+        post_form(
+            app.addr,
+            "/oauth/token",
+            &[("grant_type", "authorization_code"), ("code", &code)],
+            &[],
+        )
+        .await
+    };
+    let r = exchange(used).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let access = field(&r.json(), "access_token");
+    assert_eq!(sign_out_everywhere(app.addr, &access).await.status, 204);
+    let r = exchange(pending).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "invalid_grant");
+    app.stop().await;
+}
+
+#[actix_rt::test]
 async fn a_role_change_revokes_older_tokens_but_not_one_issued_right_after() {
     let app = TestApp::start(|_| {}).await;
     let email = "promoted@example.com";

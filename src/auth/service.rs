@@ -713,7 +713,7 @@ impl AuthService {
     /// `POST /auth/logout-all`: ends every session of `user`. Appends `SignedOutEverywhere`
     /// (every node then refuses the access tokens issued before it, and cuts the sessions
     /// opened with them), applies it to this node's epochs at once, and revokes every refresh
-    /// token family of the user.
+    /// token family and unused login code of the user.
     pub async fn sign_out_everywhere(
         &self,
         users: &Registry<UserDecider>,
@@ -743,6 +743,7 @@ impl AuthService {
         self.tokens
             .revoke_subject(&user.as_uuid().to_string())
             .await?;
+        self.tokens.expire_login_codes(user.as_uuid()).await?;
         tracing::info!(user_id = %user, "signed out everywhere");
         Ok(())
     }

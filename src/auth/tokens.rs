@@ -166,6 +166,17 @@ impl TokenStore {
         Ok(())
     }
 
+    /// Expires the unused login codes of `user_id` ("sign out everywhere"): a code from a
+    /// sign-in before it must not start a session after it.
+    pub async fn expire_login_codes(&self, user_id: Uuid) -> Result<(), AuthError> {
+        let now = now_micros();
+        on_db!(&self.db, p => sqlx::query(
+            "UPDATE auth_login_codes SET expires_at = $1 \
+             WHERE user_id = $2 AND used_at IS NULL AND expires_at > $1")
+            .bind(now).bind(user_id.to_string()).execute(p).await?.rows_affected());
+        Ok(())
+    }
+
     /// Revokes the family of `token`, if it is known (logout). Unknown tokens are ignored,
     /// so logout is idempotent and reveals nothing.
     pub async fn revoke_by_token(&self, token: &str) -> Result<(), AuthError> {
