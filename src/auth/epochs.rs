@@ -371,6 +371,54 @@ mod tests {
         assert!(epochs.revocation(user(1), Some(1)).now_or_never().is_some());
     }
 
+    fn recorded(kind: StreamKind, id: u128, event_type: &str, version: u64) -> RecordedEvent {
+        RecordedEvent {
+            position: 7,
+            stream: neulbi_domain::StreamName::new(kind, Uuid::from_u128(id)),
+            version,
+            event_id: Uuid::now_v7(),
+            event_type: event_type.into(),
+            schema_version: 1,
+            data: serde_json::json!({}),
+            metadata: crate::store::Metadata::default(),
+            recorded_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn only_revoking_user_events_move_epochs() {
+        let epochs = epochs();
+        let now = Utc::now();
+        for harmless in [
+            recorded(StreamKind::User, 1, "LoggedIn", 3),
+            recorded(StreamKind::User, 1, "ProfileUpdated", 4),
+            // A room or call event of the same name is not about a person's access.
+            recorded(StreamKind::Room, 1, "Erased", 5),
+        ] {
+            epochs.observe(&harmless, now);
+        }
+        assert!(epochs.is_empty());
+        epochs.observe(&recorded(StreamKind::User, 1, "RoleGranted", 5), now);
+        assert_eq!(
+            epochs.epoch(user(1)).map(|e| (e.version, e.kind)),
+            Some((5, RevocationKind::SignInAgain))
+        );
+        epochs.observe(
+            &recorded(StreamKind::User, 1, "SignedOutEverywhere", 6),
+            now,
+        );
+        epochs.observe(&recorded(StreamKind::User, 1, "Deactivated", 8), now);
+        assert_eq!(
+            epochs.epoch(user(1)).map(|e| (e.version, e.kind)),
+            Some((8, RevocationKind::AccountClosed))
+        );
+        epochs.observe(&recorded(StreamKind::User, 2, "Erased", 2), now);
+        assert_eq!(
+            epochs.epoch(user(2)).map(|e| e.kind),
+            Some(RevocationKind::AccountClosed)
+        );
+    }
+
     #[test]
     fn unwatched_channels_are_swept() {
         let epochs = epochs();
