@@ -178,6 +178,12 @@ impl Application {
                 .await
                 .context("starting sign-in")?,
         );
+        // Revocations from before this start, then the live feed: a restarted node refuses
+        // revoked access tokens before it serves its first request.
+        auth.epochs()
+            .follow(storage.raw.clone())
+            .await
+            .context("rebuilding the token epochs from the log")?;
         // Demo accounts only where nobody configured a database: the embedded default.
         if config
             .auth

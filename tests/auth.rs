@@ -701,9 +701,10 @@ async fn deleting_me_erases_the_user_and_their_sign_in() {
     )
     .await;
     assert_eq!(r.status, 204, "{}", r.body);
+    // The erased person's access token is refused at once, before any route loads the user.
     let r = me(&app, &access).await;
-    assert_eq!(r.status, 403, "{}", r.body);
-    assert_eq!(r.json()["error"]["code"], "account_closed");
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "token_revoked");
     assert_eq!(refresh(&app, &refresh_token).await.status, 400);
     let r = post_json(
         app.addr,

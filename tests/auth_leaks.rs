@@ -1,6 +1,7 @@
 //! No credential or personal data in logs or spans during sign-in: sign up, sign in (right
 //! and wrong password), refresh, reuse a rotated token, exchange and replay a login code, log
-//! out — with every log level and span event captured — then search the capture.
+//! out, sign out everywhere (and be refused with the revoked token) — with every log level and
+//! span event captured — then search the capture.
 
 mod support;
 
@@ -104,10 +105,41 @@ async fn sign_in_flows_log_no_tokens_passwords_or_emails() {
             .status,
         204
     );
+    let login = post_json(
+        addr,
+        "/auth/login",
+        &json!({"email": EMAIL, "password": PASSWORD}),
+        &[],
+    )
+    .await;
+    let access2 = login.json()["access_token"]
+        .as_str()
+        .expect("access")
+        .to_owned();
+    let bearer2 = format!("Bearer {access2}");
+    assert_eq!(
+        request(
+            addr,
+            "POST",
+            "/auth/logout-all",
+            &[("Authorization", &bearer2)],
+            ""
+        )
+        .await
+        .status,
+        204
+    );
+    assert_eq!(
+        request(addr, "GET", "/users/me", &[("Authorization", &bearer2)], "")
+            .await
+            .status,
+        401
+    );
     handle.stop(true).await;
 
     secrets.extend([
         access,
+        access2,
         refresh,
         refresh2,
         code,
@@ -116,7 +148,7 @@ async fn sign_in_flows_log_no_tokens_passwords_or_emails() {
     ]);
     let text = capture.text();
     assert!(
-        text.contains("request") && text.contains("login"),
+        text.contains("request") && text.contains("login") && text.contains("token_epoch.bump"),
         "spans were captured"
     );
     for needle in &secrets {

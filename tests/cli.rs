@@ -361,12 +361,21 @@ fn keys_commands_report_rotate_and_refuse_a_missing_kek() {
     // The old KEK alone no longer opens the database: refused, naming what is missing.
     let (ok, _, err) = run(&["keys", "status"], &[]);
     assert!(!ok);
-    assert!(err.contains("does not have") && err.contains("NEULBI_KEK"), "{err}");
+    assert!(
+        err.contains("does not have") && err.contains("NEULBI_KEK"),
+        "{err}"
+    );
     // A pasted key instead of a spec is refused without being echoed.
     let (ok, _, err) = run(
         &["keys", "status"],
-        &[("NEULBI_KEK", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into())],
+        &[(
+            "NEULBI_KEK",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
+        )],
     );
     assert!(!ok);
-    assert!(err.contains("file:PATH") && !err.contains("MDEyMzQ1"), "{err}");
+    assert!(
+        err.contains("file:PATH") && !err.contains("MDEyMzQ1"),
+        "{err}"
+    );
 }

@@ -8,20 +8,38 @@
 import { setupCalls } from './call.js';
 
 const $ = (id) => document.getElementById(id);
-const state = { access: null, me: null, room: null, rooms: [], names: new Map(), stomp: null, sub: null, lastSeen: null, readTimer: null };
+const state = { access: null, me: null, room: null, rooms: [], names: new Map(), stomp: null, sub: null, lastSeen: null, readTimer: null, revoked: false };
 
 const fail = (e) => { $('error').textContent = e?.error?.message ?? e?.message ?? String(e); };
 const clearError = () => { $('error').textContent = ''; };
 
-/** Calls the JSON API with the access token; throws the API's error object on failure. */
-async function api(method, path, body) {
+/**
+ * Calls the JSON API with the access token; throws the API's error object on failure. A token
+ * the server revoked (a role change, or "sign out everywhere" elsewhere) is renewed once with
+ * the refresh cookie; if that fails too, the page signs out.
+ */
+async function api(method, path, body, retried = false) {
   const headers = { Authorization: `Bearer ${state.access}` };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   if (r.status === 204) return null;
   const j = await r.json().catch(() => ({ error: { message: `HTTP ${r.status}` } }));
+  if (r.status === 401 && j?.error?.code === 'token_revoked' && !retried) {
+    if (await renewRevoked()) return api(method, path, body, true);
+  }
   if (!r.ok) throw j;
   return j;
+}
+
+/** After a revocation: a new access token from the refresh cookie, or sign out. */
+async function renewRevoked() {
+  try {
+    await tokens({ grant_type: 'refresh_token' });
+    return true;
+  } catch {
+    await signedOut();
+    return false;
+  }
 }
 
 async function tokens(body) {
@@ -74,16 +92,31 @@ $('local').addEventListener('submit', async (ev) => {
   signedIn().catch(fail);
 });
 
-$('logout').addEventListener('click', async () => {
+/** Back to the sign-in form: the chat and calls stop, the page forgets the session. */
+async function signedOut() {
   calls.reset();
-  await state.stomp?.deactivate();
-  await fetch('/auth/logout', { method: 'POST', credentials: 'same-origin' });
-  localStorage.removeItem(SESSION_HINT);
+  const stomp = state.stomp;
   Object.assign(state, { access: null, me: null, room: null, stomp: null, sub: null });
+  await stomp?.deactivate();
+  localStorage.removeItem(SESSION_HINT);
   $('me').hidden = true;
   $('app').hidden = true;
   $('chat').hidden = true;
   $('signin').hidden = false;
+}
+
+$('logout').addEventListener('click', async () => {
+  await state.stomp?.deactivate();
+  await fetch('/auth/logout', { method: 'POST', credentials: 'same-origin' });
+  await signedOut();
+});
+
+// Every session of mine, on every device, ends (their pages go back to sign-in too). This
+// page closes its own chat first, so the server's cut does not race a clean DISCONNECT.
+$('logout-all').addEventListener('click', async () => {
+  await state.stomp?.deactivate();
+  await api('POST', '/auth/logout-all').catch(fail);
+  await signedOut();
 });
 
 // --- directory and rooms ------------------------------------------------------------------
@@ -298,7 +331,12 @@ function connect() {
     heartbeatOutgoing: 10000,
     // A fresh access token for a (re)connect when the current one is about to expire.
     beforeConnect: async () => {
-      if (expiresInSeconds(state.access) < 60) await tokens({ grant_type: 'refresh_token' }).catch(() => {});
+      if (state.revoked) {
+        state.revoked = false;
+        if (!(await renewRevoked())) return;
+      } else if (expiresInSeconds(state.access) < 60) {
+        await tokens({ grant_type: 'refresh_token' }).catch(() => {});
+      }
       client.connectHeaders = { Authorization: `Bearer ${state.access}` };
     },
   });
@@ -313,6 +351,16 @@ function connect() {
   client.onWebSocketClose = () => { $('status').textContent = 'reconnecting…'; };
   client.onStompError = (frame) => {
     const message = frame.headers.message ?? 'chat error';
+    if (message === 'account closed') {
+      signedOut().then(() => fail('This account was closed.'));
+      return;
+    }
+    // The token was revoked (role change, "sign out everywhere"): the reconnect renews it
+    // with the refresh cookie, or signs out when that was revoked too.
+    if (/revoked/.test(message)) {
+      state.revoked = true;
+      return;
+    }
     // Too much missed to replay: start the room over from its history.
     if (/history|messages/.test(message) && state.room) {
       state.lastSeen = null;

@@ -89,6 +89,12 @@ pub enum UserCommand {
     /// themself or a privileged actor only; works on a deactivated account too; repeating it
     /// changes nothing. Every later command on the account is a conflict.
     Erase,
+    /// Ends every session of the person at once ("sign out everywhere"): records
+    /// `SignedOutEverywhere`, after which access tokens issued before it are refused. The user
+    /// themself or a privileged actor only; not on a deactivated or erased account (those
+    /// are signed out already). Every request records a new event, since sessions started
+    /// after the previous one must end too.
+    SignOutEverywhere,
 }
 
 /// The facts recorded in a `user-{uuid}` stream.
@@ -171,7 +177,26 @@ pub enum UserEvent {
         /// When the erasure was decided.
         at: DateTime<Utc>,
     },
+    /// The person ended every session: access tokens issued before this event are refused
+    /// and their refresh tokens revoked.
+    SignedOutEverywhere {
+        /// When it was decided.
+        at: DateTime<Utc>,
+    },
 }
+
+/// The types of the user events after which access tokens issued earlier must be refused
+/// (the role in them is stale, the account is gone, or the person signed out everywhere).
+/// Readers that follow the log match on these names without decoding the event.
+pub const ACCESS_REVOKING_EVENTS: [&str; 4] = [
+    "RoleGranted",
+    "Deactivated",
+    "Erased",
+    "SignedOutEverywhere",
+];
+
+/// The types of the user events after which the account is closed for good.
+pub const ACCOUNT_CLOSING_EVENTS: [&str; 2] = ["Deactivated", "Erased"];
 
 impl DomainEvent for UserEvent {
     fn event_type(&self) -> &'static str {
@@ -185,7 +210,15 @@ impl DomainEvent for UserEvent {
             Self::ProfileImageRemoved { .. } => "ProfileImageRemoved",
             Self::Deactivated { .. } => "Deactivated",
             Self::Erased { .. } => "Erased",
+            Self::SignedOutEverywhere { .. } => "SignedOutEverywhere",
         }
+    }
+}
+
+impl UserEvent {
+    /// True if access tokens issued before this event must no longer be accepted.
+    pub fn revokes_access(&self) -> bool {
+        ACCESS_REVOKING_EVENTS.contains(&self.event_type())
     }
 }
 
@@ -230,6 +263,7 @@ struct Account {
     profile_image: Option<ProfileImage>,
     deactivated_at: Option<DateTime<Utc>>,
     erased_at: Option<DateTime<Utc>>,
+    signed_out_everywhere_at: Option<DateTime<Utc>>,
 }
 
 /// The current profile image's blob keys, as folded from `ProfileImageChanged`.
@@ -376,6 +410,13 @@ impl UserState {
     /// When the person was erased.
     pub fn erased_at(&self) -> Option<DateTime<Utc>> {
         self.account.as_ref().and_then(|a| a.erased_at)
+    }
+
+    /// When the person last signed out everywhere: refresh tokens issued before it are void.
+    pub fn signed_out_everywhere_at(&self) -> Option<DateTime<Utc>> {
+        self.account
+            .as_ref()
+            .and_then(|a| a.signed_out_everywhere_at)
     }
 }
 
@@ -587,6 +628,16 @@ impl Decider for UserDecider {
                 }
                 Ok(vec![UserEvent::Erased { at: now }])
             }
+            UserCommand::SignOutEverywhere => {
+                let account = existing()?;
+                if !may_act_for(account) {
+                    return Err(DomainError::Forbidden(
+                        "only the user may sign out their sessions",
+                    ));
+                }
+                ensure_active(account)?;
+                Ok(vec![UserEvent::SignedOutEverywhere { at: now }])
+            }
         }
     }
 
@@ -622,6 +673,7 @@ impl Decider for UserDecider {
                 profile_image: None,
                 deactivated_at: None,
                 erased_at: None,
+                signed_out_everywhere_at: None,
             });
             return state;
         }
@@ -674,6 +726,7 @@ impl Decider for UserDecider {
                 account.profile_image = None;
             }
             UserEvent::Erased { at } => account.forget_personal_data(*at),
+            UserEvent::SignedOutEverywhere { at } => account.signed_out_everywhere_at = Some(*at),
         }
         state
     }
@@ -931,6 +984,7 @@ mod tests {
             },
             UserCommand::Deactivate,
             UserCommand::Erase,
+            UserCommand::SignOutEverywhere,
         ];
         for command in commands {
             Spec::<UserDecider>::given_nothing()
@@ -1246,6 +1300,87 @@ mod tests {
             .then_nothing();
     }
 
+    // --- SignOutEverywhere --------------------------------------------------------------------
+
+    fn signed_out(secs: i64) -> UserEvent {
+        UserEvent::SignedOutEverywhere { at: at(secs) }
+    }
+
+    #[test]
+    fn user_signs_out_everywhere() {
+        let state = Spec::<UserDecider>::given(vec![registered()])
+            .when(UserCommand::SignOutEverywhere, &me(7))
+            .then(vec![signed_out(7)]);
+        assert_eq!(state.signed_out_everywhere_at(), Some(at(7)));
+        assert!(state.is_active(), "signing out does not close the account");
+    }
+
+    #[test]
+    fn operator_signs_a_user_out_everywhere_but_others_may_not() {
+        Spec::<UserDecider>::given(vec![registered()])
+            .when(UserCommand::SignOutEverywhere, &operator(7))
+            .then(vec![signed_out(7)]);
+        Spec::<UserDecider>::given(vec![registered()])
+            .when(UserCommand::SignOutEverywhere, &other(7))
+            .then_error(DomainError::Forbidden(
+                "only the user may sign out their sessions",
+            ));
+    }
+
+    #[test]
+    fn signing_out_everywhere_again_is_recorded_again() {
+        // Sessions started after the first sign-out must end too, so it is no no-op.
+        let state = Spec::<UserDecider>::given(vec![registered(), signed_out(7)])
+            .when(UserCommand::SignOutEverywhere, &me(9))
+            .then(vec![signed_out(9)]);
+        assert_eq!(state.signed_out_everywhere_at(), Some(at(9)));
+    }
+
+    #[test]
+    fn a_deactivated_user_cannot_sign_out_everywhere() {
+        Spec::<UserDecider>::given(vec![registered(), deactivated()])
+            .when(UserCommand::SignOutEverywhere, &me(9))
+            .then_error(DomainError::Conflict("user is deactivated"));
+    }
+
+    #[test]
+    fn role_changes_closures_and_sign_outs_revoke_access_tokens() {
+        let revoking = [
+            UserEvent::RoleGranted {
+                role: Role::Counselor,
+                at: at(1),
+            },
+            deactivated(),
+            UserEvent::Erased { at: at(6) },
+            signed_out(7),
+        ];
+        for event in &revoking {
+            assert!(event.revokes_access(), "{}", event.event_type());
+        }
+        let names: Vec<&str> = revoking.iter().map(DomainEvent::event_type).collect();
+        assert_eq!(names, ACCESS_REVOKING_EVENTS);
+        let harmless = [
+            registered(),
+            UserEvent::ProfileUpdated {
+                nickname: p("Minji"),
+                at: at(1),
+            },
+            UserEvent::LoggedIn {
+                provider: "google".into(),
+                ip: None,
+                user_agent: None,
+                at: at(2),
+            },
+            UserEvent::ProfileImageRemoved { at: at(3) },
+        ];
+        for event in &harmless {
+            assert!(!event.revokes_access(), "{}", event.event_type());
+        }
+        for closing in ACCOUNT_CLOSING_EVENTS {
+            assert!(ACCESS_REVOKING_EVENTS.contains(&closing));
+        }
+    }
+
     // --- Erase --------------------------------------------------------------------------------
 
     fn erased(secs: i64) -> UserEvent {
@@ -1373,6 +1508,7 @@ mod tests {
                 user_agent: None,
             },
             UserCommand::Deactivate,
+            UserCommand::SignOutEverywhere,
         ];
         for command in commands {
             // Erased after deactivation too: erasure wins over "deactivated".
@@ -1517,6 +1653,7 @@ mod tests {
             },
             deactivated(),
             erased(6),
+            UserEvent::SignedOutEverywhere { at: at(7) },
         ];
         for event in events {
             let json = serde_json::to_value(&event).expect("serialize");

@@ -14,6 +14,10 @@ pub enum AuthError {
     /// The access token is malformed, forged, expired, or meant for someone else.
     #[error("invalid access token: {0}")]
     InvalidToken(&'static str),
+    /// The token was valid, but its person's access was revoked after it was issued (role
+    /// change, sign-out everywhere, closed account): sign in again.
+    #[error("access token revoked; sign in again")]
+    TokenRevoked,
     /// The token is valid but does not allow this (a service token on a user route).
     #[error("forbidden: {0}")]
     Forbidden(&'static str),

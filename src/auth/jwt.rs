@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Tolerated clock difference between nodes when checking `exp`, in seconds.
-const LEEWAY_SECS: u64 = 30;
+pub const LEEWAY_SECS: u64 = 30;
 
 /// The claims of an access token. A user token has `role`; a service-client token has none
 /// and its `sub` is `client:{id}`.
@@ -34,6 +34,21 @@ pub struct AccessClaims {
     /// The user's role, for user tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
+    /// The version of the user's stream when the token was issued (user tokens). A token is
+    /// refused once a revoking event with a higher version is in the log (see
+    /// [`super::epochs`]); a token without it counts as older than any revocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_version: Option<u64>,
+}
+
+impl AccessClaims {
+    /// The same claims, stamped with the user stream's version they were issued at.
+    pub fn at_user_version(self, version: u64) -> Self {
+        Self {
+            user_version: Some(version),
+            ..self
+        }
+    }
 }
 
 /// Issues and checks access tokens for one issuer and audience.
@@ -91,6 +106,7 @@ impl TokenIssuer {
             client_id: client_id.to_owned(),
             scope: scope.to_owned(),
             role,
+            user_version: None,
         }
     }
 

@@ -16,6 +16,7 @@ macro_rules! on_db {
     };
 }
 
+pub mod epochs;
 pub mod error;
 pub mod extractor;
 pub mod identities;

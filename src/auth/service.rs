@@ -3,6 +3,7 @@
 //! user aggregates only through the users registry, like every other writer.
 
 use super::AuthError;
+use super::epochs::{Epoch, RevocationKind, TokenEpochs};
 use super::identities::{IdentityKey, IdentityStore};
 use super::jwt::{AccessClaims, TokenIssuer};
 use super::keys::KeyRing;
@@ -134,6 +135,7 @@ pub struct AuthService {
     account_limiter: RateLimiter,
     ip_limiter: RateLimiter,
     dummy_hash: String,
+    epochs: Arc<TokenEpochs>,
 }
 
 fn system_ctx() -> Context {
@@ -203,8 +205,18 @@ impl AuthService {
             account_limiter: RateLimiter::new(settings.login_max_failures, window),
             ip_limiter: RateLimiter::new(settings.login_max_failures.saturating_mul(10), window),
             dummy_hash,
+            epochs: Arc::new(TokenEpochs::new(
+                Duration::from_secs(settings.access_token_ttl_secs.max(1)),
+                Duration::from_secs(super::jwt::LEEWAY_SECS),
+            )),
             settings: settings.clone(),
         })
+    }
+
+    /// The per-user token epochs every check consults. Empty until
+    /// [`TokenEpochs::follow`] rebuilt them from the log (`serve` does so before listening).
+    pub fn epochs(&self) -> &Arc<TokenEpochs> {
+        &self.epochs
     }
 
     /// The settings in force.
@@ -289,9 +301,23 @@ impl AuthService {
         self.key_ring()
     }
 
-    /// Checks an access token. An unknown `kid` reloads the ring from the database (at most
-    /// every few seconds), so a rotation on another node is picked up.
+    /// Checks an access token: signature, claims, and for a person's token that their access
+    /// was not revoked after it was issued (an in-memory lookup, see [`super::epochs`]).
     pub async fn verify_access(&self, token: &str) -> Result<AccessClaims, AuthError> {
+        let claims = self.verify_signed(token).await?;
+        if claims.role.is_some()
+            && let Ok(user) = claims.sub.parse::<UserId>()
+            && self.epochs.revoked(user, claims.user_version).is_some()
+        {
+            tracing::debug!(user_id = %user, "revoked access token refused");
+            return Err(AuthError::TokenRevoked);
+        }
+        Ok(claims)
+    }
+
+    /// Checks signature and claims. An unknown `kid` reloads the ring from the database (at
+    /// most every few seconds), so a rotation on another node is picked up.
+    async fn verify_signed(&self, token: &str) -> Result<AccessClaims, AuthError> {
         match self.issuer.verify(&self.key_ring(), token) {
             Err(AuthError::InvalidToken("unknown signing key")) if self.ring_in_db => {
                 let due = {
@@ -316,10 +342,17 @@ impl AuthService {
 
     /// The user aggregate's current state, folded from its stream.
     pub async fn load_user(&self, user: Uuid) -> Result<UserState, AuthError> {
+        Ok(self.load_user_at(user).await?.0)
+    }
+
+    /// The user aggregate's current state and the stream version it was folded up to (`0`
+    /// for a stream that does not exist): what a token issued from this state carries.
+    pub async fn load_user_at(&self, user: Uuid) -> Result<(UserState, u64), AuthError> {
         const PAGE: usize = 512;
         let stream = StreamName::new(StreamKind::User, user);
         let mut state = UserState::default();
         let mut from = 0;
+        let mut version = 0;
         loop {
             let page = self
                 .events
@@ -328,19 +361,23 @@ impl AuthService {
             for recorded in &page {
                 let event: UserEvent = codec::decode(recorded)?;
                 state = UserDecider::evolve(state, &event);
+                version = recorded.version;
             }
             match page.last() {
                 Some(last) if page.len() == PAGE => from = last.version + 1,
-                _ => return Ok(state),
+                _ => return Ok((state, version)),
             }
         }
     }
 
     /// Access + refresh token for a signed-in user, continuing `family` on a rotation.
+    /// `version` is the user stream's version the role was read at: revocations after it
+    /// refuse the token, earlier ones do not.
     async fn issue_for_user(
         &self,
         user: Uuid,
         role: Role,
+        version: u64,
         refresh: Option<super::tokens::IssuedRefresh>,
     ) -> Result<TokenResponse, AuthError> {
         let refresh = match refresh {
@@ -354,7 +391,8 @@ impl AuthService {
         let now = chrono::Utc::now().timestamp();
         let claims = self
             .issuer
-            .claims(user.to_string(), WEB_CLIENT_ID, "", Some(role), now);
+            .claims(user.to_string(), WEB_CLIENT_ID, "", Some(role), now)
+            .at_user_version(version);
         let access_token = self.issuer.sign(&*self.signing_ring().await, &claims)?;
         Ok(TokenResponse {
             access_token,
@@ -464,6 +502,18 @@ impl AuthService {
         provider: &str,
         client: &ClientInfo,
     ) -> Result<UserState, AuthError> {
+        Ok(self.record_login_at(users, user, provider, client).await?.0)
+    }
+
+    /// [`AuthService::record_login`], also returning the stream version of the `LoggedIn`
+    /// event (what the token issued for this sign-in carries).
+    async fn record_login_at(
+        &self,
+        users: &Registry<UserDecider>,
+        user: Uuid,
+        provider: &str,
+        client: &ClientInfo,
+    ) -> Result<(UserState, u64), AuthError> {
         let command = UserCommand::RecordLogin {
             provider: provider.to_owned(),
             ip: client.ip.clone(),
@@ -473,7 +523,7 @@ impl AuthService {
             .execute(user, command, system_ctx(), Metadata::acting(user))
             .await
         {
-            Ok(outcome) => Ok(outcome.state),
+            Ok(outcome) => Ok((outcome.state, outcome.version.unwrap_or(0))),
             Err(ActorError::Domain(DomainError::Conflict(_) | DomainError::NotFound(_))) => {
                 Err(AuthError::AccountClosed)
             }
@@ -548,10 +598,10 @@ impl AuthService {
                 ExistingIdentity::Refuse,
             )
             .await?;
-        let state = self
-            .record_login(users, user, LOCAL_PROVIDER, client)
+        let (state, version) = self
+            .record_login_at(users, user, LOCAL_PROVIDER, client)
             .await?;
-        self.issue_for_user(user, state.role().unwrap_or(Role::Client), None)
+        self.issue_for_user(user, state.role().unwrap_or(Role::Client), version, None)
             .await
     }
 
@@ -590,22 +640,22 @@ impl AuthService {
             }
         };
         self.account_limiter.reset(&account_key);
-        let state = self
-            .record_login(users, user, LOCAL_PROVIDER, client)
+        let (state, version) = self
+            .record_login_at(users, user, LOCAL_PROVIDER, client)
             .await?;
-        self.issue_for_user(user, state.role().unwrap_or(Role::Client), None)
+        self.issue_for_user(user, state.role().unwrap_or(Role::Client), version, None)
             .await
     }
 
     /// `grant_type=authorization_code`: redeems a one-time login code.
     pub async fn exchange_login_code(&self, code: &str) -> Result<TokenResponse, AuthError> {
         let (user, _provider) = self.tokens.redeem_login_code(code).await?;
-        let state = self.load_user(user).await?;
+        let (state, version) = self.load_user_at(user).await?;
         if !state.is_active() {
             return Err(AuthError::AccountClosed);
         }
         let response = self
-            .issue_for_user(user, state.role().unwrap_or(Role::Client), None)
+            .issue_for_user(user, state.role().unwrap_or(Role::Client), version, None)
             .await?;
         if let Some(family) = &response.family_id {
             self.tokens.bind_code_family(code, family).await?;
@@ -619,13 +669,28 @@ impl AuthService {
         let issued = self.tokens.rotate(token).await?;
         let user = Uuid::parse_str(&issued.grant.subject)
             .map_err(|_| AuthError::InvalidGrant("not a user session"))?;
-        let state = self.load_user(user).await?;
+        let (state, version) = self.load_user_at(user).await?;
         if !state.is_active() {
             self.tokens.revoke_family(&issued.grant.family_id).await?;
             return Err(AuthError::AccountClosed);
         }
-        self.issue_for_user(user, state.role().unwrap_or(Role::Client), Some(issued))
-            .await
+        // A refresh racing "sign out everywhere" may have rotated its token just before the
+        // families were revoked; a token older than the sign-out never starts a session.
+        if let (Some(signed_out), Some(created)) = (
+            state.signed_out_everywhere_at(),
+            issued.predecessor_created_at,
+        ) && created <= signed_out.timestamp_micros()
+        {
+            self.tokens.revoke_family(&issued.grant.family_id).await?;
+            return Err(AuthError::InvalidGrant("the session was signed out"));
+        }
+        self.issue_for_user(
+            user,
+            state.role().unwrap_or(Role::Client),
+            version,
+            Some(issued),
+        )
+        .await
     }
 
     /// `grant_type=client_credentials`: an access token for a registered service client,
@@ -688,6 +753,44 @@ impl AuthService {
         self.tokens.revoke_by_token(refresh_token).await
     }
 
+    /// `POST /auth/logout-all`: ends every session of `user`. Appends `SignedOutEverywhere`
+    /// (every node then refuses the access tokens issued before it, and cuts the sessions
+    /// opened with them), applies it to this node's epochs at once, and revokes every refresh
+    /// token family and unused login code of the user.
+    pub async fn sign_out_everywhere(
+        &self,
+        users: &Registry<UserDecider>,
+        user: UserId,
+        ctx: Context,
+        metadata: Metadata,
+    ) -> Result<(), AuthError> {
+        let outcome = users
+            .execute(
+                user.as_uuid(),
+                UserCommand::SignOutEverywhere,
+                ctx,
+                metadata,
+            )
+            .await?;
+        if let Some(version) = outcome.version {
+            self.epochs.bump(
+                user,
+                Epoch {
+                    version,
+                    recorded_at: chrono::Utc::now(),
+                    kind: RevocationKind::SignInAgain,
+                },
+                chrono::Utc::now(),
+            );
+        }
+        self.tokens
+            .revoke_subject(&user.as_uuid().to_string())
+            .await?;
+        self.tokens.expire_login_codes(user.as_uuid()).await?;
+        tracing::info!(user_id = %user, "signed out everywhere");
+        Ok(())
+    }
+
     /// `DELETE /users/me`: erases the user as themself (which also deletes their identity rows
     /// and tokens).
     pub async fn erase(
@@ -697,7 +800,7 @@ impl AuthService {
         role: Role,
     ) -> Result<crate::privacy::erasure::ErasureReport, AuthError> {
         let ctx = Context::new(Actor::user(user, role), chrono::Utc::now());
-        Ok(crate::privacy::erasure::erase_user(
+        let report = crate::privacy::erasure::erase_user(
             users,
             &self.keys,
             &self.db,
@@ -705,7 +808,19 @@ impl AuthService {
             ctx,
             Metadata::acting(user.as_uuid()),
         )
-        .await?)
+        .await?;
+        // The feed brings `Erased` to every node; this node refuses the old tokens at once.
+        let (_, version) = self.load_user_at(user.as_uuid()).await?;
+        self.epochs.bump(
+            user,
+            Epoch {
+                version,
+                recorded_at: chrono::Utc::now(),
+                kind: RevocationKind::AccountClosed,
+            },
+            chrono::Utc::now(),
+        );
+        Ok(report)
     }
 
     /// Creates the demo accounts unless they exist (first run of the embedded default).

@@ -61,6 +61,9 @@ pub struct IssuedRefresh {
     pub token: String,
     /// The grant it stands for.
     pub grant: Grant,
+    /// On a rotation, when the token it replaces was issued (microseconds since the epoch):
+    /// a session older than the person's last "sign out everywhere" must not go on.
+    pub predecessor_created_at: Option<i64>,
 }
 
 /// Refresh tokens and login codes in the database beside the log.
@@ -101,6 +104,7 @@ impl TokenStore {
             .bind(scope).bind(now).bind(expires).execute(p).await?.rows_affected());
         Ok(IssuedRefresh {
             token,
+            predecessor_created_at: None,
             grant: Grant {
                 subject: subject.to_owned(),
                 client_id: client_id.to_owned(),
@@ -115,16 +119,18 @@ impl TokenStore {
     pub async fn rotate(&self, token: &str) -> Result<IssuedRefresh, AuthError> {
         let hash = hash_secret(token);
         let now = now_micros();
-        let claimed: Option<(String, String, String, String)> = on_db!(&self.db, p => sqlx::query_as(
+        let claimed: Option<(String, String, String, String, i64)> = on_db!(&self.db, p => sqlx::query_as(
             "UPDATE auth_refresh_tokens SET rotated_at = $1 \
              WHERE token_hash = $2 AND rotated_at IS NULL AND revoked_at IS NULL \
                AND expires_at > $1 \
-             RETURNING subject, client_id, scope, family_id")
+             RETURNING subject, client_id, scope, family_id, created_at")
             .bind(now).bind(&hash).fetch_optional(p).await?);
-        if let Some((subject, client_id, scope, family_id)) = claimed {
-            return self
+        if let Some((subject, client_id, scope, family_id, created_at)) = claimed {
+            let mut issued = self
                 .issue_refresh(&subject, &client_id, &scope, Some(&family_id))
-                .await;
+                .await?;
+            issued.predecessor_created_at = Some(created_at);
+            return Ok(issued);
         }
         let known: Option<(String, Option<i64>)> = on_db!(&self.db, p => sqlx::query_as(
             "SELECT family_id, rotated_at FROM auth_refresh_tokens WHERE token_hash = $1")
@@ -147,6 +153,27 @@ impl TokenStore {
             "UPDATE auth_refresh_tokens SET revoked_at = $1 \
              WHERE family_id = $2 AND revoked_at IS NULL")
             .bind(now).bind(family_id).execute(p).await?.rows_affected());
+        Ok(())
+    }
+
+    /// Revokes every family of `subject` ("sign out everywhere").
+    pub async fn revoke_subject(&self, subject: &str) -> Result<(), AuthError> {
+        let now = now_micros();
+        on_db!(&self.db, p => sqlx::query(
+            "UPDATE auth_refresh_tokens SET revoked_at = $1 \
+             WHERE subject = $2 AND revoked_at IS NULL")
+            .bind(now).bind(subject).execute(p).await?.rows_affected());
+        Ok(())
+    }
+
+    /// Expires the unused login codes of `user_id` ("sign out everywhere"): a code from a
+    /// sign-in before it must not start a session after it.
+    pub async fn expire_login_codes(&self, user_id: Uuid) -> Result<(), AuthError> {
+        let now = now_micros();
+        on_db!(&self.db, p => sqlx::query(
+            "UPDATE auth_login_codes SET expires_at = $1 \
+             WHERE user_id = $2 AND used_at IS NULL AND expires_at > $1")
+            .bind(now).bind(user_id.to_string()).execute(p).await?.rows_affected());
         Ok(())
     }
 

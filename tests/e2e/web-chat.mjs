@@ -1,7 +1,9 @@
 // The web client in a real browser (Debian chromium, headless, driven by playwright-core),
 // run by tests/web_client.rs. The demo client signs in, finds the demo counselor in the
 // directory, opens a room and writes; the demo counselor, in a second browser context, sees
-// the room and the message live over STOMP and answers; the client sees the answer.
+// the room and the message live over STOMP and answers; the client sees the answer. Then the
+// counselor signs out everywhere: their other device goes back to the sign-in form, the
+// client's chat stays live.
 // Usage: NEULBI_URL=http://127.0.0.1:PORT node web-chat.mjs   → prints "OK" or "FAIL <why>".
 import { chromium } from 'playwright-core';
 
@@ -72,7 +74,16 @@ async function main() {
     if (await counselor.page.evaluate(() => window.pwned === 1 || document.querySelector('#messages b') !== null)) {
       throw new Error('message markup was interpreted');
     }
-    const problems = [...client.problems, ...counselor.problems];
+    const otherDevice = await signIn(browser, 'counselor@demo.neulbi.local', 'demo-counselor-pass');
+    step = 'counselor signs out everywhere';
+    await counselor.page.click('#logout-all');
+    await counselor.page.waitForSelector('#signin:not([hidden])');
+    step = "the counselor's other device is signed out";
+    await otherDevice.page.waitForSelector('#signin:not([hidden])');
+    step = "the client's chat stays live";
+    await client.page.waitForSelector('#status:text("live")');
+
+    const problems = [...client.problems, ...counselor.problems, ...otherDevice.problems];
     if (problems.length) throw new Error(problems.join('; '));
     console.log('OK');
   } catch (e) {

@@ -17,6 +17,8 @@ use std::time::Duration;
 pub struct TestApp {
     pub addr: SocketAddr,
     pub state: actix_web::web::Data<AppState>,
+    /// The sign-in service (token epochs, issuer) of this node.
+    pub auth: actix_web::web::Data<neulbi::auth::AuthService>,
     pub handle: actix_web::dev::ServerHandle,
     /// Stops like SIGTERM does: open STOMP connections are closed first.
     pub stopper: Stopper,
@@ -47,12 +49,18 @@ impl TestApp {
         };
         tune(&mut config);
         let app = Application::build(&config).await.expect("app");
-        let (addr, handle, state, stopper) =
-            (app.local_addr(), app.handle(), app.state(), app.stopper());
+        let (addr, handle, state, stopper, auth) = (
+            app.local_addr(),
+            app.handle(),
+            app.state(),
+            app.stopper(),
+            app.auth(),
+        );
         actix_rt::spawn(app.run_until_stopped());
         Self {
             addr,
             state,
+            auth,
             handle,
             stopper,
             _dir: dir,

@@ -48,7 +48,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .app_data(json)
                 .route("/signup", web::post().to(signup))
                 .route("/login", web::post().to(login))
-                .route("/logout", web::post().to(logout)),
+                .route("/logout", web::post().to(logout))
+                .route("/logout-all", web::post().to(logout_all)),
         );
 }
 
@@ -58,6 +59,7 @@ impl From<AuthError> for ApiError {
             AuthError::MissingToken | AuthError::InvalidToken(_) => {
                 (StatusCode::UNAUTHORIZED, "invalid_token")
             }
+            AuthError::TokenRevoked => (StatusCode::UNAUTHORIZED, "token_revoked"),
             AuthError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             AuthError::InvalidGrant(_) | AuthError::TokenReuse => {
                 (StatusCode::BAD_REQUEST, "invalid_grant")
@@ -300,6 +302,22 @@ async fn logout(
         .ok_or_else(|| AuthError::InvalidRequest("refresh_token is required".into()))?;
     auth.logout(&token)
         .instrument(tracing::info_span!("logout"))
+        .await?;
+    Ok(clear_cookie(&auth, HttpResponse::NoContent()))
+}
+
+/// `POST /auth/logout-all` ("sign out everywhere"): ends every session of the signed-in
+/// person on every node. Their access tokens issued so far are refused from now on (401
+/// `token_revoked`), their open STOMP and `/rtc` sessions are closed, and every refresh token
+/// of theirs is revoked; the cookie is cleared. 204. Signing in again starts afresh.
+async fn logout_all(
+    user: crate::auth::AuthUser,
+    state: web::Data<AppState>,
+    auth: web::Data<AuthService>,
+) -> Result<HttpResponse, ApiError> {
+    let (ctx, metadata) = user.command_context();
+    auth.sign_out_everywhere(&state.users, user.user_id, ctx, metadata)
+        .instrument(tracing::info_span!("logout_all", user_id = %user.user_id))
         .await?;
     Ok(clear_cookie(&auth, HttpResponse::NoContent()))
 }

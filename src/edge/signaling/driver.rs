@@ -8,6 +8,7 @@ use super::protocol::{ParticipantInfo, ServerMessage};
 use super::session::{Action, CallAction, Session};
 use crate::actors::ActorError;
 use crate::auth::AuthService;
+use crate::auth::epochs::{Revocation, RevocationKind};
 use crate::edge::stomp::broker::Broker;
 use crate::media::{ConnectionState, MediaError, MediaEvent, Participant};
 use crate::startup::AppState;
@@ -63,6 +64,7 @@ async fn upgrade(
         signaling,
         session: Session::new(Default::default(), Instant::now()),
         user: None,
+        revocation: None,
         call: None,
     };
     actix_web::rt::spawn(
@@ -99,6 +101,8 @@ struct Connection {
     signaling: web::Data<Signaling>,
     session: Session,
     user: Option<(UserId, Role)>,
+    /// Once signed in, resolves if the token used is revoked (then the connection ends).
+    revocation: Option<Revocation>,
     call: Option<InCall>,
 }
 
@@ -135,6 +139,19 @@ impl Connection {
                 _ = tick.tick() => self.session.tick(Instant::now()),
                 _ = self.shutdown.changed() => {
                     self.session.close("server_shutdown", "the server is shutting down".into())
+                }
+                kind = revoked(&mut self.revocation) => {
+                    self.revocation = None;
+                    let _span = tracing::info_span!("rtc.revoked", kind = ?kind).entered();
+                    match kind {
+                        RevocationKind::AccountClosed => {
+                            self.session.close("account_closed", "the account was closed".into())
+                        }
+                        RevocationKind::SignInAgain => self.session.close(
+                            "token_revoked",
+                            "access revoked; sign in again".into(),
+                        ),
+                    }
                 }
             };
             if !self.perform(actions).await {
@@ -186,14 +203,14 @@ impl Connection {
 
     async fn verify(&mut self, token: &str) -> Result<(UserId, Role), String> {
         let refused = || "invalid or expired access token".to_owned();
-        let claims = self
-            .auth
-            .verify_access(token)
-            .await
-            .map_err(|_| refused())?;
+        let claims = self.auth.verify_access(token).await.map_err(|e| match e {
+            crate::auth::AuthError::TokenRevoked => e.to_string(),
+            _ => refused(),
+        })?;
         let role = claims.role.ok_or("a service token cannot join calls")?;
         let user = claims.sub.parse::<UserId>().map_err(|_| refused())?;
         self.user = Some((user, role));
+        self.revocation = Some(self.auth.epochs().revocation(user, claims.user_version));
         Ok((user, role))
     }
 
@@ -579,6 +596,14 @@ enum CallInput {
     Media(MediaEvent),
     News(Arc<CallNews>),
     Behind,
+}
+
+/// Waits for the signed-in token's revocation; forever before sign-in.
+async fn revoked(revocation: &mut Option<Revocation>) -> RevocationKind {
+    match revocation.as_mut() {
+        Some(signal) => signal.await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv_call(call: &mut Option<InCall>) -> CallInput {

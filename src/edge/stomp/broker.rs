@@ -20,7 +20,7 @@ use neulbi_domain::{RoomId, StreamKind, UserId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 /// Identifies one connection inside the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,10 +34,6 @@ struct Routes {
     topics: HashMap<Topic, HashMap<ConnId, usize>>,
     /// How many of `topics` are `/user/queue/rooms` ones (none: room-list pushes are skipped).
     user_queues: usize,
-    /// Whose each authenticated connection is, and per user the signal that ends them all
-    /// when the account is erased or deactivated.
-    accounts: HashMap<ConnId, UserId>,
-    closers: HashMap<UserId, HashMap<ConnId, oneshot::Sender<()>>>,
 }
 
 /// Room members as last seen, so a room event is routed to members' queues without asking the
@@ -195,26 +191,6 @@ impl Broker {
         }
     }
 
-    /// Records that `conn` speaks for `user`; the receiver fires if the account is erased or
-    /// deactivated while the connection lives.
-    pub fn identify(&self, conn: ConnId, user: UserId) -> oneshot::Receiver<()> {
-        let (tx, rx) = oneshot::channel();
-        let mut routes = self.routes();
-        if routes.queues.contains_key(&conn) {
-            routes.accounts.insert(conn, user);
-            routes.closers.entry(user).or_default().insert(conn, tx);
-        }
-        rx
-    }
-
-    /// Ends every local connection of `user` (their account is gone).
-    fn close_account(&self, user: UserId) {
-        let closers = self.routes().closers.remove(&user).unwrap_or_default();
-        for (_, closer) in closers {
-            let _ = closer.send(());
-        }
-    }
-
     /// Forgets a connection (it closed, or it was too slow).
     pub fn unregister(&self, conn: ConnId) {
         let mut routes = self.routes();
@@ -222,18 +198,8 @@ impl Broker {
             queues,
             topics,
             user_queues,
-            accounts,
-            closers,
         } = &mut *routes;
         queues.remove(&conn);
-        if let Some(user) = accounts.remove(&conn)
-            && let Some(conns) = closers.get_mut(&user)
-        {
-            conns.remove(&conn);
-            if conns.is_empty() {
-                closers.remove(&user);
-            }
-        }
         topics.retain(|topic, members| {
             members.remove(&conn);
             let keep = !members.is_empty();
@@ -275,12 +241,6 @@ impl Broker {
 
     /// Routes one event of the log.
     async fn on_event(&self, event: &RecordedEvent) {
-        if event.stream.kind() == StreamKind::User
-            && matches!(event.event_type.as_str(), "Erased" | "Deactivated")
-        {
-            self.close_account(UserId::from_uuid(event.stream.id()));
-            return;
-        }
         if event.stream.kind() == StreamKind::Call {
             self.on_call_event(event);
             return;
@@ -657,27 +617,6 @@ mod tests {
         cache.put(room(3), Vec::new());
         assert_eq!(cache.rooms.len(), 2);
         assert!(cache.get(room(2)).is_none(), "least recently used goes");
-    }
-
-    #[test]
-    fn closing_an_account_ends_only_its_connections() {
-        let broker = Broker::new(None);
-        let alice = UserId::from_uuid(Uuid::from_u128(1));
-        let bob = UserId::from_uuid(Uuid::from_u128(2));
-        let (a1, _q1) = broker.register(4);
-        let (a2, _q2) = broker.register(4);
-        let (b1, _q3) = broker.register(4);
-        let mut alice_1 = broker.identify(a1, alice);
-        let mut alice_2 = broker.identify(a2, alice);
-        let mut bob_1 = broker.identify(b1, bob);
-        broker.close_account(alice);
-        assert_eq!(alice_1.try_recv(), Ok(()));
-        assert_eq!(alice_2.try_recv(), Ok(()));
-        assert!(bob_1.try_recv().is_err(), "bob's connection goes on");
-        // A connection that ended leaves nothing behind.
-        broker.unregister(b1);
-        let routes = broker.routes();
-        assert!(!routes.accounts.contains_key(&b1) && !routes.closers.contains_key(&bob));
     }
 
     #[tokio::test]

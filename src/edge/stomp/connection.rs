@@ -6,6 +6,7 @@ use super::frame::Frame;
 use super::session::{CatchUp, CloseReason, Output, Refusal, Session, Topic};
 use crate::actors::ActorError;
 use crate::auth::AuthService;
+use crate::auth::epochs::Revocation;
 use crate::startup::AppState;
 use crate::store::{Direction, Metadata};
 use neulbi_domain::chat_room::RoomCommand;
@@ -22,6 +23,9 @@ pub struct Identity {
     pub user: UserId,
     /// The role the token was issued with (the room actor checks it).
     pub role: Role,
+    /// The user stream's version the token was issued at (`None`: unversioned), which
+    /// decides whether a later revocation ends this session.
+    pub user_version: Option<u64>,
 }
 
 /// What a STOMP connection needs from the rest of the system.
@@ -51,6 +55,12 @@ pub trait ChatBackend {
         since: MessageId,
         limit: usize,
     ) -> Result<CatchUp, Refusal>;
+    /// Resolves when the access token `who` connected with is revoked, so an open session
+    /// ends with it; backends without revocation never resolve.
+    fn revocation(&self, who: Identity) -> Revocation {
+        let _ = who;
+        Box::pin(std::future::pending())
+    }
 }
 
 /// Routes deliveries to this connection: the broker in production, a recorder in tests. Called
@@ -89,6 +99,11 @@ impl Connection {
             session,
             identity: None,
         }
+    }
+
+    /// Whom the session authenticated as, once connected.
+    pub fn identity(&self) -> Option<Identity> {
+        self.identity
     }
 
     /// Drains the session, answering each request with `backend` in order (so a RECEIPT is
@@ -189,16 +204,23 @@ pub struct AppBackend {
 impl ChatBackend for AppBackend {
     async fn verify(&self, token: &str) -> Result<Identity, Refusal> {
         let refused = || Refusal("invalid or expired access token".into());
-        let claims = self
-            .auth
-            .verify_access(token)
-            .await
-            .map_err(|_| refused())?;
+        let claims = self.auth.verify_access(token).await.map_err(|e| match e {
+            crate::auth::AuthError::TokenRevoked => Refusal(e.to_string()),
+            _ => refused(),
+        })?;
         let role = claims
             .role
             .ok_or_else(|| Refusal("a service token cannot chat".into()))?;
         let user = claims.sub.parse::<UserId>().map_err(|_| refused())?;
-        Ok(Identity { user, role })
+        Ok(Identity {
+            user,
+            role,
+            user_version: claims.user_version,
+        })
+    }
+
+    fn revocation(&self, who: Identity) -> Revocation {
+        self.auth.epochs().revocation(who.user, who.user_version)
     }
 
     async fn may_read(&self, user: UserId, room: RoomId) -> Result<(), Refusal> {
@@ -373,6 +395,7 @@ mod tests {
                 .then_some(Identity {
                     user: ALICE,
                     role: Role::Client,
+                    user_version: Some(1),
                 })
                 .ok_or(Refusal("invalid".into()))
         }

@@ -63,9 +63,10 @@ pub async fn drive<T: Transport, B: ChatBackend>(
     };
     let mut shutdown = broker.shutdown_signal();
     let mut stopping = false;
-    // Once connected, the signal that the user's account was closed meanwhile.
-    let mut account: Option<tokio::sync::oneshot::Receiver<()>> = None;
-    let mut account_closed = false;
+    // Once connected, resolves if the token it connected with is revoked meanwhile (role
+    // change, sign-out everywhere, closed account), on this node or any other.
+    let mut revocation: Option<crate::auth::epochs::Revocation> = None;
+    let mut revoked = false;
     let mut session_config = config.session.clone();
     // One SEND budget per user across every session on this node.
     session_config.send_limiter = broker.send_limiter();
@@ -96,16 +97,22 @@ pub async fn drive<T: Transport, B: ChatBackend>(
                 stopping = true;
                 conn.session.handle_shutdown(Instant::now());
             }
-            closed = async {
-                match account.as_mut() {
+            kind = async {
+                match revocation.as_mut() {
                     Some(signal) => signal.await,
                     None => std::future::pending().await,
                 }
-            }, if account.is_some() && !account_closed => {
-                // A oneshot must not be polled again once it answered, either way.
-                account_closed = true;
-                if closed.is_ok() {
-                    conn.session.handle_account_closed(Instant::now());
+            }, if revocation.is_some() && !revoked => {
+                // A finished future must not be polled again.
+                revoked = true;
+                let _span = tracing::info_span!("stomp.revoked", kind = ?kind).entered();
+                match kind {
+                    crate::auth::epochs::RevocationKind::AccountClosed => {
+                        conn.session.handle_account_closed(Instant::now());
+                    }
+                    crate::auth::epochs::RevocationKind::SignInAgain => {
+                        conn.session.handle_access_revoked(Instant::now());
+                    }
                 }
             }
         }
@@ -113,10 +120,11 @@ pub async fn drive<T: Transport, B: ChatBackend>(
         let mut pending = std::mem::take(&mut frames).into_iter();
         loop {
             let effects = conn.settle(&backend, &router, Instant::now).await;
-            if account.is_none()
-                && let Some(user) = conn.session.user()
+            if revocation.is_none()
+                && conn.session.user().is_some()
+                && let Some(identity) = conn.identity()
             {
-                account = Some(broker.identify(conn_id, user));
+                revocation = Some(backend.revocation(identity));
             }
             if let Some(version) = conn.session.version() {
                 decoder.set_version(version);

@@ -246,6 +246,9 @@ pub enum CloseReason {
     ServerShutdown,
     /// The user's account was erased or deactivated while connected.
     AccountClosed,
+    /// The access token the session connected with was revoked (role change, sign-out
+    /// everywhere) while connected.
+    AccessRevoked,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -410,6 +413,16 @@ impl Session {
         }
         self.error("account closed", None, now);
         self.set_close_reason(CloseReason::AccountClosed);
+    }
+
+    /// The access token the session connected with was revoked (the person signed out
+    /// everywhere, or their role changed): tell the client to sign in again, and close.
+    pub fn handle_access_revoked(&mut self, now: Instant) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.error("access revoked; sign in again", None, now);
+        self.set_close_reason(CloseReason::AccessRevoked);
     }
 
     /// When [`Session::handle_timeout`] should next be called.
