@@ -489,7 +489,7 @@ impl Browser {
             // payload type, as a browser would decode them.
             let track = &tracks[0].1;
             let got = if track.mime.is_empty() {
-                self.negotiated(track.payload_type).await
+                negotiated_codec(&self.pc, track.payload_type).await
             } else {
                 track.mime.clone()
             };
@@ -502,27 +502,6 @@ impl Browser {
         }
     }
 
-    /// The codec the receive side negotiated for `payload_type`, over all transceivers.
-    async fn negotiated(&self, payload_type: u8) -> String {
-        for transceiver in self.pc.get_transceivers().await {
-            let Ok(Some(receiver)) = transceiver.receiver().await else {
-                continue;
-            };
-            let Ok(parameters) = receiver.get_parameters().await else {
-                continue;
-            };
-            if let Some(codec) = parameters
-                .rtp_parameters
-                .codecs
-                .iter()
-                .find(|c| c.payload_type == payload_type)
-            {
-                return codec.rtp_codec.mime_type.clone();
-            }
-        }
-        String::new()
-    }
-
     /// The browser tab goes away without a word: socket and peer connection closed.
     pub async fn vanish(self) {
         for task in &self.tasks {
@@ -530,6 +509,28 @@ impl Browser {
         }
         let _ = self.pc.close().await;
     }
+}
+
+/// The codec `pc`'s receive side negotiated for `payload_type`, over all transceivers: what
+/// names a remote track's codec when webrtc 0.21 lost the name (see [`Browser::receives`]).
+pub async fn negotiated_codec(pc: &Arc<dyn PeerConnection>, payload_type: u8) -> String {
+    for transceiver in pc.get_transceivers().await {
+        let Ok(Some(receiver)) = transceiver.receiver().await else {
+            continue;
+        };
+        let Ok(parameters) = receiver.get_parameters().await else {
+            continue;
+        };
+        if let Some(codec) = parameters
+            .rtp_parameters
+            .codecs
+            .iter()
+            .find(|c| c.payload_type == payload_type)
+        {
+            return codec.rtp_codec.mime_type.clone();
+        }
+    }
+    String::new()
 }
 
 /// Waits until `condition` holds; panics with `what` after [`PATIENCE`].

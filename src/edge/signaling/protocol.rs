@@ -481,6 +481,13 @@ mod tests {
     }
 
     #[test]
+    fn a_foreign_schema_version_is_refused_as_such() {
+        // Found by the property test below: `v` is checked before the other fields.
+        let refused = parse(r#"{"type":"auth","v":2}"#, LIMIT).map_err(|e| e.code());
+        assert_eq!(refused.err(), Some("unsupported_version"));
+    }
+
+    #[test]
     fn server_messages_carry_the_version() {
         let json = ServerMessage::Pong.to_json();
         let value: serde_json::Value = serde_json::from_str(&json).expect("json");
@@ -509,11 +516,17 @@ mod tests {
         ) {
             let mut object = serde_json::Map::new();
             object.insert("type".into(), kind.into());
+            let names_version = key == "v";
             object.insert(key, value);
             let text = serde_json::Value::Object(object).to_string();
             match parse(&text, LIMIT) {
                 Ok(message) => prop_assert_eq!(message.kind(), kind),
-                Err(e) => prop_assert!(matches!(e.code(), "invalid" | "malformed")),
+                // A `v` that is not this schema's version is refused as such.
+                Err(e) => prop_assert!(
+                    matches!(e.code(), "invalid" | "malformed")
+                        || (names_version && e.code() == "unsupported_version"),
+                    "{} for {}", e.code(), text
+                ),
             }
         }
 
