@@ -532,6 +532,17 @@ pub fn print_status(
             r.name, r.position, r.lag, r.description
         )?;
     }
+    for r in rows {
+        if let Some(s) = &r.stalled {
+            let since = chrono::DateTime::from_timestamp_micros(s.since)
+                .map_or_else(|| s.since.to_string(), |t| t.to_rfc3339());
+            writeln!(
+                out,
+                "STALLED {} at position {} since {since} ({} failures): {}",
+                r.name, s.position, s.failures, s.error
+            )?;
+        }
+    }
     Ok(())
 }
 

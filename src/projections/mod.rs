@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod calls;
 pub mod db;
+pub mod faults;
 pub mod queries;
 pub mod rebuild;
 pub mod rooms;

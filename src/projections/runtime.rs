@@ -35,6 +35,7 @@ pub async fn ensure_schema(
             .await?;
     }
     sqlx::query(CHECKPOINTS).execute(&mut *tx).await?;
+    sqlx::query(super::faults::FAULTS).execute(&mut *tx).await?;
     for (base, ddl) in def.tables {
         let stmt = names.render(ddl, &[base]);
         sqlx::query(sql(&stmt)).execute(&mut *tx).await?;
@@ -87,11 +88,97 @@ pub async fn checkpoint(db: &ReadDb, name: &str) -> Result<Option<(u64, i64)>, P
 
 /// Starts a write transaction; SQLite takes the write lock up front so two writers wait for
 /// each other instead of failing on upgrade.
-pub async fn begin(db: &ReadDb) -> Result<sqlx::Transaction<'static, sqlx::Any>, ProjectionError> {
-    Ok(match db.dialect {
-        Dialect::Sqlite => db.pool.begin_with("BEGIN IMMEDIATE").await?,
-        Dialect::Postgres => db.pool.begin().await?,
-    })
+pub async fn begin(db: &ReadDb) -> Result<WriteTx, ProjectionError> {
+    let mut conn = db.pool.acquire().await?;
+    let start = match db.dialect {
+        Dialect::Sqlite => "BEGIN IMMEDIATE",
+        Dialect::Postgres => "BEGIN",
+    };
+    if let Err(e) = sqlx::query(start).execute(&mut *conn).await {
+        // A connection that cannot even begin is not handed to the next caller.
+        let _ = conn.close().await;
+        return Err(e.into());
+    }
+    Ok(WriteTx { conn: Some(conn) })
+}
+
+/// A read-model write transaction driven by plain `BEGIN`/`COMMIT`/`ROLLBACK` on one pooled
+/// connection. sqlx's own transaction bookkeeping gets stuck when SQLite rolls a transaction
+/// back by itself (a full disk: `SQLITE_FULL` on commit), and the pooled connection then
+/// refuses every later `begin` ("non-zero transaction depth") even after space returns. Here a
+/// failed transaction is rolled back explicitly, and a connection whose state is in doubt is
+/// closed instead of going back to the pool.
+pub struct WriteTx {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
+}
+
+impl WriteTx {
+    /// Commits; on failure the transaction is rolled back (or its connection closed).
+    pub async fn commit(mut self) -> Result<(), ProjectionError> {
+        let Some(mut conn) = self.conn.take() else {
+            return Ok(());
+        };
+        match sqlx::query("COMMIT").execute(&mut *conn).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                finish(conn).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Rolls back.
+    pub async fn rollback(mut self) -> Result<(), ProjectionError> {
+        if let Some(conn) = self.conn.take() {
+            finish(conn).await;
+        }
+        Ok(())
+    }
+}
+
+/// Rolls back whatever is open on `conn`; if that fails for another reason than "no
+/// transaction" (SQLite may have rolled back already), the connection is closed.
+async fn finish(mut conn: sqlx::pool::PoolConnection<sqlx::Any>) {
+    if let Err(e) = sqlx::query("ROLLBACK").execute(&mut *conn).await
+        && !e.to_string().contains("no transaction")
+    {
+        tracing::warn!(error = %e, "rollback failed; closing the read-model connection");
+        let _ = conn.close().await;
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        // Dropped mid-transaction (an early return): the connection must not go back to the
+        // pool with the transaction open, so it is rolled back (or closed) in the background.
+        if let Some(conn) = self.conn.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn(finish(conn));
+                }
+                Err(_) => drop(conn.detach()),
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &Self::Target {
+        match &self.conn {
+            Some(c) => c,
+            None => unreachable!("a WriteTx holds its connection until commit or rollback"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match &mut self.conn {
+            Some(c) => c,
+            None => unreachable!("a WriteTx holds its connection until commit or rollback"),
+        }
+    }
 }
 
 /// Outcome of one batch.
@@ -252,21 +339,36 @@ pub fn spawn_all(
                 let mut first_catch_up = true;
                 // Only a wake-up: each step reads its own batch, so the doorbell carries no events.
                 let mut doorbell = store.head_changes();
+                let mut failing = Failing::default();
                 loop {
                     if *stop.borrow() {
                         return;
                     }
-                    match step(&store, &db, def, &names, def.name, BATCH).await {
-                        Ok(Batch::Applied(_) | Batch::Raced) => continue,
+                    let limit = if failing.narrow_until.is_some() {
+                        1
+                    } else {
+                        BATCH
+                    };
+                    match step(&store, &db, def, &names, def.name, limit).await {
+                        Ok(Batch::Applied(_)) => {
+                            failing.succeeded(&db, def.name).await;
+                            continue;
+                        }
+                        Ok(Batch::Raced) => continue,
                         Ok(Batch::CaughtUp) => {
+                            failing.succeeded(&db, def.name).await;
+                            failing.narrow_until = None;
                             if first_catch_up {
                                 first_catch_up = false;
                                 caught_up.fetch_add(1, Ordering::AcqRel);
                             }
                         }
                         Err(e) => {
-                            tracing::error!(projector = def.name, error = %e, "projection failed; retrying");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            let wait = failing.failed(&db, def.name, &e).await;
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = stop.changed() => {}
+                            }
                             continue;
                         }
                     }
@@ -286,6 +388,82 @@ pub fn spawn_all(
         .collect()
 }
 
+/// A projector's run of failures: how many in a row, and how far it applies one event at a
+/// time to find the event that fails.
+#[derive(Default)]
+struct Failing {
+    failures: u32,
+    /// While set, batches are one event long, up to this position (the end of the batch that
+    /// failed), so a poison event is pinned down and everything before it is applied.
+    narrow_until: Option<u64>,
+}
+
+impl Failing {
+    /// Notes a failure and returns how long to wait before the next try.
+    async fn failed(&mut self, db: &ReadDb, name: &'static str, e: &ProjectionError) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let position = checkpoint(db, name)
+            .await
+            .ok()
+            .flatten()
+            .map_or(0, |(p, _)| p);
+        if self.narrow_until.is_none() {
+            self.narrow_until = Some(position.saturating_add(BATCH as u64));
+        }
+        let wait = super::faults::backoff(self.failures);
+        let n = self.failures;
+        if n < super::faults::STALL_AFTER {
+            tracing::warn!(projector = name, position, failures = n, error = %e, retry_in_secs = wait.as_secs(), "projection failed; retrying");
+        } else {
+            if n == super::faults::STALL_AFTER || n.is_multiple_of(10) {
+                tracing::error!(
+                    projector = name,
+                    position,
+                    failures = n,
+                    error = %e,
+                    "projector stalled: the event at this position keeps failing; other projectors \
+                     go on, this one retries every {} s and resumes by itself once a retry succeeds \
+                     (see `neulbi projections status`)",
+                    super::faults::MAX_BACKOFF.as_secs()
+                );
+            }
+            if let Err(record) = super::faults::record(db, name, position, &e.to_string(), n).await
+            {
+                tracing::warn!(projector = name, error = %record, "recording the stall failed");
+            }
+        }
+        wait
+    }
+
+    /// Notes progress: a stall is over.
+    async fn succeeded(&mut self, db: &ReadDb, name: &'static str) {
+        if let Some(end) = self.narrow_until {
+            let position = checkpoint(db, name)
+                .await
+                .ok()
+                .flatten()
+                .map_or(0, |(p, _)| p);
+            if position >= end {
+                self.narrow_until = None;
+            }
+        }
+        if self.failures == 0 {
+            return;
+        }
+        if self.failures >= super::faults::STALL_AFTER {
+            tracing::info!(
+                projector = name,
+                failures = self.failures,
+                "projector resumed"
+            );
+        }
+        self.failures = 0;
+        if let Err(e) = super::faults::clear(db, name).await {
+            tracing::warn!(projector = name, error = %e, "clearing the stall failed");
+        }
+    }
+}
+
 /// Lag of one projector: how far its checkpoint is behind the log's head.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Status {
@@ -297,6 +475,8 @@ pub struct Status {
     pub position: u64,
     /// Events committed but not yet applied.
     pub lag: u64,
+    /// Set while the projector cannot get past one event.
+    pub stalled: Option<super::faults::Stall>,
 }
 
 /// The status of every projector.
@@ -304,6 +484,7 @@ pub async fn status(store: &SharedStore, db: &ReadDb) -> Result<Vec<Status>, Pro
     prepare(db).await?;
     let next = store.head_position().await?.map_or(0, |h| h + 1);
     let mut out = Vec::new();
+    let mut stalls = super::faults::all(db).await?;
     for def in super::all() {
         let position = checkpoint(db, def.name).await?.map_or(0, |(p, _)| p);
         out.push(Status {
@@ -311,6 +492,7 @@ pub async fn status(store: &SharedStore, db: &ReadDb) -> Result<Vec<Status>, Pro
             description: def.description,
             position,
             lag: next.saturating_sub(position),
+            stalled: stalls.remove(def.name),
         });
     }
     Ok(out)

@@ -67,6 +67,11 @@ impl TestApp {
         }
     }
 
+    /// The node's data directory (SQLite files, key file, images).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// Stops the node gracefully, closing open STOMP connections first.
     pub async fn stop(&self) {
         self.stopper.stop(true).await;
