@@ -369,3 +369,122 @@ async fn a_full_disk_gives_clear_errors_corrupts_nothing_and_heals_when_space_re
     drop(again);
     app.stop().await;
 }
+
+/// What a chat client saw while it kept posting.
+#[derive(Default)]
+struct Posted {
+    acknowledged: Vec<String>,
+    errors: usize,
+    last_error: Option<Instant>,
+    acknowledged_at: Vec<Instant>,
+}
+
+#[actix_rt::test]
+async fn postgres_restarted_under_chat_load_loses_nothing_acknowledged() {
+    use neulbi::edge::stomp::frame::{Command, Frame};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let pg = support::pg::TempPostgres::start();
+    let url = pg.url();
+    let app = TestApp::start(move |c| {
+        c.database_url = Some(url);
+        // The load stays under the per-user send limit: only the outage may cause errors.
+        c.chat.sends_per_second = 1000;
+        c.chat.send_burst = 1000;
+    })
+    .await;
+    let client = app.client("restart.client@example.com").await;
+    let counselor = app.counselor("restart.counselor@example.com").await;
+    let room: RoomId = app
+        .open_room(&client, &counselor)
+        .await
+        .parse()
+        .expect("room");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (addr, token, stop) = (app.addr, client.token.clone(), Arc::clone(&stop));
+        actix_rt::spawn(async move {
+            let mut seen = Posted::default();
+            let mut c = support::stomp::Client::connect(addr, &token).await;
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let body = format!("load {i}");
+                i += 1;
+                c.send(
+                    Frame::new(Command::Send)
+                        .header("destination", format!("/app/rooms.{room}.send"))
+                        .header("receipt", body.clone())
+                        .body(body.as_str()),
+                )
+                .await;
+                let answer = loop {
+                    match c.next_within(Duration::from_secs(30)).await {
+                        Ok(Some(f)) if f.command == Command::Message => continue,
+                        other => break other,
+                    }
+                };
+                match answer {
+                    Ok(Some(f)) if f.command == Command::Receipt => {
+                        seen.acknowledged.push(body);
+                        seen.acknowledged_at.push(Instant::now());
+                    }
+                    // ERROR (then closed), closed, or no answer: an error the client sees;
+                    // it reconnects and goes on, as the web client does.
+                    _ => {
+                        seen.errors += 1;
+                        seen.last_error = Some(Instant::now());
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        c = support::stomp::Client::connect(addr, &token).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            seen
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    pg.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.start_again();
+    let up = Instant::now();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop.store(true, Ordering::SeqCst);
+    let seen = writer.await.expect("writer");
+
+    let after_restart = seen.acknowledged_at.iter().filter(|t| **t > up).count();
+    assert!(
+        after_restart >= 20,
+        "chat works again after the restart: {after_restart}"
+    );
+    if let Some(last) = seen.last_error {
+        assert!(
+            last < up + Duration::from_secs(5),
+            "errors only around the outage: the last came {:?} after PostgreSQL was back",
+            last.saturating_duration_since(up)
+        );
+    }
+    // Every acknowledged message is in the log, once; nothing else of the load is.
+    let events = app.state.store.read_all(0, 1_000_000).await.expect("log");
+    let stored: Vec<String> = events
+        .iter()
+        .filter(|e| e.event_type == "MessagePosted")
+        .filter_map(|e| {
+            e.data["body"]["$personal"]["value"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    let mut unique = stored.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), stored.len(), "no message stored twice");
+    for body in &seen.acknowledged {
+        assert!(stored.contains(body), "acknowledged {body} was lost");
+    }
+    assert!(
+        stored.len() <= seen.acknowledged.len() + seen.errors,
+        "only messages that were sent are stored"
+    );
+    app.stop().await;
+}

@@ -13,6 +13,8 @@ pub struct TempPostgres {
     bin: PathBuf,
     port: u16,
     as_postgres: bool,
+    /// The `postgres` options it was started with (to start it again alike).
+    opts: String,
 }
 
 fn find_bin_dir() -> PathBuf {
@@ -79,6 +81,7 @@ impl TempPostgres {
             bin,
             port: 0,
             as_postgres,
+            opts: String::new(),
         };
         let data = pg.data_dir();
         pg.pg(
@@ -120,6 +123,7 @@ impl TempPostgres {
                 ],
             );
             if ok {
+                pg.opts = opts;
                 return pg;
             }
             if attempt == 4 {
@@ -133,6 +137,36 @@ impl TempPostgres {
     /// The URL of the server's default database.
     pub fn url(&self) -> String {
         format!("postgres://neulbi@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server with a fast shutdown (clients are disconnected), as a restart does.
+    pub fn stop(&self) {
+        let data = self.data_dir();
+        self.pg(
+            "pg_ctl",
+            &["-D", path_str(&data), "-m", "fast", "-w", "stop"],
+        );
+    }
+
+    /// Starts the stopped server again, on the same port with the same options.
+    pub fn start_again(&self) {
+        let data = self.data_dir();
+        let log = self.dir.path().join("server.log");
+        self.pg(
+            "pg_ctl",
+            &[
+                "-D",
+                path_str(&data),
+                "-l",
+                path_str(&log),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                &self.opts,
+                "start",
+            ],
+        );
     }
 
     /// The server's data directory (for raw scans of tables and WAL).

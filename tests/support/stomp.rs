@@ -67,17 +67,25 @@ impl Client {
 
     /// The next frame (heart-beats skipped), or `None` when the server closed.
     pub async fn next(&mut self) -> Option<Frame> {
+        self.next_within(Duration::from_secs(10))
+            .await
+            .expect("a frame within 10s")
+    }
+
+    /// Like [`Client::next`], but `Err(())` instead of a panic when nothing comes within
+    /// `limit` (fault tests, where a slow answer is an outcome to record).
+    pub async fn next_within(&mut self, limit: Duration) -> Result<Option<Frame>, ()> {
         loop {
             if let Some(f) = self.frames.pop_front() {
-                return Some(f);
+                return Ok(Some(f));
             }
-            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+            let msg = tokio::time::timeout(limit, self.ws.next())
                 .await
-                .expect("a frame within 10s");
+                .map_err(|_| ())?;
             let bytes = match msg {
                 Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
                 Some(Ok(Message::Binary(b))) => b.to_vec(),
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(None),
                 Some(Ok(_)) => continue,
             };
             let mut out = Vec::new();
