@@ -521,3 +521,104 @@ async fn s3_backend_end_to_end_and_unavailable_is_503_without_an_event() {
     assert_eq!(app.image_events(user).await, 2, "no event appended");
     app.handle.stop(true).await;
 }
+
+/// A TCP relay in front of an S3 server that can stall: while stalled, it accepts
+/// connections and swallows requests without ever answering (a hung storage endpoint).
+struct StallingRelay {
+    addr: std::net::SocketAddr,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StallingRelay {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind relay");
+        let addr = listener.local_addr().expect("addr");
+        let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stalled);
+        actix_rt::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let flag = std::sync::Arc::clone(&flag);
+                actix_rt::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut ri, mut wi) = inbound.into_split();
+                    let (mut ro, mut wo) = outbound.into_split();
+                    let up_flag = std::sync::Arc::clone(&flag);
+                    let up = async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n) = ri.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            // Stalled: the request goes nowhere, and nothing ever answers.
+                            while up_flag.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            if wo.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let down = async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n) = ro.read(&mut buf).await {
+                            if n == 0 || wi.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        Self { addr, stalled }
+    }
+}
+
+#[actix_rt::test]
+async fn a_stalled_s3_bounds_the_upload_with_a_503_and_records_nothing() {
+    let moto = support::moto::Moto::start();
+    let relay = StallingRelay::start(moto.addr).await;
+    let mut settings = moto.settings("neulbi-images-stall");
+    settings.endpoint = Some(format!("http://{}", relay.addr));
+    settings.timeout_secs = 2;
+    let app = spawn_with(move |c| {
+        c.images.backend = neulbi::blob::BlobBackend::S3;
+        c.images.s3 = settings;
+    })
+    .await;
+    let (token, user) = signup(app.addr, "pic.stall@example.com").await;
+    let r = upload(app.addr, &token, &encode(40, 40, image::ImageFormat::Png)).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+
+    relay
+        .stalled
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let r = upload(app.addr, &token, &encode(30, 30, image::ImageFormat::Png)).await;
+    let took = started.elapsed();
+    assert_error(&r, 503, "unavailable");
+    // A bound on the hang (the configured 2 s per S3 call, a retry or two), not a benchmark.
+    assert!(
+        took < Duration::from_secs(15),
+        "the upload hung for {took:?}"
+    );
+    assert_eq!(
+        app.image_events(user).await,
+        1,
+        "no event for the failed upload"
+    );
+
+    // The endpoint recovers: uploads work again.
+    relay
+        .stalled
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let r = upload(app.addr, &token, &encode(20, 20, image::ImageFormat::Png)).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    app.handle.stop(true).await;
+}
