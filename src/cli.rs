@@ -49,8 +49,11 @@ pub enum Command {
         /// What to audit.
         #[arg(value_enum)]
         kind: AuditKind,
-        /// Its id (a UUID).
-        id: String,
+        /// Its id (a UUID); not for `security`.
+        id: Option<String>,
+        /// `security` only: from when (RFC 3339, or an age such as `24h`, `7d`); default 24h.
+        #[arg(long)]
+        since: Option<String>,
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
@@ -77,6 +80,32 @@ pub enum AuditKind {
     Room,
     /// A call's history.
     Call,
+    /// Security events of every account: sign-ins, failed sign-ins, refresh-token reuse,
+    /// role grants, deactivations, erasures, sign-outs everywhere.
+    Security,
+}
+
+/// The start of `neulbi audit security --since`: an RFC 3339 time, or an age (`90m`, `24h`,
+/// `7d`) before `now`.
+pub fn parse_since(
+    text: Option<&str>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    let text = text.unwrap_or("24h").trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: i64 = number.parse().map_err(|_| {
+        anyhow::anyhow!("--since {text:?}: expected an RFC 3339 time or an age such as 24h")
+    })?;
+    let age = match unit {
+        "m" => chrono::Duration::minutes(n),
+        "h" => chrono::Duration::hours(n),
+        "d" => chrono::Duration::days(n),
+        _ => anyhow::bail!("--since {text:?}: the age unit must be m, h or d"),
+    };
+    Ok(now - age)
 }
 
 /// Read-model maintenance.

@@ -115,29 +115,58 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             s.close().await;
             result
         }
-        Command::Audit { kind, id, json } => {
-            let uuid: uuid::Uuid = id
-                .parse()
-                .map_err(|_| anyhow::anyhow!("invalid id {id:?}: expected a UUID"))?;
+        Command::Audit {
+            kind,
+            id,
+            since,
+            json,
+        } => {
             let url = config.database_url();
+            let uuid = match (&kind, &id) {
+                (AuditKind::Security, Some(_)) => {
+                    anyhow::bail!("`audit security` takes no id; use --since")
+                }
+                (AuditKind::Security, None) => None,
+                (_, None) => anyhow::bail!("an id (a UUID) is required"),
+                (_, Some(id)) => Some(
+                    id.parse::<uuid::Uuid>()
+                        .map_err(|_| anyhow::anyhow!("invalid id {id:?}: expected a UUID"))?,
+                ),
+            };
+            let from = match kind {
+                AuditKind::Security => {
+                    Some(cli::parse_since(since.as_deref(), chrono::Utc::now())?)
+                }
+                _ => None,
+            };
             let s = config.open_storage(true).await?.events;
             let db = ReadDb::connect(&projections::db::read_model_url(&url)).await?;
             // The audit trail is a read model: bring it up to date first.
             projections::runtime::catch_up(&s, &db).await?;
-            let rows = match kind {
-                AuditKind::User => {
+            let rows = match (kind, uuid, from) {
+                (AuditKind::User, Some(uuid), _) => {
                     projections::queries::audit_of_user(&db, &uuid.to_string()).await?
                 }
-                AuditKind::Room => {
+                (AuditKind::Room, Some(uuid), _) => {
                     projections::queries::audit_of_stream(&db, &format!("room-{uuid}")).await?
                 }
-                AuditKind::Call => {
+                (AuditKind::Call, Some(uuid), _) => {
                     projections::queries::audit_of_stream(&db, &format!("call-{uuid}")).await?
+                }
+                (_, _, from) => {
+                    let from = from.unwrap_or_else(chrono::Utc::now);
+                    projections::queries::audit_security(&db, from).await?
                 }
             };
             s.close().await;
             if rows.is_empty() {
-                anyhow::bail!("nothing recorded for {id}");
+                match id {
+                    Some(id) => anyhow::bail!("nothing recorded for {id}"),
+                    None => {
+                        eprintln!("no security events in that period");
+                        return Ok(());
+                    }
+                }
             }
             cli::print_audit(&rows, json, &mut std::io::stdout().lock())
         }

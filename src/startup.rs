@@ -16,6 +16,7 @@ use neulbi_domain::user::UserDecider;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 /// What every request handler can reach: the store and the actor registries.
 pub struct AppState {
@@ -184,6 +185,28 @@ impl Application {
             .follow(storage.raw.clone())
             .await
             .context("rebuilding the token epochs from the log")?;
+        // Security records (failed sign-ins, token reuse) go to the user streams off the
+        // request path.
+        if let Some(mut feed) = auth.take_security_feed() {
+            let state = state.clone();
+            actix_web::rt::spawn(async move {
+                while let Some((user, command)) = feed.recv().await {
+                    let ctx = neulbi_domain::Context::new(
+                        neulbi_domain::Actor::system(),
+                        chrono::Utc::now(),
+                    );
+                    let span = tracing::info_span!("security_record", user_id = %user);
+                    let result = state
+                        .users
+                        .execute(user, command, ctx, crate::store::Metadata::default())
+                        .instrument(span)
+                        .await;
+                    if let Err(e) = result {
+                        tracing::warn!(user_id = %user, error = %e, "security record not stored");
+                    }
+                }
+            });
+        }
         // Demo accounts only where nobody configured a database: the embedded default.
         if config
             .auth

@@ -158,6 +158,23 @@ async fn signup_me_refresh_rotation_reuse_and_logout() {
     );
     let r = refresh(&app, &refresh2).await;
     assert_eq!(r.status, 400, "the successor is revoked too: {}", r.body);
+    // The reuse is a security event in the person's stream (recorded off the request path).
+    let user = p["id"].as_str().expect("user id").to_owned();
+    let stream: neulbi_domain::StreamName = format!("user-{user}").parse().expect("stream");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let events = app
+            .state
+            .store
+            .read_stream(&stream, 0, neulbi::store::Direction::Forward, 100)
+            .await
+            .expect("read");
+        if events.iter().any(|e| e.event_type == "RefreshTokenReused") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "reuse not recorded");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     // Sign in again; refresh through the cookie; log out through the cookie.
     let r = post_json(

@@ -379,3 +379,80 @@ fn keys_commands_report_rotate_and_refuse_a_missing_kek() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn audit_security_lists_failed_and_successful_sign_ins() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut child, addr) = serve(dir.path(), &[]).await;
+    let (_, user) = support::stomp::signup(addr, "audited@example.com").await;
+    for (password, status) in [("not the password", 401), ("a long password", 200)] {
+        let body = serde_json::json!({ "email": "audited@example.com", "password": password });
+        let r = support::http::post_json(addr, "/auth/login", &body, &[]).await;
+        assert_eq!(r.status, status, "{}", r.body);
+    }
+    // An unknown account leaves no record (there is no one to attach it to).
+    let r = support::http::post_json(
+        addr,
+        "/auth/login",
+        &serde_json::json!({ "email": "nobody@example.com", "password": "whatever it is" }),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+
+    let stream = format!("user-{user}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        let out = neulbi(dir.path())
+            .args(["audit", "security", "--since", "1h", "--json"])
+            .output()
+            .expect("run audit");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .filter(|r: &serde_json::Value| r["stream"] == stream.as_str())
+            .collect();
+        let types: Vec<String> = rows
+            .iter()
+            .map(|r| r["event_type"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if types.contains(&"SignInFailed".to_owned()) && types.len() >= 3 {
+            break types;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not listed: {types:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    // Sign-up's login, the failed attempt, the successful one; nothing that is not security.
+    assert_eq!(
+        listed.iter().filter(|t| *t == "SignInFailed").count(),
+        1,
+        "{listed:?}"
+    );
+    assert!(
+        listed.iter().filter(|t| *t == "LoggedIn").count() >= 1,
+        "{listed:?}"
+    );
+    assert!(!listed.contains(&"Registered".to_owned()), "{listed:?}");
+    // Far in the past: nothing.
+    let out = neulbi(dir.path())
+        .args(["audit", "security", "--since", "2000-01-01T00:00:00Z"])
+        .output()
+        .expect("run audit");
+    assert!(out.status.success());
+    let out = neulbi(dir.path())
+        .args(["audit", "security", "--since", "soon"])
+        .output()
+        .expect("run audit");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--since"));
+    sigterm(&child);
+    assert!(child.wait().expect("wait").success());
+}

@@ -95,6 +95,16 @@ pub enum UserCommand {
     /// are signed out already). Every request records a new event, since sessions started
     /// after the previous one must end too.
     SignOutEverywhere,
+    /// The sign-in flow refused a sign-in to this account (a wrong password, a refused
+    /// external sign-in): a security event operators can list. System or operator only;
+    /// recorded on deactivated accounts too (attempts on a closed account matter).
+    RecordFailedSignIn {
+        /// How the person tried: `password` or an identity provider's name.
+        method: String,
+    },
+    /// A rotated refresh token of this person was presented again (stolen or replayed); the
+    /// session was revoked, and operators must be able to see it. System or operator only.
+    RecordTokenReuse,
 }
 
 /// The facts recorded in a `user-{uuid}` stream.
@@ -183,7 +193,31 @@ pub enum UserEvent {
         /// When it was decided.
         at: DateTime<Utc>,
     },
+    /// A sign-in to this account was refused (security audit; changes no state).
+    SignInFailed {
+        /// `password` or the identity provider's name (not personal: a handful of names).
+        method: String,
+        /// When it was refused.
+        at: DateTime<Utc>,
+    },
+    /// A rotated refresh token was presented again and its session revoked (security
+    /// audit; changes no state).
+    RefreshTokenReused {
+        /// When it was detected.
+        at: DateTime<Utc>,
+    },
 }
+
+/// The user events an operator's security audit lists (`neulbi audit security`).
+pub const SECURITY_EVENTS: [&str; 7] = [
+    "LoggedIn",
+    "SignInFailed",
+    "RefreshTokenReused",
+    "RoleGranted",
+    "Deactivated",
+    "Erased",
+    "SignedOutEverywhere",
+];
 
 /// The types of the user events after which access tokens issued earlier must be refused
 /// (the role in them is stale, the account is gone, or the person signed out everywhere).
@@ -211,6 +245,8 @@ impl DomainEvent for UserEvent {
             Self::Deactivated { .. } => "Deactivated",
             Self::Erased { .. } => "Erased",
             Self::SignedOutEverywhere { .. } => "SignedOutEverywhere",
+            Self::SignInFailed { .. } => "SignInFailed",
+            Self::RefreshTokenReused { .. } => "RefreshTokenReused",
         }
     }
 }
@@ -638,6 +674,25 @@ impl Decider for UserDecider {
                 ensure_active(account)?;
                 Ok(vec![UserEvent::SignedOutEverywhere { at: now }])
             }
+            UserCommand::RecordFailedSignIn { method } => {
+                existing()?;
+                if !actor.is_privileged() {
+                    return Err(DomainError::Forbidden(
+                        "only the sign-in flow records failed sign-ins",
+                    ));
+                }
+                let method = identity("method", &method)?;
+                Ok(vec![UserEvent::SignInFailed { method, at: now }])
+            }
+            UserCommand::RecordTokenReuse => {
+                existing()?;
+                if !actor.is_privileged() {
+                    return Err(DomainError::Forbidden(
+                        "only the sign-in flow records token reuse",
+                    ));
+                }
+                Ok(vec![UserEvent::RefreshTokenReused { at: now }])
+            }
         }
     }
 
@@ -727,6 +782,8 @@ impl Decider for UserDecider {
             }
             UserEvent::Erased { at } => account.forget_personal_data(*at),
             UserEvent::SignedOutEverywhere { at } => account.signed_out_everywhere_at = Some(*at),
+            // Security audit records: facts for operators, no state of the account.
+            UserEvent::SignInFailed { .. } | UserEvent::RefreshTokenReused { .. } => {}
         }
         state
     }
@@ -985,6 +1042,10 @@ mod tests {
             UserCommand::Deactivate,
             UserCommand::Erase,
             UserCommand::SignOutEverywhere,
+            UserCommand::RecordFailedSignIn {
+                method: "password".into(),
+            },
+            UserCommand::RecordTokenReuse,
         ];
         for command in commands {
             Spec::<UserDecider>::given_nothing()
@@ -1298,6 +1359,87 @@ mod tests {
         Spec::<UserDecider>::given(vec![registered(), deactivated()])
             .when(UserCommand::Deactivate, &me(6))
             .then_nothing();
+    }
+
+    // --- Security audit records ----------------------------------------------------------------
+
+    #[test]
+    fn the_sign_in_flow_records_a_failed_sign_in_without_changing_the_account() {
+        let before = Spec::<UserDecider>::given(vec![registered()])
+            .when(UserCommand::SignOutEverywhere, &me(3))
+            .then(vec![signed_out(3)]);
+        let state = Spec::<UserDecider>::given(vec![registered(), signed_out(3)])
+            .when(
+                UserCommand::RecordFailedSignIn {
+                    method: " password ".into(),
+                },
+                &system_ctx(at(7)),
+            )
+            .then(vec![UserEvent::SignInFailed {
+                method: "password".into(),
+                at: at(7),
+            }]);
+        assert_eq!(
+            state.signed_out_everywhere_at(),
+            before.signed_out_everywhere_at()
+        );
+        assert_eq!(state.login_count(), 0);
+        assert!(
+            !UserEvent::SignInFailed {
+                method: "password".into(),
+                at: at(7)
+            }
+            .revokes_access()
+        );
+    }
+
+    #[test]
+    fn failed_sign_ins_are_recorded_on_a_deactivated_account_too() {
+        Spec::<UserDecider>::given(vec![registered(), deactivated()])
+            .when(
+                UserCommand::RecordFailedSignIn {
+                    method: "google".into(),
+                },
+                &system_ctx(at(9)),
+            )
+            .then(vec![UserEvent::SignInFailed {
+                method: "google".into(),
+                at: at(9),
+            }]);
+    }
+
+    #[test]
+    fn only_the_sign_in_flow_records_security_events() {
+        Spec::<UserDecider>::given(vec![registered()])
+            .when(
+                UserCommand::RecordFailedSignIn {
+                    method: "password".into(),
+                },
+                &me(7),
+            )
+            .then_error(DomainError::Forbidden(
+                "only the sign-in flow records failed sign-ins",
+            ));
+        Spec::<UserDecider>::given(vec![registered()])
+            .when(UserCommand::RecordTokenReuse, &me(7))
+            .then_error(DomainError::Forbidden(
+                "only the sign-in flow records token reuse",
+            ));
+        Spec::<UserDecider>::given(vec![registered()])
+            .when(
+                UserCommand::RecordFailedSignIn {
+                    method: String::new(),
+                },
+                &system_ctx(at(7)),
+            )
+            .then_error(DomainError::invalid("method", "must not be blank"));
+    }
+
+    #[test]
+    fn the_sign_in_flow_records_refresh_token_reuse() {
+        Spec::<UserDecider>::given(vec![registered()])
+            .when(UserCommand::RecordTokenReuse, &system_ctx(at(8)))
+            .then(vec![UserEvent::RefreshTokenReused { at: at(8) }]);
     }
 
     // --- SignOutEverywhere --------------------------------------------------------------------

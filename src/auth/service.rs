@@ -34,6 +34,10 @@ const STALE_CLAIM_MICROS: i64 = 30_000_000;
 const CLAIM_WAIT: Duration = Duration::from_secs(5);
 /// Least time between two key-ring reloads triggered by an unknown `kid`.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+/// Security records waiting for the recorder; more are dropped (and logged) rather than
+/// slowing sign-in down.
+const SECURITY_QUEUE: usize = 4096;
+
 /// See [`super::keys::SIGNING_REFRESH_SECS`].
 const SIGNING_REFRESH: Duration = Duration::from_secs(super::keys::SIGNING_REFRESH_SECS);
 
@@ -124,6 +128,11 @@ pub struct AuthService {
     issuer: TokenIssuer,
     ring: RwLock<Arc<KeyRing>>,
     ring_in_db: bool,
+    /// Security records (failed sign-ins, token reuse) for the node's recorder task, which
+    /// appends them through the user actors off the request path: a refused sign-in must not
+    /// take longer for an existing account than for an unknown one.
+    security: tokio::sync::mpsc::Sender<(Uuid, UserCommand)>,
+    security_feed: Mutex<Option<tokio::sync::mpsc::Receiver<(Uuid, UserCommand)>>>,
     last_reload: Mutex<Instant>,
     last_signing_load: Mutex<Instant>,
     db: Database,
@@ -182,7 +191,10 @@ impl AuthService {
         let providers =
             super::providers::Providers::new(settings, issuer, storage.database.clone())
                 .map_err(|e| AuthError::Key(e.to_string()))?;
+        let (security, security_feed) = tokio::sync::mpsc::channel(SECURITY_QUEUE);
         Ok(Self {
+            security,
+            security_feed: Mutex::new(Some(security_feed)),
             providers,
             issuer: TokenIssuer::new(
                 issuer,
@@ -265,6 +277,21 @@ impl AuthService {
         let ring = KeyRing::rotate(&self.db, self.keys.ring(), self.grace_secs()).await?;
         *self.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
         Ok(())
+    }
+
+    /// The security records for the node's recorder (once; `None` after the first call).
+    pub fn take_security_feed(&self) -> Option<tokio::sync::mpsc::Receiver<(Uuid, UserCommand)>> {
+        self.security_feed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// Queues a security record without waiting.
+    fn record_security(&self, user: Uuid, command: UserCommand) {
+        if let Err(e) = self.security.try_send((user, command)) {
+            tracing::warn!(user_id = %user, error = %e, "security record dropped");
+        }
     }
 
     /// How long a retired signing key keeps verifying.
@@ -633,9 +660,17 @@ impl AuthService {
         let matches = blocking(move || verify_password(&candidate, &phc)).await?;
         let user = match row {
             Some(r) if matches && known => r.user_id,
-            _ => {
+            other => {
                 self.account_limiter.fail(&account_key);
                 self.ip_limiter.fail(&ip_key);
+                if let Some(r) = other.filter(|_| known) {
+                    self.record_security(
+                        r.user_id,
+                        UserCommand::RecordFailedSignIn {
+                            method: "password".into(),
+                        },
+                    );
+                }
                 return Err(AuthError::BadCredentials);
             }
         };
@@ -666,7 +701,20 @@ impl AuthService {
     /// `grant_type=refresh_token`: rotates the refresh token and issues a new access token
     /// with the user's current role.
     pub async fn refresh(&self, token: &str) -> Result<TokenResponse, AuthError> {
-        let issued = self.tokens.rotate(token).await?;
+        let issued = match self.tokens.rotate(token).await {
+            Err(AuthError::TokenReuse) => {
+                if let Some(user) = self
+                    .tokens
+                    .subject_of(token)
+                    .await?
+                    .and_then(|s| Uuid::parse_str(&s).ok())
+                {
+                    self.record_security(user, UserCommand::RecordTokenReuse);
+                }
+                return Err(AuthError::TokenReuse);
+            }
+            other => other?,
+        };
         let user = Uuid::parse_str(&issued.grant.subject)
             .map_err(|_| AuthError::InvalidGrant("not a user session"))?;
         let (state, version) = self.load_user_at(user).await?;

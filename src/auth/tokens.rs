@@ -146,6 +146,14 @@ impl TokenStore {
         }
     }
 
+    /// Whose token this is (any state), for recording a reuse.
+    pub async fn subject_of(&self, token: &str) -> Result<Option<String>, AuthError> {
+        let hash = hash_secret(token);
+        Ok(on_db!(&self.db, p => sqlx::query_scalar(
+            "SELECT subject FROM auth_refresh_tokens WHERE token_hash = $1")
+            .bind(&hash).fetch_optional(p).await?))
+    }
+
     /// Revokes every token of a family (logout, reuse detection).
     pub async fn revoke_family(&self, family_id: &str) -> Result<(), AuthError> {
         let now = now_micros();

@@ -347,6 +347,40 @@ pub async fn audit_of_user(db: &ReadDb, user_id: &str) -> Result<Vec<AuditEntry>
     .await
 }
 
+/// Security events of every account since `from`, oldest first (at most 10,000).
+pub async fn audit_security(
+    db: &ReadDb,
+    from: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<AuditEntry>, ProjectionError> {
+    let types = neulbi_domain::user::SECURITY_EVENTS
+        .iter()
+        .map(|t| format!("'{t}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let q = format!(
+        "SELECT position, stream, version, event_type, actor_id, correlation_id, traceparent, recorded_at FROM rm_audit \
+         WHERE event_type IN ({types}) AND stream LIKE 'user-%' AND recorded_at >= $1 ORDER BY position LIMIT 10000"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(q))
+        .bind(from.timestamp_micros())
+        .fetch_all(&db.pool)
+        .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(AuditEntry {
+                position: r.try_get(0)?,
+                stream: r.try_get(1)?,
+                version: r.try_get(2)?,
+                event_type: r.try_get(3)?,
+                actor_id: r.try_get(4)?,
+                correlation_id: r.try_get(5)?,
+                traceparent: r.try_get(6)?,
+                recorded_at: time(r.try_get(7)?),
+            })
+        })
+        .collect()
+}
+
 /// The history of one stream, oldest first.
 pub async fn audit_of_stream(
     db: &ReadDb,

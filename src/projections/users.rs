@@ -146,7 +146,9 @@ impl Projector for Users {
             // Image keys live on the user stream; profile responses read them from there.
             UserEvent::ProfileImageChanged { .. } | UserEvent::ProfileImageRemoved { .. } => {}
             // Sessions are not part of the profile read model.
-            UserEvent::SignedOutEverywhere { .. } => {}
+            UserEvent::SignedOutEverywhere { .. }
+            | UserEvent::SignInFailed { .. }
+            | UserEvent::RefreshTokenReused { .. } => {}
             UserEvent::Deactivated { at } => {
                 sqlx::query(sql(&self.deactivate))
                     .bind(micros(*at))
