@@ -411,3 +411,70 @@ async fn a_v1_log_projects_its_plain_bodies_sealed() {
         "{stored:?}"
     );
 }
+
+/// Upgrading from read models that held plaintext (`users` and `rooms` version 1): the
+/// first start drops and rebuilds them, and on SQLite no byte of the old plaintext stays in
+/// the read-model file or its WAL.
+#[actix_rt::test]
+async fn upgrading_from_plaintext_read_models_leaves_none_behind() {
+    let w = world(Backend::sqlite().await).await;
+    runtime::catch_up(&w.b.store, &w.db)
+        .await
+        .expect("catch up");
+    // What version 1 stored: plaintext columns.
+    const OLD: [&str; 3] = [
+        "old-plaintext-nickname-v1",
+        "old.plaintext.v1@example.kr",
+        "old-plaintext-body-v1",
+    ];
+    sqlx::query("UPDATE rm_users SET nickname = $1, email = $2")
+        .bind(OLD[0])
+        .bind(OLD[1])
+        .execute(&w.db.pool)
+        .await
+        .expect("v1 users");
+    sqlx::query("UPDATE rm_messages SET body = $1")
+        .bind(OLD[2])
+        .execute(&w.db.pool)
+        .await
+        .expect("v1 messages");
+    sqlx::query("UPDATE rm_rooms SET last_message_preview = $1")
+        .bind(OLD[2])
+        .execute(&w.db.pool)
+        .await
+        .expect("v1 rooms");
+    sqlx::query("UPDATE projection_checkpoints SET version = 1 WHERE name IN ('users', 'rooms')")
+        .execute(&w.db.pool)
+        .await
+        .expect("v1 checkpoints");
+
+    runtime::prepare(&w.db).await.expect("upgrade");
+    runtime::catch_up(&w.b.store, &w.db).await.expect("rebuild");
+
+    let url = read_model_url(&w.b.url);
+    let path = url
+        .trim_start_matches("sqlite://")
+        .split('?')
+        .next()
+        .expect("path")
+        .to_owned();
+    let mut bytes = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        if let Ok(b) = std::fs::read(format!("{path}{suffix}")) {
+            bytes.extend(b);
+        }
+    }
+    let has = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(has(&w.s.room.to_string()), "the scan reads the read models");
+    for old in OLD {
+        assert!(!has(old), "{old:?} survived the upgrade");
+    }
+    let rooms = queries::my_rooms(&w.db, &w.s.counselor.to_string())
+        .await
+        .expect("rooms");
+    assert_eq!(
+        rooms[0].last_message_preview.as_deref(),
+        Some(COUNSELOR_TEXT),
+        "rebuilt and opened"
+    );
+}
