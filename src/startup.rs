@@ -148,12 +148,16 @@ impl Application {
             .with_context(|| format!("opening the event store at {}", store::redact_url(&url)))?;
         let store = storage.events.clone();
         let read_url = projections::db::read_model_url(&url);
-        let read = ReadDb::connect(&read_url).await.with_context(|| {
-            format!(
-                "opening the read models at {}",
-                store::redact_url(&read_url)
-            )
-        })?;
+        let read = ReadDb::connect(&read_url)
+            .await
+            .with_context(|| {
+                format!(
+                    "opening the read models at {}",
+                    store::redact_url(&read_url)
+                )
+            })?
+            // Personal values in the read models are sealed; queries open them with these.
+            .with_keys(Some(storage.keys.clone()));
         let running = projections::runtime::Running::start(store.clone(), read.clone())
             .await
             .context("starting the projectors")?;

@@ -16,7 +16,9 @@ use neulbi_domain::{Actor, Context, Decider, DomainError, Role, StreamKind, Stre
 use support::Backend;
 use support::scenario::{COUNSELOR_TEXT, EMAIL, IP, NICKNAME, SECRETS, as_user, seed};
 
-/// Every byte of the database as text: files for SQLite, table contents for PostgreSQL.
+/// Every byte of the database as text: files for SQLite, table contents for PostgreSQL
+/// (the raw files of a whole PostgreSQL server are scanned by
+/// `sealed_read_models_leave_no_plaintext_on_disk`).
 async fn database_text(b: &Backend) -> String {
     use sqlx::Connection;
     if b.name == "sqlite" {
@@ -71,9 +73,17 @@ async fn erasure_leaves_no_personal_data(b: Backend) {
         .await
         .expect("read models");
     runtime::catch_up(&events, &read).await.expect("project");
+    // The read models hold sealed copies only, even before the erasure; the scan finds
+    // plain text that is not personal (the room's id), so it would find plaintext copies.
+    let before = database_text(&b).await;
     assert!(
-        database_text(&b).await.contains(SECRETS[1]),
-        "the scan can find plaintext"
+        before.contains(&s.room.to_string()),
+        "the scan can find plain text"
+    );
+    assert!(
+        !before.contains(SECRETS[1]),
+        "no plaintext copy in the {} read models",
+        b.name
     );
 
     // Bad input first: someone else cannot erase the client, and nothing is appended.
@@ -248,4 +258,298 @@ async fn key_loss_for_one_user_affects_no_other() {
         ]
     );
     events.close().await;
+}
+
+/// Every file under `dir`, concatenated.
+fn read_tree(dir: &std::path::Path, out: &mut Vec<u8>) {
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            read_tree(&path, out);
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.extend(bytes);
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    haystack
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == first)
+        .any(|(i, _)| haystack[i + 1..].starts_with(rest))
+}
+
+/// Every byte the database server keeps on disk: the whole data directory (for PostgreSQL
+/// after a `CHECKPOINT`, so tables, dead row versions and `pg_wal` are all on disk).
+async fn raw_bytes(pg: Option<&support::pg::TempPostgres>, data_dir: &std::path::Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    match pg {
+        Some(pg) => {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&pg.url())
+                .await
+                .expect("connect");
+            sqlx::query("CHECKPOINT")
+                .execute(&mut c)
+                .await
+                .expect("checkpoint");
+            read_tree(&pg.data_dir(), &mut out);
+        }
+        None => read_tree(data_dir, &mut out),
+    }
+    assert!(out.len() > 10_000, "the scan reads the database files");
+    out
+}
+
+/// Waits until every projector has applied the whole log.
+async fn projected(app: &support::app::TestApp) {
+    for _ in 0..400 {
+        let status = runtime::status(&app.state.store, &app.state.read)
+            .await
+            .expect("status");
+        if status.iter().all(|s| s.lag == 0) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("the projectors did not catch up");
+}
+
+/// Issue 14: a person who signed up, published a counselor profile and chatted, then erased
+/// themselves with `DELETE /users/me`, leaves no e-mail, nickname, profile text or message
+/// text anywhere in the server's files — PostgreSQL's tables, dead row versions and WAL, or
+/// the SQLite log and read-model files with their WALs. Read models keep personal values
+/// sealed under the owner's key, so destroying the key is enough everywhere; the API still
+/// shows them, opened, while the person exists.
+async fn sealed_read_models_leave_no_plaintext_on_disk(pg: Option<support::pg::TempPostgres>) {
+    use neulbi_domain::chat_room::RoomCommand;
+    use neulbi_domain::{MessageId, UserId};
+    use support::http::{post_json, request};
+
+    const C_EMAIL: &str = "eunji.sealed.counselor@example.kr";
+    const C_NICK: &str = "은지-봉인된-닉네임";
+    const C_HEADLINE: &str = "sealed-headline-불안-상담";
+    const C_BIO: &str = "sealed-bio-twelve-years-of-practice";
+    const C_TEXTS: [&str; 2] = ["sealed-counselor-says-hello", "상담사-비밀-메시지-두번째"];
+    const CLIENT_EMAIL: &str = "client.stays.sealed@example.kr";
+    const CLIENT_TEXT: &str = "client-text-kept-but-sealed";
+
+    let dir = tempfile::tempdir().expect("data dir");
+    let app = support::app::TestApp::start(|c| {
+        c.data_dir = dir.path().to_owned();
+        if let Some(pg) = &pg {
+            c.database_url = Some(pg.url());
+        }
+    })
+    .await;
+    let addr = app.addr;
+    let authed = |method: &'static str, path: String, token: String| async move {
+        request(
+            addr,
+            method,
+            &path,
+            &[("Authorization", &format!("Bearer {token}"))],
+            "",
+        )
+        .await
+    };
+
+    // The counselor signs up with a nickname of their own, is granted the role, signs in again
+    // and publishes a directory profile.
+    let r = post_json(
+        addr,
+        "/auth/signup",
+        &serde_json::json!({ "email": C_EMAIL, "password": "a long password", "nickname": C_NICK }),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let token = r.json()["access_token"].as_str().expect("token").to_owned();
+    let me = authed("GET", "/users/me".into(), token).await.json();
+    let counselor_id = UserId(me["id"].as_str().expect("id").parse().expect("uuid"));
+    app.state
+        .users
+        .execute(
+            counselor_id.as_uuid(),
+            UserCommand::GrantCounselorRole,
+            Context::new(
+                Actor {
+                    user_id: None,
+                    role: Role::Operator,
+                },
+                Utc::now(),
+            ),
+            Metadata::default(),
+        )
+        .await
+        .expect("grant");
+    let r = post_json(
+        addr,
+        "/auth/login",
+        &serde_json::json!({ "email": C_EMAIL, "password": "a long password" }),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let counselor = support::app::Person {
+        id: counselor_id,
+        token: r.json()["access_token"].as_str().expect("token").to_owned(),
+    };
+    let r = request(
+        addr,
+        "PUT",
+        "/users/me/counselor-profile",
+        &[
+            ("Authorization", &counselor.bearer()),
+            ("Content-Type", "application/json"),
+        ],
+        &serde_json::json!({ "headline": C_HEADLINE, "bio": C_BIO }).to_string(),
+    )
+    .await;
+    assert!(matches!(r.status, 200 | 204), "{}: {}", r.status, r.body);
+
+    // A client (not erased) chats with them.
+    let client = app.client(CLIENT_EMAIL).await;
+    let room = app.open_room(&client, &counselor).await;
+    let room_id: uuid::Uuid = room.parse().expect("uuid");
+    for (author, role, text) in [
+        (counselor.id, Role::Counselor, C_TEXTS[0]),
+        (client.id, Role::Client, CLIENT_TEXT),
+        (counselor.id, Role::Counselor, C_TEXTS[1]),
+    ] {
+        let post = RoomCommand::PostMessage {
+            message_id: MessageId(uuid::Uuid::now_v7()),
+            body: text.into(),
+            client_message_id: None,
+        };
+        app.state
+            .rooms
+            .execute(room_id, post, as_user(author, role), Metadata::default())
+            .await
+            .expect("post");
+    }
+    projected(&app).await;
+
+    // The API opens the sealed values for everyone who may see them.
+    let directory = request(addr, "GET", "/counselors", &[], "").await.json();
+    let mine = |d: &serde_json::Value| {
+        d["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|c| c["user_id"] == counselor_id.to_string())
+            .cloned()
+    };
+    let entry = mine(&directory).expect("listed");
+    assert_eq!(
+        (&entry["nickname"], &entry["headline"], &entry["bio"]),
+        (
+            &serde_json::json!(C_NICK),
+            &serde_json::json!(C_HEADLINE),
+            &serde_json::json!(C_BIO)
+        ),
+        "{directory}"
+    );
+    let history = authed(
+        "GET",
+        format!("/rooms/{room}/messages"),
+        client.token.clone(),
+    )
+    .await
+    .json();
+    let bodies: Vec<&str> = history["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|m| m["body"].as_str())
+        .collect();
+    assert_eq!(bodies, [C_TEXTS[1], CLIENT_TEXT, C_TEXTS[0]], "{history}");
+    let rooms = authed("GET", "/users/me/rooms".into(), client.token.clone())
+        .await
+        .json();
+    assert_eq!(rooms["items"][0]["last_message_preview"], C_TEXTS[1]);
+
+    // Nothing personal is on disk in the clear, even before the erasure.
+    let personal: Vec<&str> = [
+        C_EMAIL,
+        C_NICK,
+        C_HEADLINE,
+        C_BIO,
+        CLIENT_EMAIL,
+        CLIENT_TEXT,
+    ]
+    .into_iter()
+    .chain(C_TEXTS)
+    .collect();
+    let bytes = raw_bytes(pg.as_ref(), dir.path()).await;
+    assert!(
+        contains(&bytes, room.as_bytes()) && contains(&bytes, b"MessagePosted"),
+        "the scan finds plain text that is not personal (a room id, an event type)"
+    );
+    for needle in &personal {
+        assert!(
+            !contains(&bytes, needle.as_bytes()),
+            "{needle:?} is on disk in the clear before the erasure"
+        );
+    }
+
+    // The counselor erases themself.
+    let r = authed("DELETE", "/users/me".into(), counselor.token.clone()).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    projected(&app).await;
+
+    // The API shows them as erased, as before read models were sealed; the client's data
+    // stays readable.
+    let directory = request(addr, "GET", "/counselors", &[], "").await.json();
+    assert_eq!(mine(&directory), None, "{directory}");
+    let history = authed(
+        "GET",
+        format!("/rooms/{room}/messages"),
+        client.token.clone(),
+    )
+    .await
+    .json();
+    let bodies: Vec<Option<&str>> = history["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|m| m["body"].as_str())
+        .collect();
+    assert_eq!(bodies, [None, Some(CLIENT_TEXT), None], "{history}");
+    let rooms = authed("GET", "/users/me/rooms".into(), client.token.clone())
+        .await
+        .json();
+    assert_eq!(
+        rooms["items"][0]["last_message_preview"],
+        serde_json::Value::Null
+    );
+    let profile = neulbi::projections::queries::user(&app.state.read, &counselor.id.to_string())
+        .await
+        .expect("profile")
+        .expect("row");
+    assert!(profile.erased && profile.nickname.is_none());
+
+    let bytes = raw_bytes(pg.as_ref(), dir.path()).await;
+    assert!(contains(&bytes, room.as_bytes()), "the scan still reads");
+    for needle in &personal {
+        assert!(
+            !contains(&bytes, needle.as_bytes()),
+            "{needle:?} is on disk in the clear after the erasure"
+        );
+    }
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn postgres_sealed_read_models_leave_no_plaintext_on_disk() {
+    sealed_read_models_leave_no_plaintext_on_disk(Some(support::pg::TempPostgres::start())).await;
+}
+
+#[actix_rt::test]
+async fn sqlite_sealed_read_models_leave_no_plaintext_on_disk() {
+    sealed_read_models_leave_no_plaintext_on_disk(None).await;
 }

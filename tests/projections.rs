@@ -27,7 +27,8 @@ struct World {
 async fn world(b: Backend) -> World {
     let db = ReadDb::connect(&read_model_url(&b.url))
         .await
-        .expect("read db");
+        .expect("read db")
+        .with_keys(b.store.data_keys());
     let users = Registry::new(b.store.clone(), RegistryConfig::default());
     let rooms = Registry::new(b.store.clone(), RegistryConfig::default());
     let s = seed(&users, &rooms).await;
@@ -145,6 +146,37 @@ async fn read_models_answer_the_scenario(b: Backend) {
     assert_eq!(directory.len(), 1);
     assert_eq!(directory[0].headline, "청소년 상담");
     assert_eq!(directory[0].nickname.as_deref(), Some("상담사"));
+    assert_eq!(directory[0].bio, "10 years of practice");
+
+    // The tables themselves hold only sealed tokens: no plaintext, and without the keys the
+    // same rows read as absent.
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT coalesce(nickname, '') || coalesce(headline, '') || coalesce(bio, '') FROM rm_counselors \
+         UNION ALL SELECT coalesce(nickname, '') || coalesce(email, '') FROM rm_users \
+         UNION ALL SELECT coalesce(body, '') FROM rm_messages \
+         UNION ALL SELECT coalesce(last_message_preview, '') FROM rm_rooms",
+    )
+    .fetch_all(&w.db.pool)
+    .await
+    .expect("raw read models");
+    let stored = stored.join("\n");
+    assert!(stored.contains("\"sealed\""), "tokens are stored");
+    for plain in [
+        "상담사",
+        "청소년",
+        "10 years",
+        SECRETS[0],
+        SECRETS[1],
+        COUNSELOR_TEXT,
+    ] {
+        assert!(!stored.contains(plain), "{plain:?} is stored in the clear");
+    }
+    let keyless = w.db.clone().with_keys(None);
+    let blind = queries::counselors(&keyless, 10).await.expect("directory");
+    assert_eq!(
+        (blind[0].nickname.as_deref(), blind[0].headline.as_str()),
+        (None, "")
+    );
     let audit = queries::audit_of_user(&w.db, &client).await.expect("audit");
     assert!(
         audit
@@ -246,7 +278,8 @@ async fn two_projecting_nodes_apply_each_event_once(b: Backend) {
     }
     let other = ReadDb::connect(&read_model_url(&w.b.url))
         .await
-        .expect("second node's pool");
+        .expect("second node's pool")
+        .with_keys(w.b.store.data_keys());
     let (a, b2) = futures::join!(
         runtime::catch_up(&w.b.store, &w.db),
         runtime::catch_up(&w.b.store, &other)
@@ -334,5 +367,114 @@ async fn batch_boundaries_do_not_change_the_read_models() {
     assert!(
         dumps[0] == dumps[1] && dumps[1] == dumps[2],
         "the same log gives the same read model in any batch size"
+    );
+}
+
+/// A log written before message bodies were personal (schema v1, plain text in the log)
+/// still projects every body — sealed with its author's key on the way in, never copied in
+/// the clear.
+#[actix_rt::test]
+async fn a_v1_log_projects_its_plain_bodies_sealed() {
+    let b = Backend::sqlite().await;
+    neulbi::tools::transfer::import(
+        &b.store,
+        std::io::Cursor::new(include_str!("fixtures/v1-room-log.ndjson")),
+        |_| {},
+    )
+    .await
+    .expect("import");
+    let db = ReadDb::connect(&read_model_url(&b.url))
+        .await
+        .expect("read db")
+        .with_keys(b.store.data_keys());
+    runtime::catch_up(&b.store, &db).await.expect("project");
+    let page = queries::messages(&db, "0190c3e4-0000-7000-8000-00000000aa01", None, 10)
+        .await
+        .expect("history");
+    assert!(
+        page.items
+            .iter()
+            .any(|m| m.body.as_deref() == Some("v1 plain body from 2025")),
+        "{:?}",
+        page.items
+    );
+    let stored: Vec<Option<String>> = sqlx::query_scalar("SELECT body FROM rm_messages")
+        .fetch_all(&db.pool)
+        .await
+        .expect("raw bodies");
+    assert!(!stored.is_empty());
+    assert!(
+        stored
+            .iter()
+            .flatten()
+            .all(|body| body.contains("\"sealed\"") && !body.contains("plain body")),
+        "{stored:?}"
+    );
+}
+
+/// Upgrading from read models that held plaintext (`users` and `rooms` version 1): the
+/// first start drops and rebuilds them, and on SQLite no byte of the old plaintext stays in
+/// the read-model file or its WAL.
+#[actix_rt::test]
+async fn upgrading_from_plaintext_read_models_leaves_none_behind() {
+    let w = world(Backend::sqlite().await).await;
+    runtime::catch_up(&w.b.store, &w.db)
+        .await
+        .expect("catch up");
+    // What version 1 stored: plaintext columns.
+    const OLD: [&str; 3] = [
+        "old-plaintext-nickname-v1",
+        "old.plaintext.v1@example.kr",
+        "old-plaintext-body-v1",
+    ];
+    sqlx::query("UPDATE rm_users SET nickname = $1, email = $2")
+        .bind(OLD[0])
+        .bind(OLD[1])
+        .execute(&w.db.pool)
+        .await
+        .expect("v1 users");
+    sqlx::query("UPDATE rm_messages SET body = $1")
+        .bind(OLD[2])
+        .execute(&w.db.pool)
+        .await
+        .expect("v1 messages");
+    sqlx::query("UPDATE rm_rooms SET last_message_preview = $1")
+        .bind(OLD[2])
+        .execute(&w.db.pool)
+        .await
+        .expect("v1 rooms");
+    sqlx::query("UPDATE projection_checkpoints SET version = 1 WHERE name IN ('users', 'rooms')")
+        .execute(&w.db.pool)
+        .await
+        .expect("v1 checkpoints");
+
+    runtime::prepare(&w.db).await.expect("upgrade");
+    runtime::catch_up(&w.b.store, &w.db).await.expect("rebuild");
+
+    let url = read_model_url(&w.b.url);
+    let path = url
+        .trim_start_matches("sqlite://")
+        .split('?')
+        .next()
+        .expect("path")
+        .to_owned();
+    let mut bytes = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        if let Ok(b) = std::fs::read(format!("{path}{suffix}")) {
+            bytes.extend(b);
+        }
+    }
+    let has = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(has(&w.s.room.to_string()), "the scan reads the read models");
+    for old in OLD {
+        assert!(!has(old), "{old:?} survived the upgrade");
+    }
+    let rooms = queries::my_rooms(&w.db, &w.s.counselor.to_string())
+        .await
+        .expect("rooms");
+    assert_eq!(
+        rooms[0].last_message_preview.as_deref(),
+        Some(COUNSELOR_TEXT),
+        "rebuilt and opened"
     );
 }

@@ -151,7 +151,7 @@ fn object(v: Value) -> Map<String, Value> {
     }
 }
 
-fn owner_of(field: &Map<String, Value>) -> Result<Uuid, CipherError> {
+pub(super) fn owner_of(field: &Map<String, Value>) -> Result<Uuid, CipherError> {
     field
         .get("owner")
         .and_then(Value::as_str)
@@ -179,7 +179,8 @@ fn visit(
     }
 }
 
-fn visit_mut(
+/// Calls `f` with the inner object of every `{"$personal": {...}}` in `value`, mutably.
+pub(super) fn visit_mut(
     value: &mut Value,
     f: &mut impl FnMut(&mut Map<String, Value>) -> Result<(), CipherError>,
 ) -> Result<(), CipherError> {

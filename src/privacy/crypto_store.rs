@@ -121,6 +121,18 @@ impl EventStore for CryptoStore {
         open_all(&self.keys, events).await
     }
 
+    async fn read_all_sealed(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner.read_all(from_position, limit).await
+    }
+
+    fn data_keys(&self) -> Option<Arc<KeyStore>> {
+        Some(self.keys.clone())
+    }
+
     async fn head_position(&self) -> Result<Option<u64>, StoreError> {
         self.inner.head_position().await
     }

@@ -13,6 +13,7 @@ pub mod erasure;
 pub mod kek;
 pub mod keys;
 pub mod rewrap;
+pub mod sealed;
 pub mod settings;
 
 pub use crypto_store::CryptoStore;

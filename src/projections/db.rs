@@ -6,6 +6,7 @@
 //! (`neulbi-read.db`): they can be deleted and rebuilt at any time, and projecting never
 //! competes with appends for the log's write lock.
 
+use crate::privacy::KeyStore;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor};
 use std::sync::Arc;
@@ -20,13 +21,25 @@ pub enum Dialect {
     Postgres,
 }
 
-/// A connection pool to the read-model database.
-#[derive(Clone, Debug)]
+/// A connection pool to the read-model database, and the data keys its queries open sealed
+/// personal values with.
+#[derive(Clone)]
 pub struct ReadDb {
     /// The pool.
     pub pool: AnyPool,
     /// Its dialect.
     pub dialect: Dialect,
+    /// Opens the sealed personal values queries return; without it they read as absent.
+    pub keys: Option<Arc<KeyStore>>,
+}
+
+impl std::fmt::Debug for ReadDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadDb")
+            .field("dialect", &self.dialect)
+            .field("keys", &self.keys.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A prebuilt statement: built once per projector instance (table names vary by suffix
@@ -94,7 +107,18 @@ impl ReadDb {
             })
             .connect(url)
             .await?;
-        Ok(Self { pool, dialect })
+        Ok(Self {
+            pool,
+            dialect,
+            keys: None,
+        })
+    }
+
+    /// The same read models, opening sealed personal values with `keys` (the event store's
+    /// data keys: [`crate::store::EventStore::data_keys`]).
+    pub fn with_keys(mut self, keys: Option<Arc<KeyStore>>) -> Self {
+        self.keys = keys;
+        self
     }
 }
 

@@ -43,6 +43,10 @@ pub enum ProjectionError {
     /// A paging cursor that no page handed out.
     #[error("invalid cursor {0:?}")]
     InvalidCursor(String),
+    /// A sealed personal value in a read model does not open under its owner's key
+    /// (tampered, or copied from another row).
+    #[error("sealed read-model value: {0}")]
+    Sealed(#[from] crate::privacy::cipher::CipherError),
     /// No projector has that name.
     #[error("no projector named {0:?} (known: {1})")]
     Unknown(String, String),

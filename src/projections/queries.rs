@@ -1,10 +1,30 @@
 //! Queries over the read models, shared by the HTTP API and the CLI.
+//!
+//! Personal values (nicknames, headlines, bios, message bodies and previews) are stored
+//! sealed ([`crate::privacy::sealed`]); each query opens its page with one key lookup per
+//! owner, so an erased person's values read as absent (`None`, or empty text where the
+//! field is not optional) exactly like the scrubbed rows did before.
 
 use super::ProjectionError;
 use super::db::ReadDb;
+use crate::privacy::sealed::PageKeys;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::Row;
+use tracing::Instrument;
+
+/// The keys to open a page of sealed values, one lookup per owner (through the key cache).
+async fn page_keys<'a>(
+    db: &ReadDb,
+    tokens: impl IntoIterator<Item = &'a str>,
+) -> Result<PageKeys, ProjectionError> {
+    let tokens: Vec<&str> = tokens.into_iter().collect();
+    let span = tracing::debug_span!("open_sealed", values = tokens.len());
+    PageKeys::load(db.keys.as_deref(), tokens)
+        .instrument(span)
+        .await
+        .map_err(ProjectionError::Store)
+}
 
 fn time(micros: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or_default()
@@ -50,16 +70,16 @@ pub async fn user(db: &ReadDb, user_id: &str) -> Result<Option<UserProfile>, Pro
     .bind(user_id)
     .fetch_optional(&db.pool)
     .await?;
-    row.map(|r| -> Result<_, ProjectionError> {
-        Ok(UserProfile {
-            user_id: r.try_get(0)?,
-            nickname: r.try_get(1)?,
-            role: r.try_get(2)?,
-            registered_at: time(r.try_get(3)?),
-            erased: r.try_get::<Option<i64>, _>(4)?.is_some(),
-        })
-    })
-    .transpose()
+    let Some(r) = row else { return Ok(None) };
+    let nickname: Option<String> = r.try_get(1)?;
+    let keys = page_keys(db, nickname.as_deref()).await?;
+    Ok(Some(UserProfile {
+        user_id: r.try_get(0)?,
+        nickname: keys.open(nickname.as_deref())?,
+        role: r.try_get(2)?,
+        registered_at: time(r.try_get(3)?),
+        erased: r.try_get::<Option<i64>, _>(4)?.is_some(),
+    }))
 }
 
 /// A published counselor in the directory.
@@ -85,7 +105,8 @@ pub async fn counselors(db: &ReadDb, limit: i64) -> Result<Vec<Counselor>, Proje
     .bind(limit.clamp(1, MAX_PAGE))
     .fetch_all(&db.pool)
     .await?;
-    rows.into_iter()
+    let mut items = rows
+        .into_iter()
         .map(|r| {
             Ok(Counselor {
                 user_id: r.try_get(0)?,
@@ -95,7 +116,26 @@ pub async fn counselors(db: &ReadDb, limit: i64) -> Result<Vec<Counselor>, Proje
                 published_at: time(r.try_get(4)?),
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, ProjectionError>>()?;
+    let keys = page_keys(
+        db,
+        items.iter().flat_map(|c| {
+            [
+                c.nickname.as_deref(),
+                Some(c.headline.as_str()),
+                Some(c.bio.as_str()),
+            ]
+            .into_iter()
+            .flatten()
+        }),
+    )
+    .await?;
+    for c in &mut items {
+        c.nickname = keys.open(c.nickname.as_deref())?;
+        c.headline = keys.open(Some(&c.headline))?.unwrap_or_default();
+        c.bio = keys.open(Some(&c.bio))?.unwrap_or_default();
+    }
+    Ok(items)
 }
 
 /// One entry of a user's room list.
@@ -133,7 +173,8 @@ pub async fn my_rooms(db: &ReadDb, user_id: &str) -> Result<Vec<MyRoom>, Project
     .bind(user_id)
     .fetch_all(&db.pool)
     .await?;
-    rows.into_iter()
+    let mut items = rows
+        .into_iter()
         .map(|r| {
             Ok(MyRoom {
                 room_id: r.try_get(0)?,
@@ -147,7 +188,21 @@ pub async fn my_rooms(db: &ReadDb, user_id: &str) -> Result<Vec<MyRoom>, Project
                 closed_at: opt_time(r.try_get(8)?),
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, ProjectionError>>()?;
+    // The read model keeps the whole last body, sealed; the preview is cut once opened.
+    let keys = page_keys(
+        db,
+        items
+            .iter()
+            .filter_map(|r| r.last_message_preview.as_deref()),
+    )
+    .await?;
+    for r in &mut items {
+        r.last_message_preview = keys
+            .open(r.last_message_preview.as_deref())?
+            .map(|body| super::rooms::preview(&body));
+    }
+    Ok(items)
 }
 
 /// Whether `user_id` is a current member of `room_id` (for authorizing history reads).
@@ -225,6 +280,10 @@ pub async fn messages(
             })
         })
         .collect::<Result<Vec<_>, ProjectionError>>()?;
+    let keys = page_keys(db, items.iter().filter_map(|m| m.body.as_deref())).await?;
+    for m in &mut items {
+        m.body = keys.open(m.body.as_deref())?;
+    }
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(usize::try_from(limit).unwrap_or(0));
         items.last().map(|m| m.seq.to_string())

@@ -91,7 +91,7 @@ async fn swap(
         let limit = usize::try_from(live - at)
             .unwrap_or(usize::MAX)
             .min(REBUILD_BATCH);
-        let events = store.read_all(at, limit).await?;
+        let events = runtime::read_batch(store, at, limit).await?;
         let Some(last) = events.last() else { break };
         let next = last.position + 1;
         apply_all(&mut tx, projector.as_ref(), &events).await?;

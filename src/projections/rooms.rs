@@ -1,5 +1,9 @@
 //! Chat rooms: "my rooms" per user (last message, unread count) and the paged message
 //! history of each room.
+//!
+//! Message bodies are stored as sealed tokens copied from the log
+//! ([`crate::privacy::sealed`]); `last_message_preview` holds the last body's token, cut to
+//! a preview when a query opens it.
 
 use super::db::{Dialect, Sql, sql};
 use super::rooms_batch::{BatchSql, Fold};
@@ -18,7 +22,8 @@ pub const PREVIEW_CHARS: usize = 80;
 pub static DEF: ProjectorDef = ProjectorDef {
     name: "rooms",
     description: "my rooms (last message, unread counts) and room message history",
-    version: 1,
+    // 2: bodies and the last message are sealed tokens instead of plaintext.
+    version: 2,
     tables: &[
         (
             "rm_rooms",
@@ -124,7 +129,8 @@ fn bind(n: &Names) -> Arc<dyn Projector> {
     })
 }
 
-/// The start of a message, as the room list shows it.
+/// The start of a message, as the room list shows it (cut when the query opens it: the read
+/// model keeps the whole sealed body).
 pub(super) fn preview(body: &str) -> String {
     body.chars().take(PREVIEW_CHARS).collect()
 }
@@ -201,7 +207,7 @@ impl Projector for Rooms {
                     .bind(seq)
                     .bind(message_id.to_string())
                     .bind(author.to_string())
-                    .bind(body.as_deref().map(preview))
+                    .bind(body.clone())
                     .bind(micros(*at))
                     .bind(&room)
                     .execute(&mut *tx)

@@ -198,7 +198,7 @@ impl Fold {
                 let body = body.value().cloned();
                 r.last_id = Some(message_id.to_string());
                 r.last_author = Some(author.clone());
-                r.preview = body.as_deref().map(super::rooms::preview);
+                r.preview = body.clone();
                 r.last_at = Some(micros(*at));
                 if let Some(members) = self.members.get_mut(room) {
                     for (user, m) in members.iter_mut() {

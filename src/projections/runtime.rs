@@ -3,7 +3,11 @@
 
 use super::db::{Dialect, ReadDb, sql};
 use super::{Names, ProjectionError, ProjectorDef};
-use crate::store::{RecordedEvent, SharedStore};
+use crate::actors::codec;
+use crate::privacy::cipher::{self, Fields};
+use crate::privacy::sealed;
+use crate::store::{RecordedEvent, SharedStore, StoreError};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -203,7 +207,7 @@ pub async fn step(
     limit: usize,
 ) -> Result<Batch, ProjectionError> {
     let from = checkpoint(db, key).await?.map_or(0, |(p, _)| p);
-    let events = store.read_all(from, limit).await?;
+    let events = read_batch(store, from, limit).await?;
     if events.is_empty() {
         return Ok(Batch::CaughtUp);
     }
@@ -229,6 +233,51 @@ pub async fn step(
     }
     .instrument(span)
     .await
+}
+
+/// Reads the next batch for the projectors as the log stores it: personal fields stay
+/// sealed and reach the projectors as tokens ([`crate::privacy::sealed`]), so read models
+/// only ever hold sealed copies and projecting opens nothing. Old event versions are upcast
+/// first; a field an old version logged in the clear (schema v1 message bodies) is sealed
+/// here with its owner's key, or withheld when the store has no keys.
+pub async fn read_batch(
+    store: &SharedStore,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>, ProjectionError> {
+    let mut events = store.read_all_sealed(from, limit).await?;
+    let corrupt = |e: &RecordedEvent, err: cipher::CipherError| StoreError::Corrupt {
+        position: i64::try_from(e.position).unwrap_or(i64::MAX),
+        reason: err.to_string(),
+    };
+    let mut plain = BTreeSet::new();
+    for e in &mut events {
+        if let Some(current) = codec::upcast(&e.event_type, e.schema_version, &e.data) {
+            e.data = current;
+        }
+        cipher::owners(&e.data, Fields::Plain, &mut plain).map_err(|err| corrupt(e, err))?;
+    }
+    if let (false, Some(keys)) = (plain.is_empty(), store.data_keys()) {
+        let mut found = HashMap::with_capacity(plain.len());
+        for owner in plain {
+            found.insert(owner, keys.for_write(owner).await?);
+        }
+        for e in &mut events {
+            cipher::seal(&mut e.data, &found).map_err(|err| corrupt(e, err))?;
+        }
+    }
+    let mut withheld = 0;
+    for e in &mut events {
+        let done = sealed::for_projection(&mut e.data).map_err(|err| corrupt(e, err))?;
+        withheld += done.withheld;
+    }
+    if withheld > 0 {
+        tracing::warn!(
+            fields = withheld,
+            "personal fields an older version logged in the clear are left out of the read models"
+        );
+    }
+    Ok(events)
 }
 
 /// Applies events in order inside an open transaction.
@@ -313,6 +362,14 @@ pub async fn prepare(db: &ReadDb) -> Result<(), ProjectionError> {
                 "read model changed shape; rebuilding from the start"
             );
             drop_tables(db, def, &names, def.name).await?;
+            if db.dialect == Dialect::Sqlite {
+                // An older shape may have held plaintext (before version 2 of `users` and
+                // `rooms`): with secure_delete the freed pages are zeroed, and the WAL that
+                // still holds them is emptied.
+                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(&db.pool)
+                    .await?;
+            }
         }
         ensure_schema(db, def, &names).await?;
     }

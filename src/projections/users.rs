@@ -1,4 +1,7 @@
 //! User profiles and the counselor directory.
+//!
+//! Nickname, e-mail, headline and bio are stored as sealed tokens copied from the log
+//! ([`crate::privacy::sealed`]); queries open them with the owner's key.
 
 use super::db::{Sql, sql};
 use super::{Decoded, Names, ProjectionError, Projector, ProjectorDef, micros};
@@ -13,7 +16,8 @@ use std::sync::Arc;
 pub static DEF: ProjectorDef = ProjectorDef {
     name: "users",
     description: "user profiles and the counselor directory",
-    version: 1,
+    // 2: personal columns hold sealed tokens instead of plaintext.
+    version: 2,
     tables: &[
         (
             "rm_users",

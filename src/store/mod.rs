@@ -73,6 +73,24 @@ pub trait EventStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError>;
 
+    /// Like [`EventStore::read_all`], but personal fields stay as the log stores them
+    /// (sealed): projectors copy them into read models without ever holding plaintext.
+    /// Backends store what they are given, so by default this is `read_all`; the encrypting
+    /// front overrides it to skip opening.
+    async fn read_all_sealed(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read_all(from_position, limit).await
+    }
+
+    /// The data keys that open this store's sealed fields (the encrypting front has them),
+    /// so readers of sealed read models can be given the same keys.
+    fn data_keys(&self) -> Option<Arc<crate::privacy::KeyStore>> {
+        None
+    }
+
     /// The position of the last committed event, or `None` for an empty log.
     async fn head_position(&self) -> Result<Option<u64>, StoreError>;
 
