@@ -155,6 +155,19 @@ async fn a_poison_event_stalls_one_projector_visibly_and_it_resumes_after_the_fi
     app.stop().await;
 }
 
+/// The bodies of the chat messages in `events`, in log order.
+fn message_bodies(events: &[neulbi::store::RecordedEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.event_type == "MessagePosted")
+        .filter_map(|e| {
+            e.data["body"]["$personal"]["value"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
 /// A small tmpfs the test mounts (as root, which `bash .ci/run` is), unmounted on drop.
 struct Tmpfs {
     dir: tempfile::TempDir,
@@ -337,15 +350,7 @@ async fn a_full_disk_gives_clear_errors_corrupts_nothing_and_heals_when_space_re
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e.position, i as u64, "contiguous positions");
     }
-    let bodies: Vec<String> = events
-        .iter()
-        .filter(|e| e.event_type == "MessagePosted")
-        .filter_map(|e| {
-            e.data["body"]["$personal"]["value"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
+    let bodies = message_bodies(&events);
     acknowledged.push("after the disk was freed".to_owned());
     assert_eq!(
         bodies, acknowledged,
@@ -466,15 +471,7 @@ async fn postgres_restarted_under_chat_load_loses_nothing_acknowledged() {
     }
     // Every acknowledged message is in the log, once; nothing else of the load is.
     let events = app.state.store.read_all(0, 1_000_000).await.expect("log");
-    let stored: Vec<String> = events
-        .iter()
-        .filter(|e| e.event_type == "MessagePosted")
-        .filter_map(|e| {
-            e.data["body"]["$personal"]["value"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
+    let stored = message_bodies(&events);
     let mut unique = stored.clone();
     unique.sort();
     unique.dedup();

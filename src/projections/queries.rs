@@ -417,28 +417,33 @@ pub async fn audit_security(
         .collect::<Vec<_>>()
         .join(", ");
     let q = format!(
-        "SELECT position, stream, version, event_type, actor_id, correlation_id, traceparent, recorded_at FROM rm_audit \
+        "SELECT {AUDIT_COLUMNS} FROM rm_audit \
          WHERE event_type IN ({types}) AND stream LIKE 'user-%' AND recorded_at >= $1 ORDER BY position LIMIT 10000"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(q))
         .bind(from.timestamp_micros())
         .fetch_all(&db.pool)
         .await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(AuditEntry {
-                position: r.try_get(0)?,
-                stream: r.try_get(1)?,
-                version: r.try_get(2)?,
-                event_type: r.try_get(3)?,
-                actor_id: r.try_get(4)?,
-                correlation_id: r.try_get(5)?,
-                traceparent: r.try_get(6)?,
-                recorded_at: time(r.try_get(7)?),
-            })
-        })
-        .collect()
+    rows.iter().map(audit_entry).collect()
 }
+
+/// The columns `AUDIT_COLUMNS` selects, as an entry.
+fn audit_entry(r: &sqlx::any::AnyRow) -> Result<AuditEntry, ProjectionError> {
+    Ok(AuditEntry {
+        position: r.try_get(0)?,
+        stream: r.try_get(1)?,
+        version: r.try_get(2)?,
+        event_type: r.try_get(3)?,
+        actor_id: r.try_get(4)?,
+        correlation_id: r.try_get(5)?,
+        traceparent: r.try_get(6)?,
+        recorded_at: time(r.try_get(7)?),
+    })
+}
+
+/// What every audit query selects, in [`audit_entry`]'s order.
+const AUDIT_COLUMNS: &str =
+    "position, stream, version, event_type, actor_id, correlation_id, traceparent, recorded_at";
 
 /// The history of one stream, oldest first.
 pub async fn audit_of_stream(
@@ -455,7 +460,7 @@ async fn audit_where(
     b: &str,
 ) -> Result<Vec<AuditEntry>, ProjectionError> {
     let q = format!(
-        "SELECT position, stream, version, event_type, actor_id, correlation_id, traceparent, recorded_at FROM rm_audit {filter} \
+        "SELECT {AUDIT_COLUMNS} FROM rm_audit {filter} \
          ORDER BY position LIMIT 10000"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(q))
@@ -463,18 +468,5 @@ async fn audit_where(
         .bind(b)
         .fetch_all(&db.pool)
         .await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(AuditEntry {
-                position: r.try_get(0)?,
-                stream: r.try_get(1)?,
-                version: r.try_get(2)?,
-                event_type: r.try_get(3)?,
-                actor_id: r.try_get(4)?,
-                correlation_id: r.try_get(5)?,
-                traceparent: r.try_get(6)?,
-                recorded_at: time(r.try_get(7)?),
-            })
-        })
-        .collect()
+    rows.iter().map(audit_entry).collect()
 }

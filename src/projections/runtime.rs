@@ -93,17 +93,16 @@ pub async fn checkpoint(db: &ReadDb, name: &str) -> Result<Option<(u64, i64)>, P
 /// Starts a write transaction; SQLite takes the write lock up front so two writers wait for
 /// each other instead of failing on upgrade.
 pub async fn begin(db: &ReadDb) -> Result<WriteTx, ProjectionError> {
-    let mut conn = db.pool.acquire().await?;
+    let conn = db.pool.acquire().await?;
     let start = match db.dialect {
         Dialect::Sqlite => "BEGIN IMMEDIATE",
         Dialect::Postgres => "BEGIN",
     };
-    if let Err(e) = sqlx::query(start).execute(&mut *conn).await {
-        // A connection that cannot even begin is not handed to the next caller.
-        let _ = conn.close().await;
-        return Err(e.into());
-    }
-    Ok(WriteTx { conn: Some(conn) })
+    // Held by the guard before BEGIN is sent: if this future is dropped while BEGIN runs,
+    // `Drop` still rolls the transaction back.
+    let mut tx = WriteTx { conn: Some(conn) };
+    sqlx::query(start).execute(&mut *tx).await?;
+    Ok(tx)
 }
 
 /// A read-model write transaction driven by plain `BEGIN`/`COMMIT`/`ROLLBACK` on one pooled
@@ -119,23 +118,20 @@ pub struct WriteTx {
 impl WriteTx {
     /// Commits; on failure the transaction is rolled back (or its connection closed).
     pub async fn commit(mut self) -> Result<(), ProjectionError> {
-        let Some(mut conn) = self.conn.take() else {
+        let Some(conn) = self.conn.as_mut() else {
             return Ok(());
         };
-        match sqlx::query("COMMIT").execute(&mut *conn).await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                finish(conn).await;
-                Err(e.into())
-            }
-        }
+        // The connection stays in `self` until COMMIT has answered: if this future is dropped
+        // meanwhile (a projector stopped mid-batch) or COMMIT fails, `Drop` rolls back.
+        sqlx::query("COMMIT").execute(&mut **conn).await?;
+        // Committed: the connection goes back to the pool as it is.
+        drop(self.conn.take());
+        Ok(())
     }
 
-    /// Rolls back.
-    pub async fn rollback(mut self) -> Result<(), ProjectionError> {
-        if let Some(conn) = self.conn.take() {
-            finish(conn).await;
-        }
+    /// Rolls back (in the background, see `Drop`).
+    pub async fn rollback(self) -> Result<(), ProjectionError> {
+        drop(self);
         Ok(())
     }
 }
@@ -153,8 +149,9 @@ async fn finish(mut conn: sqlx::pool::PoolConnection<sqlx::Any>) {
 
 impl Drop for WriteTx {
     fn drop(&mut self) {
-        // Dropped mid-transaction (an early return): the connection must not go back to the
-        // pool with the transaction open, so it is rolled back (or closed) in the background.
+        // Dropped with the transaction open (an early return, a failed COMMIT, a projector
+        // stopped mid-batch): the connection must not go back to the pool holding the write
+        // lock, so it is rolled back (or closed) in the background.
         if let Some(conn) = self.conn.take() {
             match tokio::runtime::Handle::try_current() {
                 Ok(handle) => {

@@ -107,22 +107,7 @@ impl TempPostgres {
                 path_str(pg.dir.path())
             );
             let log = pg.dir.path().join("server.log");
-            let ok = pg.pg_status(
-                "pg_ctl",
-                &[
-                    "-D",
-                    path_str(&data),
-                    "-l",
-                    path_str(&log),
-                    "-w",
-                    "-t",
-                    "60",
-                    "-o",
-                    &opts,
-                    "start",
-                ],
-            );
-            if ok {
+            if pg.pg_ctl_start(&opts) {
                 pg.opts = opts;
                 return pg;
             }
@@ -150,9 +135,17 @@ impl TempPostgres {
 
     /// Starts the stopped server again, on the same port with the same options.
     pub fn start_again(&self) {
+        assert!(
+            self.pg_ctl_start(&self.opts),
+            "PostgreSQL did not start again"
+        );
+    }
+
+    /// `pg_ctl start` with `opts`, waiting up to 60 s; false if it did not start.
+    fn pg_ctl_start(&self, opts: &str) -> bool {
         let data = self.data_dir();
         let log = self.dir.path().join("server.log");
-        self.pg(
+        self.pg_status(
             "pg_ctl",
             &[
                 "-D",
@@ -163,10 +156,10 @@ impl TempPostgres {
                 "-t",
                 "60",
                 "-o",
-                &self.opts,
+                opts,
                 "start",
             ],
-        );
+        )
     }
 
     /// The server's data directory (for raw scans of tables and WAL).
