@@ -612,3 +612,31 @@ pub fn print_audit(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_since;
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn since_takes_a_time_or_an_age() {
+        let now = Utc
+            .with_ymd_and_hms(2026, 11, 29, 12, 0, 0)
+            .single()
+            .expect("time");
+        let at = |s: Option<&str>| parse_since(s, now).expect("parses");
+        assert_eq!(at(None), now - chrono::Duration::hours(24));
+        assert_eq!(at(Some("90m")), now - chrono::Duration::minutes(90));
+        assert_eq!(at(Some("7d")), now - chrono::Duration::days(7));
+        assert_eq!(
+            at(Some("2026-11-01T00:00:00+09:00")),
+            Utc.with_ymd_and_hms(2026, 10, 31, 15, 0, 0)
+                .single()
+                .expect("time")
+        );
+        for bad in ["soon", "7w", "", "h", "-"] {
+            let err = parse_since(Some(bad), now).expect_err(bad).to_string();
+            assert!(err.contains("--since"), "{bad}: {err}");
+        }
+    }
+}
