@@ -15,6 +15,7 @@ macro_rules! on_db {
         }
     };
 }
+pub(crate) use on_db;
 
 pub mod epochs;
 pub mod error;

@@ -4,6 +4,7 @@
 //! server secrets — are handled alike through a small descriptor.
 
 use super::kek::{KekRing, WrapContext};
+use crate::auth::on_db;
 use crate::store::{Database, StoreError};
 use indicatif::ProgressBar;
 use serde::Serialize;
@@ -154,15 +155,6 @@ impl KeyStatus {
     pub fn plaintext(&self) -> u64 {
         self.tables.values().map(|t| t.plaintext).sum()
     }
-}
-
-macro_rules! on_db {
-    ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            Database::Sqlite($pool) => $body,
-            Database::Postgres($pool) => $body,
-        }
-    };
 }
 
 /// Counts every table's rows by how they are stored.
