@@ -260,29 +260,6 @@ async fn key_loss_for_one_user_affects_no_other() {
     events.close().await;
 }
 
-/// Every file under `dir`, concatenated.
-fn read_tree(dir: &std::path::Path, out: &mut Vec<u8>) {
-    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            read_tree(&path, out);
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            out.extend(bytes);
-        }
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    let Some((&first, rest)) = needle.split_first() else {
-        return true;
-    };
-    haystack
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| **b == first)
-        .any(|(i, _)| haystack[i + 1..].starts_with(rest))
-}
-
 /// Every byte the database server keeps on disk: the whole data directory (for PostgreSQL
 /// after a `CHECKPOINT`, so tables, dead row versions and `pg_wal` are all on disk).
 async fn raw_bytes(pg: Option<&support::pg::TempPostgres>, data_dir: &std::path::Path) -> Vec<u8> {
@@ -297,9 +274,9 @@ async fn raw_bytes(pg: Option<&support::pg::TempPostgres>, data_dir: &std::path:
                 .execute(&mut c)
                 .await
                 .expect("checkpoint");
-            read_tree(&pg.data_dir(), &mut out);
+            support::read_tree(&pg.data_dir(), &mut out);
         }
-        None => read_tree(data_dir, &mut out),
+        None => support::read_tree(data_dir, &mut out),
     }
     assert!(out.len() > 10_000, "the scan reads the database files");
     out
@@ -487,12 +464,13 @@ async fn sealed_read_models_leave_no_plaintext_on_disk(pg: Option<support::pg::T
     .collect();
     let bytes = raw_bytes(pg.as_ref(), dir.path()).await;
     assert!(
-        contains(&bytes, room.as_bytes()) && contains(&bytes, b"MessagePosted"),
+        support::contains_bytes(&bytes, room.as_bytes())
+            && support::contains_bytes(&bytes, b"MessagePosted"),
         "the scan finds plain text that is not personal (a room id, an event type)"
     );
     for needle in &personal {
         assert!(
-            !contains(&bytes, needle.as_bytes()),
+            !support::contains_bytes(&bytes, needle.as_bytes()),
             "{needle:?} is on disk in the clear before the erasure"
         );
     }
@@ -534,10 +512,13 @@ async fn sealed_read_models_leave_no_plaintext_on_disk(pg: Option<support::pg::T
     assert!(profile.erased && profile.nickname.is_none());
 
     let bytes = raw_bytes(pg.as_ref(), dir.path()).await;
-    assert!(contains(&bytes, room.as_bytes()), "the scan still reads");
+    assert!(
+        support::contains_bytes(&bytes, room.as_bytes()),
+        "the scan still reads"
+    );
     for needle in &personal {
         assert!(
-            !contains(&bytes, needle.as_bytes()),
+            !support::contains_bytes(&bytes, needle.as_bytes()),
             "{needle:?} is on disk in the clear after the erasure"
         );
     }

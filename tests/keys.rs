@@ -14,7 +14,7 @@ use neulbi::privacy::{KeySettings, WrapContext};
 use neulbi::store::{Database, Direction, EventData, ExpectedVersion, Storage, StoreLimits};
 use neulbi_domain::{StreamKind, StreamName};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use support::moto::Moto;
 use support::pg::TempPostgres;
 use uuid::Uuid;
@@ -86,27 +86,12 @@ impl Db {
                     .execute(&mut c)
                     .await
                     .expect("checkpoint");
-                read_tree(&pg.data_dir(), &mut out);
+                support::read_tree(&pg.data_dir(), &mut out);
             }
         }
         assert!(out.len() > 10_000, "the scan reads the database files");
         out
     }
-}
-
-fn read_tree(dir: &Path, out: &mut Vec<u8>) {
-    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            read_tree(&path, out);
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            out.extend(bytes);
-        }
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 fn personal(owner: Uuid, value: &str) -> serde_json::Value {
@@ -245,7 +230,10 @@ async fn every_key_is_stored_wrapped(db: Db) {
     let raw = db.raw_bytes().await;
     for s in &secrets {
         assert_eq!(s.len(), 32);
-        assert!(!contains(&raw, s), "a key in the clear on disk");
+        assert!(
+            !support::contains_bytes(&raw, s),
+            "a key in the clear on disk"
+        );
     }
     // The scan is able to find what it looks for: the key ids are stored in the clear.
     let reopened = db.open(&KeySettings::default(), false).await.expect("open");
@@ -259,7 +247,10 @@ async fn every_key_is_stored_wrapped(db: Db) {
     } else {
         key_id.into_bytes()
     };
-    assert!(contains(&raw, &id_bytes), "the scan sees the key rows");
+    assert!(
+        support::contains_bytes(&raw, &id_bytes),
+        "the scan sees the key rows"
+    );
     reopened.events.close().await;
 }
 
@@ -382,7 +373,10 @@ async fn plaintext_of_an_older_version_is_wrapped_on_start(db: Db) {
         // the WAL. (PostgreSQL keeps dead tuples and WAL until they age out; docs say so.)
         let raw = db.raw_bytes().await;
         for k in keys.iter().chain([&secret]) {
-            assert!(!contains(&raw, k), "a migrated key left in the clear");
+            assert!(
+                !support::contains_bytes(&raw, k),
+                "a migrated key left in the clear"
+            );
         }
     }
 }

@@ -107,3 +107,27 @@ impl Backend {
         }
     }
 }
+
+/// Every file under `dir`, concatenated: what a raw scan of a database's files reads.
+pub fn read_tree(dir: &Path, out: &mut Vec<u8>) {
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            read_tree(&path, out);
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.extend(bytes);
+        }
+    }
+}
+
+/// Whether `needle` occurs in `haystack` (an empty needle always does).
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    haystack
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == first)
+        .any(|(i, _)| haystack[i + 1..].starts_with(rest))
+}
