@@ -312,7 +312,7 @@ fn as_operator_on(
     crate::actors::Registry<neulbi_domain::user::UserDecider>,
     neulbi_domain::Context,
 )> {
-    use neulbi_domain::{Actor, Context, Role, UserId};
+    use neulbi_domain::UserId;
     let user: UserId = user_id
         .parse()
         .map_err(|_| anyhow::anyhow!("invalid user id {user_id:?}: expected a UUID"))?;
@@ -320,14 +320,19 @@ fn as_operator_on(
         storage.events.clone(),
         crate::actors::RegistryConfig::default(),
     );
-    let ctx = Context::new(
+    Ok((user, users, operator_at(chrono::Utc::now())))
+}
+
+/// The context of a command an operator gives through the CLI.
+fn operator_at(now: chrono::DateTime<chrono::Utc>) -> neulbi_domain::Context {
+    use neulbi_domain::{Actor, Context, Role};
+    Context::new(
         Actor {
             user_id: None,
             role: Role::Operator,
         },
-        chrono::Utc::now(),
-    );
-    Ok((user, users, ctx))
+        now,
+    )
 }
 
 /// `neulbi users grant-counselor ID`: appends `RoleGranted` as an operator.
@@ -490,11 +495,19 @@ pub async fn keys_status(
     Ok(())
 }
 
-/// `neulbi keys rotate-kek`: rewraps every stored key under the current KEK.
+/// `neulbi keys rotate-kek`: rewraps every stored key under the current KEK and records the
+/// rotation in the security journal.
 pub async fn keys_rotate_kek(
     storage: &crate::store::Storage,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
+    let current = storage.kek.current_id().to_owned();
+    let before = crate::privacy::rewrap::status(&storage.database, &storage.kek).await?;
+    let from: Vec<String> = before
+        .keks_in_use()
+        .into_keys()
+        .filter(|k| *k != current)
+        .collect();
     let bar = progress_bar(0, "rewrapping");
     let n = crate::privacy::rewrap::rewrap(&storage.database, &storage.kek, &bar)
         .await
@@ -503,8 +516,7 @@ pub async fn keys_rotate_kek(
     let status = crate::privacy::rewrap::status(&storage.database, &storage.kek).await?;
     writeln!(
         out,
-        "rewrapped {n} keys under {}; {} rows remain under other KEKs",
-        storage.kek.current_id(),
+        "rewrapped {n} keys under {current}; {} rows remain under other KEKs",
         status
             .keks_in_use()
             .iter()
@@ -512,10 +524,21 @@ pub async fn keys_rotate_kek(
             .map(|(_, n)| n)
             .sum::<u64>()
     )?;
+    if n > 0 {
+        record_rotation(
+            storage,
+            neulbi_domain::system::KeyKind::Kek,
+            from,
+            current,
+            n,
+        )
+        .await?;
+    }
     Ok(())
 }
 
-/// `neulbi keys rotate-signing`: adds a signing key; the previous ones retire.
+/// `neulbi keys rotate-signing`: adds a signing key (the previous ones retire) and records the
+/// rotation in the security journal.
 pub async fn keys_rotate_signing(
     storage: &crate::store::Storage,
     config: &crate::config::Config,
@@ -527,8 +550,13 @@ pub async fn keys_rotate_signing(
              key in NEULBI_AUTH_VERIFY_KEYS until its tokens have expired)"
         );
     }
+    use crate::auth::keys::KeyRing;
     let grace = crate::auth::keys::grace_secs(config.auth.access_token_ttl_secs);
-    let ring = crate::auth::keys::KeyRing::rotate(&storage.database, &storage.kek, grace)
+    let before = KeyRing::current(&storage.database, &storage.kek, grace)
+        .await
+        .context("reading the signing keys")?
+        .map(|r| r.signing_kid().to_owned());
+    let ring = KeyRing::rotate(&storage.database, &storage.kek, grace)
         .await
         .context("rotating the signing key")?;
     writeln!(
@@ -536,6 +564,46 @@ pub async fn keys_rotate_signing(
         "new tokens are signed with {}; the previous keys verify for {grace} s more",
         ring.signing_kid()
     )?;
+    let to = ring.signing_kid().to_owned();
+    let from = before.into_iter().collect();
+    record_rotation(
+        storage,
+        neulbi_domain::system::KeyKind::Signing,
+        from,
+        to,
+        1,
+    )
+    .await
+}
+
+/// Appends `KeysRotated` to today's security journal, as an operator.
+async fn record_rotation(
+    storage: &crate::store::Storage,
+    what: neulbi_domain::system::KeyKind,
+    from: Vec<String>,
+    to: String,
+    rows: u64,
+) -> anyhow::Result<()> {
+    use neulbi_domain::system::{SystemCommand, SystemDecider, journal_for};
+    let journal = crate::actors::Registry::<SystemDecider>::new(
+        storage.events.clone(),
+        crate::actors::RegistryConfig::default(),
+    );
+    let now = chrono::Utc::now();
+    journal
+        .execute(
+            journal_for(now),
+            SystemCommand::RecordKeyRotation {
+                what,
+                from,
+                to,
+                rows,
+            },
+            operator_at(now),
+            crate::store::Metadata::default(),
+        )
+        .await
+        .context("the keys were rotated, but recording it in the security journal failed")?;
     Ok(())
 }
 
@@ -589,8 +657,8 @@ pub fn print_audit(
     }
     writeln!(
         out,
-        "{:>8}  {:<24} {:<44} {:<26} {:<36} {:<36} trace",
-        "position", "time", "stream", "event", "actor", "request"
+        "{:>8}  {:<24} {:<44} {:<26} {:<36} {:<36} {:<32} detail",
+        "position", "time", "stream", "event", "actor", "request", "trace"
     )?;
     for r in rows {
         let trace = r
@@ -600,14 +668,15 @@ pub fn print_audit(
             .unwrap_or("-");
         writeln!(
             out,
-            "{:>8}  {:<24} {:<44} {:<26} {:<36} {:<36} {}",
+            "{:>8}  {:<24} {:<44} {:<26} {:<36} {:<36} {:<32} {}",
             r.position,
             r.recorded_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
             format!("{} v{}", r.stream, r.version),
             r.event_type,
             r.actor_id.as_deref().unwrap_or("system"),
             r.correlation_id.as_deref().unwrap_or("-"),
-            trace
+            trace,
+            r.detail.as_deref().unwrap_or("")
         )?;
     }
     Ok(())

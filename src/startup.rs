@@ -189,24 +189,41 @@ impl Application {
             .follow(storage.raw.clone())
             .await
             .context("rebuilding the token epochs from the log")?;
-        // Security records (failed sign-ins, token reuse) go to the user streams off the
-        // request path.
+        // Security records (failed sign-ins, token reuse) go to the user streams and the
+        // security journal off the request path.
         if let Some(mut feed) = auth.take_security_feed() {
             let state = state.clone();
+            let journal = crate::actors::Registry::<neulbi_domain::system::SystemDecider>::new(
+                storage.events.clone(),
+                crate::actors::RegistryConfig::default(),
+            );
             actix_web::rt::spawn(async move {
-                while let Some((user, command)) = feed.recv().await {
-                    let ctx = neulbi_domain::Context::new(
-                        neulbi_domain::Actor::system(),
-                        chrono::Utc::now(),
-                    );
-                    let span = tracing::info_span!("security_record", user_id = %user);
-                    let result = state
-                        .users
-                        .execute(user, command, ctx, crate::store::Metadata::default())
-                        .instrument(span)
-                        .await;
+                while let Some(record) = feed.recv().await {
+                    let now = chrono::Utc::now();
+                    let ctx = neulbi_domain::Context::new(neulbi_domain::Actor::system(), now);
+                    let meta = crate::store::Metadata::default();
+                    let result = match record {
+                        crate::auth::SecurityRecord::User(user, command) => {
+                            let span = tracing::info_span!("security_record", user_id = %user);
+                            state
+                                .users
+                                .execute(user, command, ctx, meta)
+                                .instrument(span)
+                                .await
+                                .map(drop)
+                        }
+                        crate::auth::SecurityRecord::Journal(command) => {
+                            let id = neulbi_domain::system::journal_for(now);
+                            let span = tracing::info_span!("security_journal", stream_id = %id);
+                            journal
+                                .execute(id, command, ctx, meta)
+                                .instrument(span)
+                                .await
+                                .map(drop)
+                        }
+                    };
                     if let Err(e) = result {
-                        tracing::warn!(user_id = %user, error = %e, "security record not stored");
+                        tracing::warn!(error = %e, "security record not stored");
                     }
                 }
             });

@@ -357,6 +357,43 @@ fn keys_commands_report_rotate_and_refuse_a_missing_kek() {
         out.contains("every stored key is wrapped by the current KEK"),
         "{out}"
     );
+    // Each rotation is in the security audit, naming the keys and never a secret.
+    let (ok, out, err) = run(&["audit", "security", "--since", "1h", "--json"], &only_new);
+    assert!(ok, "{err}");
+    let rotations: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .filter(|r: &serde_json::Value| r["event_type"] == "KeysRotated")
+        .collect();
+    assert_eq!(rotations.len(), 3, "{out}");
+    assert!(rotations.iter().all(|r| {
+        r["stream"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("system-"))
+    }));
+    let details: Vec<&str> = rotations
+        .iter()
+        .map(|r| r["detail"].as_str().unwrap_or_default())
+        .collect();
+    assert!(details[0].starts_with("signing - -> "), "{details:?}");
+    assert!(
+        details[1].starts_with("signing ") && details[1].ends_with("(1 rows)"),
+        "{details:?}"
+    );
+    assert_eq!(
+        details[2],
+        format!(
+            "kek {old_id} -> {} (2 rows)",
+            serde_json::from_str::<serde_json::Value>(
+                run(&["keys", "status", "--json"], &only_new).1.trim()
+            )
+            .expect("json")["current_kek"]
+                .as_str()
+                .expect("kek")
+        ),
+        "{details:?}"
+    );
+    assert!(!out.contains("MDEyMzQ1"), "{out}");
 
     // The old KEK alone no longer opens the database: refused, naming what is missing.
     let (ok, _, err) = run(&["keys", "status"], &[]);
@@ -390,7 +427,7 @@ async fn audit_security_lists_failed_and_successful_sign_ins() {
         let r = support::http::post_json(addr, "/auth/login", &body, &[]).await;
         assert_eq!(r.status, status, "{}", r.body);
     }
-    // An unknown account leaves no record (there is no one to attach it to).
+    // An unknown account is recorded in the security journal, without the address tried.
     let r = support::http::post_json(
         addr,
         "/auth/login",
@@ -441,6 +478,33 @@ async fn audit_security_lists_failed_and_successful_sign_ins() {
         "{listed:?}"
     );
     assert!(!listed.contains(&"Registered".to_owned()), "{listed:?}");
+    let (text, unknown) = loop {
+        let out = neulbi(dir.path())
+            .args(["audit", "security", "--since", "1h", "--json"])
+            .output()
+            .expect("run audit");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let unknown: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .filter(|r: &serde_json::Value| r["event_type"] == "UnknownAccountSignInFailed")
+            .collect();
+        if !unknown.is_empty() {
+            break (text, unknown);
+        }
+        assert!(std::time::Instant::now() < deadline, "not listed: {text}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(unknown.len(), 1, "{text}");
+    assert_eq!(unknown[0]["detail"], "method=password", "{text}");
+    assert!(
+        unknown[0]["stream"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("system-")),
+        "{text}"
+    );
+    assert!(!text.contains("nobody@example.com"), "{text}");
+    assert!(!text.contains("audited@example.com"), "{text}");
     // Far in the past: nothing.
     let out = neulbi(dir.path())
         .args(["audit", "security", "--since", "2000-01-01T00:00:00Z"])

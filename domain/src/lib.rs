@@ -12,6 +12,7 @@ pub mod error;
 pub mod ids;
 pub mod personal;
 pub mod stream;
+pub mod system;
 pub mod testing;
 pub mod user;
 

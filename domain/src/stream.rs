@@ -16,11 +16,18 @@ pub enum StreamKind {
     Room,
     /// `call-{uuid}`: one video counseling session.
     Call,
+    /// `system-{uuid}`: the installation's security journal, one stream per day.
+    System,
 }
 
 impl StreamKind {
     /// Every kind, for tools that list or validate categories.
-    pub const ALL: [StreamKind; 3] = [StreamKind::User, StreamKind::Room, StreamKind::Call];
+    pub const ALL: [StreamKind; 4] = [
+        StreamKind::User,
+        StreamKind::Room,
+        StreamKind::Call,
+        StreamKind::System,
+    ];
 
     /// The prefix used in stream names.
     pub const fn prefix(self) -> &'static str {
@@ -28,6 +35,7 @@ impl StreamKind {
             StreamKind::User => "user",
             StreamKind::Room => "room",
             StreamKind::Call => "call",
+            StreamKind::System => "system",
         }
     }
 }
@@ -42,7 +50,7 @@ impl fmt::Display for StreamKind {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum StreamNameError {
     /// The part before the first `-` is not a known aggregate kind.
-    #[error("unknown stream kind {0:?} (expected one of user, room, call)")]
+    #[error("unknown stream kind {0:?} (expected one of user, room, call, system)")]
     UnknownKind(String),
     /// The id after the kind is not a UUID.
     #[error("malformed stream id {0:?}: expected a UUID")]
@@ -97,6 +105,7 @@ impl FromStr for StreamName {
             "user" => StreamKind::User,
             "room" => StreamKind::Room,
             "call" => StreamKind::Call,
+            "system" => StreamKind::System,
             other => return Err(StreamNameError::UnknownKind(other.to_owned())),
         };
         let id = Uuid::parse_str(id).map_err(|_| StreamNameError::MalformedId(id.to_owned()))?;

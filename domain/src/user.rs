@@ -807,7 +807,7 @@ fn ensure_active(account: &Account) -> Result<(), DomainError> {
 }
 
 /// Trims `value` and checks its length in characters is within `min..=max`.
-fn bounded_text(
+pub(crate) fn bounded_text(
     field: &'static str,
     value: &str,
     min: usize,

@@ -217,6 +217,16 @@ impl KeyRing {
             .ok_or_else(|| AuthError::Key("no signing key after rotation".into()))
     }
 
+    /// The ring as the database holds it now, or `None` before the first key exists (the
+    /// rotation command reads it to name the key it rotates away from).
+    pub async fn current(
+        db: &Database,
+        kek: &KekRing,
+        grace_secs: i64,
+    ) -> Result<Option<Self>, AuthError> {
+        Self::load(db, kek, grace_secs).await
+    }
+
     async fn load(
         db: &Database,
         kek: &KekRing,

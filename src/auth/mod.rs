@@ -32,7 +32,7 @@ pub mod tokens;
 
 pub use error::AuthError;
 pub use extractor::{AuthUser, Principal};
-pub use service::{AuthService, ClientInfo, TokenResponse};
+pub use service::{AuthService, ClientInfo, SecurityRecord, TokenResponse};
 pub use settings::AuthSettings;
 
 /// Removes what sign-in keeps about a user (identity rows, refresh tokens, login codes); part

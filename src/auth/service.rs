@@ -14,6 +14,7 @@ use super::tokens::{TokenStore, hash_secret};
 use crate::actors::{ActorError, Registry, codec};
 use crate::privacy::KeyStore;
 use crate::store::{Database, Direction, Metadata, SharedStore, Storage};
+use neulbi_domain::system::SystemCommand;
 use neulbi_domain::user::{UserCommand, UserDecider, UserEvent, UserState};
 use neulbi_domain::{Actor, Context, Decider, DomainError, Role, StreamKind, StreamName, UserId};
 use serde::Serialize;
@@ -122,6 +123,15 @@ pub enum ExistingIdentity {
     Refuse,
 }
 
+/// A security fact the node's recorder appends off the request path.
+#[derive(Debug)]
+pub enum SecurityRecord {
+    /// About one account: goes to that user's stream.
+    User(Uuid, UserCommand),
+    /// About no account (a sign-in on an unknown e-mail): goes to the day's security journal.
+    Journal(SystemCommand),
+}
+
 /// Everything sign-in needs; shared by the HTTP handlers as `web::Data<AuthService>`.
 pub struct AuthService {
     settings: AuthSettings,
@@ -131,8 +141,8 @@ pub struct AuthService {
     /// Security records (failed sign-ins, token reuse) for the node's recorder task, which
     /// appends them through the user actors off the request path: a refused sign-in must not
     /// take longer for an existing account than for an unknown one.
-    security: tokio::sync::mpsc::Sender<(Uuid, UserCommand)>,
-    security_feed: Mutex<Option<tokio::sync::mpsc::Receiver<(Uuid, UserCommand)>>>,
+    security: tokio::sync::mpsc::Sender<SecurityRecord>,
+    security_feed: Mutex<Option<tokio::sync::mpsc::Receiver<SecurityRecord>>>,
     last_reload: Mutex<Instant>,
     last_signing_load: Mutex<Instant>,
     db: Database,
@@ -280,7 +290,7 @@ impl AuthService {
     }
 
     /// The security records for the node's recorder (once; `None` after the first call).
-    pub fn take_security_feed(&self) -> Option<tokio::sync::mpsc::Receiver<(Uuid, UserCommand)>> {
+    pub fn take_security_feed(&self) -> Option<tokio::sync::mpsc::Receiver<SecurityRecord>> {
         self.security_feed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -288,9 +298,9 @@ impl AuthService {
     }
 
     /// Queues a security record without waiting.
-    fn record_security(&self, user: Uuid, command: UserCommand) {
-        if let Err(e) = self.security.try_send((user, command)) {
-            tracing::warn!(user_id = %user, error = %e, "security record dropped");
+    fn record_security(&self, record: SecurityRecord) {
+        if let Err(e) = self.security.try_send(record) {
+            tracing::warn!(error = %e, "security record dropped");
         }
     }
 
@@ -663,14 +673,15 @@ impl AuthService {
             other => {
                 self.account_limiter.fail(&account_key);
                 self.ip_limiter.fail(&ip_key);
-                if let Some(r) = other.filter(|_| known) {
-                    self.record_security(
-                        r.user_id,
-                        UserCommand::RecordFailedSignIn {
-                            method: "password".into(),
-                        },
-                    );
-                }
+                let method = "password".to_owned();
+                // Both kinds are bounded by the limiters above, so a flood of guesses cannot
+                // grow the log faster than they allow.
+                self.record_security(match other.filter(|_| known) {
+                    Some(r) => {
+                        SecurityRecord::User(r.user_id, UserCommand::RecordFailedSignIn { method })
+                    }
+                    None => SecurityRecord::Journal(SystemCommand::RecordUnknownSignIn { method }),
+                });
                 return Err(AuthError::BadCredentials);
             }
         };
@@ -709,7 +720,7 @@ impl AuthService {
                     .await?
                     .and_then(|s| Uuid::parse_str(&s).ok())
                 {
-                    self.record_security(user, UserCommand::RecordTokenReuse);
+                    self.record_security(SecurityRecord::User(user, UserCommand::RecordTokenReuse));
                 }
                 return Err(AuthError::TokenReuse);
             }

@@ -1,10 +1,12 @@
 //! The audit trail: for every event, who did it, when, in which stream, and from which
-//! request (correlation id) and trace. Only ids and types: no personal data.
+//! request (correlation id) and trace. Only ids, types and, for security events, a detail
+//! made of method, role and key names: no personal data.
 
 use super::db::{Sql, sql};
 use super::{Decoded, IndexDef, Names, ProjectionError, Projector, ProjectorDef, micros};
 use crate::store::RecordedEvent;
 use async_trait::async_trait;
+use neulbi_domain::user::UserEvent;
 use sqlx::AnyConnection;
 use std::sync::Arc;
 
@@ -12,11 +14,11 @@ use std::sync::Arc;
 pub static DEF: ProjectorDef = ProjectorDef {
     name: "audit",
     description: "audit trail (who did what, when, from which request)",
-    version: 1,
+    version: 2,
     tables: &[(
         "rm_audit",
         "CREATE TABLE IF NOT EXISTS {rm_audit} (position {bigint} PRIMARY KEY, stream TEXT NOT NULL, version {bigint} NOT NULL, \
-         event_type TEXT NOT NULL, actor_id TEXT, correlation_id TEXT, traceparent TEXT, recorded_at {bigint} NOT NULL)",
+         event_type TEXT NOT NULL, actor_id TEXT, correlation_id TEXT, traceparent TEXT, recorded_at {bigint} NOT NULL, detail TEXT)",
     )],
     indexes: &[
         IndexDef {
@@ -40,8 +42,8 @@ struct Audit {
 fn bind(n: &Names) -> Arc<dyn Projector> {
     Arc::new(Audit {
         insert: n.render(
-            "INSERT INTO {rm_audit} (position, stream, version, event_type, actor_id, correlation_id, traceparent, recorded_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (position) DO NOTHING",
+            "INSERT INTO {rm_audit} (position, stream, version, event_type, actor_id, correlation_id, traceparent, recorded_at, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (position) DO NOTHING",
             &["rm_audit"],
         ),
     })
@@ -53,7 +55,7 @@ impl Projector for Audit {
         &self,
         tx: &mut AnyConnection,
         e: &RecordedEvent,
-        _: &Decoded,
+        decoded: &Decoded,
     ) -> Result<(), ProjectionError> {
         sqlx::query(sql(&self.insert))
             .bind(i64::try_from(e.position).unwrap_or(i64::MAX))
@@ -64,8 +66,59 @@ impl Projector for Audit {
             .bind(e.metadata.correlation_id.map(|u| u.to_string()))
             .bind(e.metadata.traceparent.clone())
             .bind(micros(e.recorded_at))
+            .bind(detail(decoded))
             .execute(&mut *tx)
             .await?;
         Ok(())
+    }
+}
+
+/// What an operator reading the security audit needs beyond the event type: how someone
+/// signed in or failed to, which role, which keys. Never a personal value.
+fn detail(decoded: &Decoded) -> Option<String> {
+    match decoded {
+        Decoded::User(UserEvent::LoggedIn { provider, .. }) => Some(format!("provider={provider}")),
+        Decoded::User(UserEvent::SignInFailed { method, .. }) => Some(format!("method={method}")),
+        Decoded::User(UserEvent::RoleGranted { role, .. }) => Some(format!(
+            "role={}",
+            serde_json::to_value(role).ok()?.as_str()?
+        )),
+        Decoded::System(event) => Some(event.summary()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use neulbi_domain::Role;
+    use neulbi_domain::system::{KeyKind, SystemEvent};
+
+    #[test]
+    fn details_name_methods_roles_and_keys_but_no_person() {
+        let at = chrono::Utc.timestamp_opt(0, 0).single().expect("a time");
+        let role = Decoded::User(UserEvent::RoleGranted {
+            role: Role::Counselor,
+            at,
+        });
+        assert_eq!(detail(&role).as_deref(), Some("role=counselor"));
+        let failed = Decoded::User(UserEvent::SignInFailed {
+            method: "password".into(),
+            at,
+        });
+        assert_eq!(detail(&failed).as_deref(), Some("method=password"));
+        let rotated = Decoded::System(SystemEvent::KeysRotated {
+            what: KeyKind::Signing,
+            from: vec!["k1".into()],
+            to: "k2".into(),
+            rows: 1,
+            at,
+        });
+        assert_eq!(
+            detail(&rotated).as_deref(),
+            Some("signing k1 -> k2 (1 rows)")
+        );
+        assert_eq!(detail(&Decoded::Unknown), None);
     }
 }

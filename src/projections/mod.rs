@@ -24,6 +24,7 @@ use db::{Dialect, Sql};
 use neulbi_domain::StreamKind;
 use neulbi_domain::call_session::CallEvent;
 use neulbi_domain::chat_room::RoomEvent;
+use neulbi_domain::system::SystemEvent;
 use neulbi_domain::user::UserEvent;
 use sqlx::AnyConnection;
 use std::sync::Arc;
@@ -68,6 +69,8 @@ pub enum Decoded {
     Room(RoomEvent),
     /// A call-stream event.
     Call(CallEvent),
+    /// A security-journal event.
+    System(SystemEvent),
     /// A type this version does not know.
     Unknown,
 }
@@ -79,6 +82,7 @@ impl Decoded {
             StreamKind::User => codec::decode(e).map(Self::User),
             StreamKind::Room => codec::decode(e).map(Self::Room),
             StreamKind::Call => codec::decode(e).map(Self::Call),
+            StreamKind::System => codec::decode(e).map(Self::System),
         };
         decoded.unwrap_or_else(|err| {
             tracing::warn!(position = e.position, event_type = %e.event_type, error = %err, "skipping an event this version cannot decode");

@@ -393,6 +393,8 @@ pub struct AuditEntry {
     pub traceparent: Option<String>,
     /// When it was committed.
     pub recorded_at: DateTime<Utc>,
+    /// For security events: the method, role or keys involved (never a personal value).
+    pub detail: Option<String>,
 }
 
 /// Everything a user did or had done to their account, oldest first.
@@ -411,14 +413,20 @@ pub async fn audit_security(
     db: &ReadDb,
     from: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<AuditEntry>, ProjectionError> {
-    let types = neulbi_domain::user::SECURITY_EVENTS
-        .iter()
-        .map(|t| format!("'{t}'"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = |types: &[&str]| {
+        types
+            .iter()
+            .map(|t| format!("'{t}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let users = list(&neulbi_domain::user::SECURITY_EVENTS);
+    let journal = list(&neulbi_domain::system::SECURITY_EVENTS);
     let q = format!(
         "SELECT {AUDIT_COLUMNS} FROM rm_audit \
-         WHERE event_type IN ({types}) AND stream LIKE 'user-%' AND recorded_at >= $1 ORDER BY position LIMIT 10000"
+         WHERE ((event_type IN ({users}) AND stream LIKE 'user-%') \
+             OR (event_type IN ({journal}) AND stream LIKE 'system-%')) \
+           AND recorded_at >= $1 ORDER BY position LIMIT 10000"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(q))
         .bind(from.timestamp_micros())
@@ -438,12 +446,12 @@ fn audit_entry(r: &sqlx::any::AnyRow) -> Result<AuditEntry, ProjectionError> {
         correlation_id: r.try_get(5)?,
         traceparent: r.try_get(6)?,
         recorded_at: time(r.try_get(7)?),
+        detail: r.try_get(8)?,
     })
 }
 
 /// What every audit query selects, in [`audit_entry`]'s order.
-const AUDIT_COLUMNS: &str =
-    "position, stream, version, event_type, actor_id, correlation_id, traceparent, recorded_at";
+const AUDIT_COLUMNS: &str = "position, stream, version, event_type, actor_id, correlation_id, traceparent, recorded_at, detail";
 
 /// The history of one stream, oldest first.
 pub async fn audit_of_stream(

@@ -88,6 +88,7 @@ pub async fn replay(store: &SharedStore, stream: &StreamName, at: At) -> anyhow:
         StreamKind::User => fold::<UserDecider>(&events)?,
         StreamKind::Room => fold::<ChatRoomDecider>(&events)?,
         StreamKind::Call => fold::<CallSessionDecider>(&events)?,
+        StreamKind::System => fold::<neulbi_domain::system::SystemDecider>(&events)?,
     };
     Ok(Replayed {
         events: events.len(),
