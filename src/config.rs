@@ -111,6 +111,9 @@ pub struct Config {
     /// The URL browsers use to reach this node (`NEULBI_PUBLIC_URL`); derived from `listen`
     /// when unset.
     pub public_url: Option<String>,
+    /// Where `/metrics` is served (`NEULBI_METRICS_LISTEN`), so Prometheus can scrape a
+    /// private address; unset, `/metrics` is on `listen` with everything else.
+    pub metrics_listen: Option<SocketAddr>,
     /// Log filter in `tracing` syntax (`NEULBI_LOG`), e.g. `info,neulbi=debug`.
     pub log: String,
     /// `pretty` or `json` (`NEULBI_LOG_FORMAT`).
@@ -153,6 +156,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             database_url: None,
             public_url: None,
+            metrics_listen: None,
             log: "info".into(),
             log_format: LogFormat::Pretty,
             shutdown_timeout_secs: 30,
@@ -207,6 +211,9 @@ impl Config {
         }
         if let Some(v) = get("NEULBI_LISTEN") {
             self.listen = parse("NEULBI_LISTEN", &v)?;
+        }
+        if let Some(v) = get("NEULBI_METRICS_LISTEN").filter(|v| !v.is_empty()) {
+            self.metrics_listen = Some(parse("NEULBI_METRICS_LISTEN", &v)?);
         }
         if let Some(v) = get("NEULBI_DATA_DIR") {
             self.data_dir = PathBuf::from(v);

@@ -42,7 +42,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 config.listen = listen;
             }
             let app = Application::build(&config).await?;
-            tracing::info!(addr = %app.local_addr(), "listening");
+            tracing::info!(addr = %app.local_addr(), metrics = %app.metrics_addr(), "listening");
             // The one line a person running `serve` needs: where to point the browser.
             println!("Neulbi is ready at {}/", app.public_url());
             let _ = std::io::stdout().flush();

@@ -119,6 +119,28 @@ pub struct Application {
     public_url: String,
     projections: Arc<projections::runtime::Running>,
     broker: Arc<crate::edge::stomp::broker::Broker>,
+    /// The separate `/metrics` listener (`NEULBI_METRICS_LISTEN`), if configured.
+    metrics: Option<(Server, SocketAddr)>,
+}
+
+/// How often the TURN allocation gauge is sampled (the relay counts them on request).
+const TURN_SAMPLE: Duration = Duration::from_secs(5);
+
+/// Binds the separate `/metrics` listener: nothing else is served there.
+fn metrics_server(addr: SocketAddr) -> anyhow::Result<(Server, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .with_context(|| format!("binding the metrics listener {addr} (NEULBI_METRICS_LISTEN)"))?;
+    let bound = listener.local_addr()?;
+    let server = HttpServer::new(|| {
+        App::new()
+            .route("/metrics", web::get().to(http::health::metrics))
+            .default_service(web::to(http::not_found))
+    })
+    .workers(1)
+    .shutdown_timeout(1)
+    .listen(listener)?
+    .run();
+    Ok((server, bound))
 }
 
 /// Stops a running node gracefully: open STOMP connections are told and closed first, so the
@@ -245,8 +267,29 @@ impl Application {
                 .await;
         let broker = web::Data::from(broker_arc.clone());
         let signaling = web::Data::new(start_signaling(config, addr).await?);
+        if let crate::edge::signaling::Turn::Embedded(_) = &signaling.turn {
+            // Weak: the sampler must not keep the relay (and its ports) alive.
+            let signaling = Arc::downgrade(&signaling.clone().into_inner());
+            actix_web::rt::spawn(async move {
+                let mut every = tokio::time::interval(TURN_SAMPLE);
+                loop {
+                    every.tick().await;
+                    let Some(signaling) = signaling.upgrade() else {
+                        return;
+                    };
+                    if let crate::edge::signaling::Turn::Embedded(turn) = &signaling.turn {
+                        let n = turn.allocations().await.len() as u64;
+                        crate::telemetry::metrics::metrics()
+                            .turn_allocations
+                            .record(n, &[]);
+                    }
+                }
+            });
+        }
         let stomp = web::Data::new(config.chat.stomp_config());
         let sockjs = web::Data::new(crate::edge::stomp::sockjs::SockJs::new(&config.chat));
+        let metrics = config.metrics_listen.map(metrics_server).transpose()?;
+        let metrics_here = metrics.is_none();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(stomp.clone())
@@ -257,6 +300,11 @@ impl Application {
                 .app_data(signaling.clone())
                 .wrap(from_fn(http::trace::request_span))
                 .configure(http::configure)
+                .configure(|cfg| {
+                    if metrics_here {
+                        cfg.route("/metrics", web::get().to(http::health::metrics));
+                    }
+                })
                 .configure(crate::edge::stomp::websocket::configure)
                 .configure(crate::edge::signaling::driver::configure)
                 .configure(|cfg| crate::edge::stomp::sockjs::routes::configure(cfg, sockjs.clone()))
@@ -283,12 +331,18 @@ impl Application {
             public_url,
             projections: running,
             broker: broker_arc,
+            metrics,
         })
     }
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served: the separate listener if configured, else the main one.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics.as_ref().map_or(self.addr, |(_, a)| *a)
     }
 
     /// The shared state of the handlers (registries), for tests and tools in-process.
@@ -331,7 +385,15 @@ impl Application {
     /// actix (which listens for the same signals) stops the HTTP server.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let on_signal = tokio::spawn(close_stomp_on_signal(self.broker.clone()));
+        let metrics = self.metrics.map(|(server, _)| {
+            let handle = server.handle();
+            (actix_web::rt::spawn(server), handle)
+        });
         let result = self.server.await;
+        if let Some((task, handle)) = metrics {
+            handle.stop(false).await;
+            let _ = task.await;
+        }
         on_signal.abort();
         // Whatever stopped the server, no STOMP connection outlives it.
         self.broker.shutdown();

@@ -3,8 +3,9 @@
 
 use super::{ActorError, codec};
 use crate::store::{Direction, ExpectedVersion, Metadata, SharedStore};
+use crate::telemetry::metrics::{label, metrics};
 use actix::prelude::*;
-use neulbi_domain::{Context as CommandContext, Decider, StreamName};
+use neulbi_domain::{Context as CommandContext, Decider, DomainEvent, StreamName};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -99,13 +100,25 @@ where
     type Context = actix::Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        metrics()
+            .actors_active
+            .add(1, &[label("kind", D::KIND.prefix())]);
         let every = (self.idle_timeout / 4).max(Duration::from_millis(10));
         ctx.run_interval(every, |act, ctx| {
             if act.last_active.elapsed() >= act.idle_timeout {
                 tracing::debug!(stream = %act.stream, "passivating idle aggregate");
+                metrics()
+                    .passivations
+                    .add(1, &[label("kind", D::KIND.prefix())]);
                 ctx.stop();
             }
         });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        metrics()
+            .actors_active
+            .add(-1, &[label("kind", D::KIND.prefix())]);
     }
 }
 
@@ -125,6 +138,7 @@ where
             span,
         } = msg;
         let span = tracing::info_span!(parent: &span, "command", aggregate = %D::KIND, stream = %self.stream);
+        let is_query = command.is_none();
         let work = run::<D>(
             self.store.clone(),
             self.stream,
@@ -145,10 +159,37 @@ where
                 act.hydrated = loaded.hydrated;
                 act.last_active = Instant::now();
                 act.depth.fetch_sub(1, Ordering::AcqRel);
+                if !is_query {
+                    count_command::<D>(&result);
+                }
                 let _ = reply.send(result);
             },
         )))
     }
+}
+
+/// Counts one command by outcome, and the events it committed by type (both bounded sets:
+/// the decider's event names and four outcomes).
+fn count_command<D: Decider>(result: &Result<CommandOutcome<D>, ActorError>) {
+    let m = metrics();
+    let kind = label("kind", D::KIND.prefix());
+    let outcome = match result {
+        Ok(o) => {
+            for e in &o.events {
+                m.events_committed
+                    .add(1, &[kind.clone(), label("type", e.event_type())]);
+            }
+            if o.events.is_empty() {
+                "unchanged"
+            } else {
+                "ok"
+            }
+        }
+        Err(ActorError::Domain(_)) => "rejected",
+        Err(ActorError::Conflict(_)) => "conflict",
+        Err(_) => "error",
+    };
+    m.commands.add(1, &[kind, label("outcome", outcome)]);
 }
 
 /// The actor's state as carried through one command.

@@ -4,6 +4,7 @@
 use super::ActorError;
 use super::aggregate::{AggregateActor, CommandOutcome, Execute};
 use crate::store::{Metadata, SharedStore};
+use crate::telemetry::metrics::{label, metrics};
 use actix::prelude::*;
 use neulbi_domain::{Context as CommandContext, Decider, StreamName};
 use std::collections::HashMap;
@@ -99,8 +100,12 @@ where
         // A passivated actor may stop between lookup and delivery; one fresh start covers it.
         for _ in 0..2 {
             let Entry { addr, depth } = self.address(id);
-            if depth.fetch_add(1, Ordering::AcqRel) >= self.config.mailbox_capacity {
+            let kind = [label("kind", D::KIND.prefix())];
+            let queued = depth.fetch_add(1, Ordering::AcqRel);
+            metrics().mailbox_depth.record(queued as u64, &kind);
+            if queued >= self.config.mailbox_capacity {
                 depth.fetch_sub(1, Ordering::AcqRel);
+                metrics().busy_refusals.add(1, &kind);
                 return Err(ActorError::Busy);
             }
             let (reply, answer) = oneshot::channel();
@@ -118,6 +123,7 @@ where
                 },
                 Err(SendError::Full(_)) => {
                     depth.fetch_sub(1, Ordering::AcqRel);
+                    metrics().busy_refusals.add(1, &kind);
                     return Err(ActorError::Busy);
                 }
                 Err(SendError::Closed(_)) => self.forget(id, &addr),

@@ -682,10 +682,12 @@ impl AuthService {
                     }
                     None => SecurityRecord::Journal(SystemCommand::RecordUnknownSignIn { method }),
                 });
+                password_sign_in("failed");
                 return Err(AuthError::BadCredentials);
             }
         };
         self.account_limiter.reset(&account_key);
+        password_sign_in("ok");
         let (state, version) = self
             .record_login_at(users, user, LOCAL_PROVIDER, client)
             .await?;
@@ -931,4 +933,13 @@ impl AuthService {
         tracing::info!("demo users seeded");
         Ok(())
     }
+}
+
+/// Counts a password sign-in by outcome.
+fn password_sign_in(outcome: &'static str) {
+    use crate::telemetry::metrics::{label, metrics};
+    metrics().sign_ins.add(
+        1,
+        &[label("provider", "password"), label("outcome", outcome)],
+    );
 }

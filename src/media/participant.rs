@@ -460,7 +460,7 @@ async fn write_downstream(
         let allowed = state.link_up.load(Ordering::Relaxed)
             && lock(&state.payload_types).contains(&packet.header.payload_type);
         if !allowed || packet.payload.is_empty() {
-            Counters::add(&counters.dropped_packets, 1);
+            counters.dropped();
             continue;
         }
         packet.header.ssrc = state.ssrc;
@@ -472,11 +472,8 @@ async fn write_downstream(
         packet.header.extensions_padding = 0;
         let bytes = packet.payload.len() as u64;
         match state.track.write_rtp(packet).await {
-            Ok(()) => {
-                Counters::add(&counters.forwarded_packets, 1);
-                Counters::add(&counters.forwarded_bytes, bytes);
-            }
-            Err(_) => Counters::add(&counters.dropped_packets, 1),
+            Ok(()) => counters.forwarded(bytes),
+            Err(_) => counters.dropped(),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! when the publisher rejoins, its new uplink becomes the forwarder's source and the
 //! subscribers' tracks — their SSRCs, track ids and `<video>` elements — stay as they were.
 
+use crate::telemetry::metrics::metrics;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -46,6 +47,21 @@ impl Counters {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
+
+    /// One packet dropped, here and in the node's metrics.
+    pub(crate) fn dropped(&self) {
+        Self::add(&self.dropped_packets, 1);
+        metrics().sfu_dropped.add(1, &[]);
+    }
+
+    /// One packet of `bytes` forwarded, here and in the node's metrics.
+    pub(crate) fn forwarded(&self, bytes: u64) {
+        Self::add(&self.forwarded_packets, 1);
+        Self::add(&self.forwarded_bytes, bytes);
+        let m = metrics();
+        m.sfu_packets.add(1, &[]);
+        m.sfu_bytes.add(bytes, &[]);
+    }
 }
 
 /// One call: its members by participant id.
@@ -70,10 +86,17 @@ pub(crate) struct Member {
 
 impl Call {
     pub(crate) fn new(id: Uuid) -> Self {
+        metrics().calls_active.add(1, &[]);
         Self {
             id,
             members: Mutex::new(HashMap::new()),
         }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        metrics().calls_active.add(-1, &[]);
     }
 }
 
@@ -110,6 +133,7 @@ pub(crate) struct Forwarder {
 
 impl Forwarder {
     pub(crate) fn new(publisher: Uuid, kind: MediaKind, counters: Arc<Counters>) -> Self {
+        metrics().sfu_tracks.add(1, &[]);
         Self {
             publisher,
             kind,
@@ -159,7 +183,7 @@ impl Forwarder {
         let sinks = lock(&self.sinks);
         for sink in sinks.values() {
             if sink.queue.try_send(packet.clone()).is_err() {
-                Counters::add(&self.counters.dropped_packets, 1);
+                self.counters.dropped();
             }
         }
     }
@@ -223,6 +247,12 @@ impl Forwarder {
         {
             tracing::debug!(publisher = %self.publisher, %error, "PLI not sent");
         }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        metrics().sfu_tracks.add(-1, &[]);
     }
 }
 

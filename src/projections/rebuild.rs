@@ -39,6 +39,16 @@ pub async fn rebuild(
             Batch::Applied(n) => {
                 events += n as u64;
                 let at = checkpoint(db, &key).await?.map_or(0, |(p, _)| p);
+                crate::telemetry::metrics::metrics()
+                    .rebuild_progress
+                    .record(
+                        if head == 0 {
+                            1.0
+                        } else {
+                            at as f64 / head as f64
+                        },
+                        &[crate::telemetry::metrics::label("projector", def.name)],
+                    );
                 progress(at, head);
             }
             Batch::CaughtUp => break,

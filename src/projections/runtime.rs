@@ -7,6 +7,7 @@ use crate::actors::codec;
 use crate::privacy::cipher::{self, Fields};
 use crate::privacy::sealed;
 use crate::store::{RecordedEvent, SharedStore, StoreError};
+use crate::telemetry::metrics::{label, metrics};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -205,7 +206,11 @@ pub async fn step(
 ) -> Result<Batch, ProjectionError> {
     let from = checkpoint(db, key).await?.map_or(0, |(p, _)| p);
     let events = read_batch(store, from, limit).await?;
+    let live = key == def.name;
     if events.is_empty() {
+        if live {
+            observe(store, def.name, from, None);
+        }
         return Ok(Batch::CaughtUp);
     }
     let projector = (def.bind)(names);
@@ -220,6 +225,9 @@ pub async fn step(
         let next = events.last().map_or(from, |e| e.position + 1);
         set_checkpoint(&mut tx, key, next, def.version).await?;
         tx.commit().await?;
+        if live {
+            observe(store, def.name, next, events.last().map(|e| e.recorded_at));
+        }
         if db.dialect == Dialect::Sqlite && events.iter().any(|e| e.event_type == "Erased") {
             // The scrubbed rows' old page images must not linger in the WAL file.
             sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -230,6 +238,28 @@ pub async fn step(
     }
     .instrument(span)
     .await
+}
+
+/// Records a live projector's position and lag: `next` is its checkpoint after a batch whose
+/// newest event was committed at `newest` (`None` when there was nothing to apply). The lag
+/// in seconds is that event's age while events remain, 0 once caught up.
+fn observe(
+    store: &SharedStore,
+    name: &'static str,
+    next: u64,
+    newest: Option<chrono::DateTime<chrono::Utc>>,
+) {
+    let head = store.head_changes().borrow().map_or(0, |h| h + 1);
+    let behind = head.saturating_sub(next);
+    let m = metrics();
+    let p = [label("projector", name)];
+    m.projector_position.record(next, &p);
+    m.projector_lag_events.record(behind, &p);
+    let age = match newest {
+        Some(at) if behind > 0 => (chrono::Utc::now() - at).num_milliseconds().max(0) as f64 / 1e3,
+        _ => 0.0,
+    };
+    m.projector_lag_seconds.record(age, &p);
 }
 
 /// Reads the next batch for the projectors as the log stores it: personal fields stay
@@ -394,6 +424,9 @@ pub fn spawn_all(
                 // Only a wake-up: each step reads its own batch, so the doorbell carries no events.
                 let mut doorbell = store.head_changes();
                 let mut failing = Failing::default();
+                let stalled = [label("projector", def.name)];
+                metrics().projector_stalled.record(0, &stalled);
+                metrics().projector_events.add(0, &stalled);
                 loop {
                     if *stop.borrow() {
                         return;
@@ -404,7 +437,10 @@ pub fn spawn_all(
                         BATCH
                     };
                     match step(&store, &db, def, &names, def.name, limit).await {
-                        Ok(Batch::Applied(_)) => {
+                        Ok(Batch::Applied(n)) => {
+                            metrics()
+                                .projector_events
+                                .add(n as u64, &[label("projector", def.name)]);
                             failing.succeeded(&db, def.name).await;
                             continue;
                         }
@@ -481,6 +517,9 @@ impl Failing {
                     super::faults::MAX_BACKOFF.as_secs()
                 );
             }
+            metrics()
+                .projector_stalled
+                .record(1, &[label("projector", name)]);
             if let Err(record) = super::faults::record(db, name, position, &e.to_string(), n).await
             {
                 tracing::warn!(projector = name, error = %record, "recording the stall failed");
@@ -512,6 +551,9 @@ impl Failing {
             );
         }
         self.failures = 0;
+        metrics()
+            .projector_stalled
+            .record(0, &[label("projector", name)]);
         if let Err(e) = super::faults::clear(db, name).await {
             tracing::warn!(projector = name, error = %e, "clearing the stall failed");
         }

@@ -8,6 +8,7 @@
 //! written, and rejected appends contribute no rows.
 
 use super::{EventData, ExpectedVersion, StoreError, StoreLimits, model::AppendResult};
+use crate::telemetry::metrics::{label, metrics};
 use async_trait::async_trait;
 use neulbi_domain::StreamName;
 use std::collections::{HashMap, HashSet};
@@ -244,12 +245,13 @@ pub(crate) struct GroupCommit {
 impl GroupCommit {
     /// Starts the writer task. `head` is told the new head after every commit.
     pub fn start<C: Committer>(
+        backend: &'static str,
         committer: C,
         limits: StoreLimits,
         head: watch::Sender<Option<u64>>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(limits.max_group_commit * 4);
-        let task = tokio::spawn(run(committer, rx, limits.max_group_commit, head));
+        let task = tokio::spawn(run(backend, committer, rx, limits.max_group_commit, head));
         Self {
             sender: RwLock::new(Some(tx)),
             task: Mutex::new(Some(task)),
@@ -267,12 +269,30 @@ impl GroupCommit {
         events: Vec<EventData>,
     ) -> Result<AppendResult, StoreError> {
         let span = tracing::info_span!("append", backend, %stream, events = events.len());
-        async {
+        let started = std::time::Instant::now();
+        let count = events.len() as u64;
+        let result = async {
             let request = prepare(stream, expected, events, &self.limits)?;
             self.submit(request).await
         }
         .instrument(span)
-        .await
+        .await;
+        let m = metrics();
+        let outcome = match &result {
+            Ok(_) => {
+                m.events_appended.add(count, &[label("backend", backend)]);
+                "ok"
+            }
+            Err(StoreError::WrongExpectedVersion { .. }) => "conflict",
+            Err(_) => "error",
+        };
+        m.appends
+            .add(1, &[label("backend", backend), label("outcome", outcome)]);
+        m.append_duration.record(
+            started.elapsed().as_secs_f64(),
+            &[label("backend", backend)],
+        );
+        result
     }
 
     /// Queues an append and waits until it is committed (or rejected).
@@ -304,6 +324,7 @@ impl GroupCommit {
 }
 
 async fn run<C: Committer>(
+    backend: &'static str,
     mut committer: C,
     mut rx: mpsc::Receiver<Pending>,
     max_batch: usize,
@@ -315,7 +336,15 @@ async fn run<C: Committer>(
             batch.drain(..).map(|p| (p.request, p.reply)).unzip();
         let events: usize = requests.iter().map(|r| r.events.len()).sum();
         let span = tracing::info_span!("group_commit", appends = requests.len(), events);
+        let started = std::time::Instant::now();
         let outcome = committer.commit(&requests).instrument(span.clone()).await;
+        let m = metrics();
+        m.group_size
+            .record(requests.len() as u64, &[label("backend", backend)]);
+        m.commit_duration.record(
+            started.elapsed().as_secs_f64(),
+            &[label("backend", backend)],
+        );
         match outcome {
             Ok(plan) => {
                 publish_head(&head, plan.head);

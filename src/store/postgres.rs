@@ -85,8 +85,12 @@ impl PostgresStore {
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(CHANNEL).await?;
         let listener = tokio::spawn(listen(listener, head_tx.clone()));
-        let writer =
-            GroupCommit::start(PgCommitter { pool: pool.clone() }, limits, head_tx.clone());
+        let writer = GroupCommit::start(
+            "postgres",
+            PgCommitter { pool: pool.clone() },
+            limits,
+            head_tx.clone(),
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,

@@ -110,7 +110,7 @@ impl SqliteStore {
             conn: writer,
             head: None,
         };
-        let writer = GroupCommit::start(committer, limits, head_tx.clone());
+        let writer = GroupCommit::start("sqlite", committer, limits, head_tx.clone());
         let checkpointer = tokio::spawn(checkpoint_loop(readers.clone()));
         Ok(Self {
             inner: Arc::new(Inner {

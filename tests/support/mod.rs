@@ -10,6 +10,7 @@ pub mod node;
 pub mod oidc;
 pub mod peer;
 pub mod pg;
+pub mod prometheus;
 pub mod raw;
 pub mod rtc;
 pub mod scenario;

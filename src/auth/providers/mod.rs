@@ -317,6 +317,11 @@ impl Providers {
             .collect()
     }
 
+    /// True if `name` is a configured provider (so it may label a metric: the set is bounded).
+    pub fn is_configured(&self, name: &str) -> bool {
+        self.providers.contains_key(name)
+    }
+
     /// The callback URL of `name`, derived from the public URL.
     pub fn redirect_uri(&self, name: &str) -> String {
         format!("{}/login/oauth2/code/{name}", self.public_url)

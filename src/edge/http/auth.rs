@@ -456,7 +456,7 @@ async fn finish_external(
     let q: CallbackQuery = query(&req)?;
     let cookie = cookie_value(&req, STATE_COOKIE);
     let span = tracing::info_span!("oauth2_callback", provider = %provider);
-    async {
+    let result = async {
         let finished = auth
             .providers()
             .finish(&provider, &q, cookie.as_deref())
@@ -493,5 +493,20 @@ async fn finish_external(
         Ok(res.finish())
     }
     .instrument(span)
-    .await
+    .await;
+    // Only configured names label the metric: the path segment is the client's to choose.
+    let name = if auth.providers().is_configured(&provider) {
+        provider.into_inner()
+    } else {
+        "unknown".to_owned()
+    };
+    let outcome = if result.is_ok() { "ok" } else { "failed" };
+    crate::telemetry::metrics::metrics().sign_ins.add(
+        1,
+        &[
+            opentelemetry::KeyValue::new("provider", name),
+            crate::telemetry::metrics::label("outcome", outcome),
+        ],
+    );
+    result
 }

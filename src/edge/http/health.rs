@@ -1,4 +1,5 @@
-//! Liveness and readiness probes for orchestrators and load balancers.
+//! Liveness and readiness probes for orchestrators and load balancers, and the metrics
+//! Prometheus scrapes.
 
 use super::ApiError;
 use crate::startup::AppState;
@@ -23,4 +24,16 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         ));
     }
     Ok(HttpResponse::Ok().json(json!({ "status": "ready" })))
+}
+
+/// `GET /metrics`: every instrument of the node in the Prometheus text format.
+pub async fn metrics() -> Result<HttpResponse, ApiError> {
+    let body = crate::telemetry::metrics::render().map_err(|e| {
+        tracing::warn!(error = %e, "encoding metrics failed");
+        ApiError::unavailable("metrics are not available")
+    })?;
+    Ok(HttpResponse::Ok()
+        .content_type(crate::telemetry::metrics::CONTENT_TYPE)
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .body(body))
 }

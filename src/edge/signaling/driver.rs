@@ -108,6 +108,7 @@ struct Connection {
 
 impl Connection {
     async fn run(mut self, mut stream: actix_ws::MessageStream) {
+        let _open = SignalingGauge::open();
         self.session = Session::new(self.signaling.settings.session(), Instant::now());
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -673,5 +674,25 @@ fn actor_error(e: ActorError, re: &'static str) -> ServerMessage {
                 re,
             )
         }
+    }
+}
+
+/// Counts a signaling session open for as long as it lives, however it ends.
+struct SignalingGauge;
+
+impl SignalingGauge {
+    fn open() -> Self {
+        crate::telemetry::metrics::metrics()
+            .signaling_sessions
+            .add(1, &[]);
+        Self
+    }
+}
+
+impl Drop for SignalingGauge {
+    fn drop(&mut self) {
+        crate::telemetry::metrics::metrics()
+            .signaling_sessions
+            .add(-1, &[]);
     }
 }

@@ -6,9 +6,10 @@
 use super::broker::{Broker, ConnId};
 use super::codec::{self, Decoder};
 use super::connection::{ChatBackend, Connection, Effect, Router};
-use super::frame::Version;
-use super::session::{Session, Topic};
+use super::frame::{Command, Frame, Version};
+use super::session::{CloseReason, Session, Topic};
 use super::websocket::StompConfig;
+use crate::telemetry::metrics::{label, metrics};
 use std::time::{Duration, Instant};
 
 /// How long one write may wait for a client that does not read before it is dropped.
@@ -30,21 +31,91 @@ pub trait Transport {
     async fn send(&mut self, bytes: Vec<u8>) -> Result<(), TransportClosed>;
     /// Closes the client side; called once, after the last write.
     async fn close(&mut self);
+    /// The transport's name in metrics (`websocket`, `sockjs-websocket`, `sockjs-http`).
+    fn label(&self) -> &'static str;
 }
 
-/// One connection's routes in the broker.
+/// One connection's routes in the broker; counts its joins for the subscriptions gauge.
 struct BrokerRoute<'a> {
     broker: &'a Broker,
     conn: ConnId,
+    joined: std::cell::Cell<i64>,
 }
 
 impl Router for BrokerRoute<'_> {
     fn join(&self, topic: Topic) {
         self.broker.join(self.conn, topic);
+        self.joined.set(self.joined.get() + 1);
+        metrics().stomp_subscriptions.add(1, &[]);
     }
 
     fn leave(&self, topic: Topic) {
         self.broker.leave(self.conn, topic);
+        self.joined.set(self.joined.get() - 1);
+        metrics().stomp_subscriptions.add(-1, &[]);
+    }
+}
+
+/// Counts a session open for as long as it lives, however the driver ends.
+struct SessionGauge(&'static str);
+
+impl SessionGauge {
+    fn open(transport: &'static str) -> Self {
+        metrics()
+            .stomp_sessions
+            .add(1, &[label("transport", transport)]);
+        Self(transport)
+    }
+}
+
+impl Drop for SessionGauge {
+    fn drop(&mut self) {
+        metrics()
+            .stomp_sessions
+            .add(-1, &[label("transport", self.0)]);
+    }
+}
+
+/// Most receipts one session times at once; beyond it a SEND is not timed (never refused).
+const TIMED_RECEIPTS: usize = 1024;
+
+/// When each SEND asking for a receipt arrived, to time its RECEIPT.
+#[derive(Default)]
+struct ReceiptTimer(std::collections::HashMap<String, Instant>);
+
+impl ReceiptTimer {
+    fn sent(&mut self, frame: &Frame) {
+        if frame.command == Command::Send
+            && self.0.len() < TIMED_RECEIPTS
+            && let Some(id) = frame.get("receipt")
+        {
+            self.0.insert(id.to_owned(), Instant::now());
+        }
+    }
+
+    fn written(&mut self, frame: &Frame) {
+        let m = metrics();
+        match frame.command {
+            Command::Message => m.stomp_deliveries.add(1, &[]),
+            Command::Receipt => {
+                if let Some(at) = frame.get("receipt-id").and_then(|id| self.0.remove(id)) {
+                    m.receipt_duration.record(at.elapsed().as_secs_f64(), &[]);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The `reason` label of a session that ended in an error, or `None` for a normal end.
+fn error_reason(reason: CloseReason) -> Option<&'static str> {
+    match reason {
+        CloseReason::ProtocolError => Some("protocol"),
+        CloseReason::TimedOut => Some("timeout"),
+        CloseReason::SlowConsumer => Some("slow_consumer"),
+        CloseReason::AccountClosed => Some("account_closed"),
+        CloseReason::AccessRevoked => Some("access_revoked"),
+        CloseReason::Disconnected | CloseReason::ServerShutdown => None,
     }
 }
 
@@ -60,7 +131,10 @@ pub async fn drive<T: Transport, B: ChatBackend>(
     let router = BrokerRoute {
         broker,
         conn: conn_id,
+        joined: std::cell::Cell::new(0),
     };
+    let _open = SessionGauge::open(transport.label());
+    let mut receipts = ReceiptTimer::default();
     let mut shutdown = broker.shutdown_signal();
     let mut stopping = false;
     // Once connected, resolves if the token it connected with is revoked meanwhile (role
@@ -132,6 +206,7 @@ pub async fn drive<T: Transport, B: ChatBackend>(
             for effect in effects {
                 let bytes = match effect {
                     Effect::Write(frame) => {
+                        receipts.written(&frame);
                         let mut out = Vec::new();
                         let version = conn.session.version().unwrap_or(Version::V1_0);
                         if codec::encode(&frame, version, &mut out).is_err() {
@@ -143,6 +218,12 @@ pub async fn drive<T: Transport, B: ChatBackend>(
                     Effect::Heartbeat => b"\n".to_vec(),
                     Effect::Close(reason) => {
                         tracing::debug!(?reason, "STOMP session closed");
+                        if reason == CloseReason::SlowConsumer {
+                            metrics().slow_consumers.add(1, &[]);
+                        }
+                        if let Some(r) = error_reason(reason) {
+                            metrics().stomp_errors.add(1, &[label("reason", r)]);
+                        }
                         break 'run;
                     }
                 };
@@ -156,6 +237,7 @@ pub async fn drive<T: Transport, B: ChatBackend>(
                     // The command only: headers and bodies may carry tokens and messages.
                     let _frame =
                         tracing::debug_span!("stomp.frame", command = %frame.command).entered();
+                    receipts.sent(&frame);
                     conn.session.handle_frame(frame, Instant::now());
                 }
                 None => match std::mem::replace(&mut decoded, Ok(())) {
@@ -166,6 +248,7 @@ pub async fn drive<T: Transport, B: ChatBackend>(
         }
     }
     broker.unregister(conn_id);
+    metrics().stomp_subscriptions.add(-router.joined.get(), &[]);
     // The client is going away either way; one that does not read cannot hold the task.
     let _ = tokio::time::timeout(WRITE_TIMEOUT, transport.close()).await;
 }

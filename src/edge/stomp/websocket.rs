@@ -117,6 +117,10 @@ impl Transport for WsTransport {
     async fn close(&mut self) {
         let _ = self.ws.clone().close(None).await;
     }
+
+    fn label(&self) -> &'static str {
+        "websocket"
+    }
 }
 
 /// Runs one connection until the session or the peer closes it.

@@ -682,7 +682,7 @@ async fn websocket(
     actix_web::rt::spawn(
         app::run(
             ctx.service.app,
-            Channel::new(in_rx, out_tx),
+            Channel::new(in_rx, out_tx).over_websocket(),
             ctx.app.clone(),
         )
         .instrument(span.clone()),

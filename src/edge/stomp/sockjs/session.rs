@@ -256,6 +256,7 @@ pub struct Channel {
     inbound: mpsc::Receiver<Vec<String>>,
     pending: VecDeque<String>,
     outbound: Option<mpsc::Sender<String>>,
+    label: &'static str,
 }
 
 impl Channel {
@@ -265,7 +266,14 @@ impl Channel {
             inbound,
             pending: VecDeque::new(),
             outbound: Some(outbound),
+            label: "sockjs-http",
         }
+    }
+
+    /// The same channel carried by a SockJS WebSocket (the metrics' `transport` label).
+    pub fn over_websocket(mut self) -> Self {
+        self.label = "sockjs-websocket";
+        self
     }
 }
 
@@ -295,6 +303,10 @@ impl Transport for Channel {
         // Receivers see the end of the queue and answer with the close frame.
         self.outbound = None;
         self.inbound.close();
+    }
+
+    fn label(&self) -> &'static str {
+        self.label
     }
 }
 

@@ -1,4 +1,7 @@
-//! Sets up `tracing` once per process: an env-filter and a pretty or JSON formatter on stderr.
+//! Sets up `tracing` once per process: an env-filter and a pretty or JSON formatter on stderr;
+//! and holds the node's metrics.
+
+pub mod metrics;
 
 use crate::config::LogFormat;
 use tracing_subscriber::EnvFilter;

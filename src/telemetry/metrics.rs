@@ -1,0 +1,386 @@
+//! The node's metrics: OpenTelemetry instruments, read at `/metrics` in the Prometheus text
+//! format. One set per process, so every subsystem records into the same registry without
+//! passing handles around, and a scrape sees the whole node.
+//!
+//! Names follow Prometheus conventions once exported (`neulbi.store.append.duration` with
+//! unit `s` becomes `neulbi_store_append_duration_seconds`; counters gain `_total`). Labels
+//! are bounded sets (backend, kind, transport, route pattern, outcome): never an id, a raw
+//! path or a personal value. Series an operator's dashboard plots are created at zero on
+//! start, so a panel shows 0 rather than "no data" before the first event.
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider, UpDownCounter};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use std::sync::OnceLock;
+
+/// Latency buckets in seconds, from half a millisecond (a cached read) to ten seconds (a
+/// stalled database).
+const SECONDS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Powers of two up to the largest group commit.
+const SIZES: [f64; 12] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
+
+/// The STOMP transports a session can arrive on (the `transport` label).
+/// (A SockJS session may switch between its HTTP transports, so they count as one.)
+pub const TRANSPORTS: [&str; 3] = ["websocket", "sockjs-websocket", "sockjs-http"];
+
+/// Every instrument of the node.
+pub struct Metrics {
+    /// The provider (kept so its reader stays registered).
+    _provider: SdkMeterProvider,
+    registry: prometheus::Registry,
+
+    /// Appends by backend and outcome (`ok`, `conflict`, `error`).
+    pub appends: Counter<u64>,
+    /// Events written by committed appends.
+    pub events_appended: Counter<u64>,
+    /// From queueing an append to its durable commit.
+    pub append_duration: Histogram<f64>,
+    /// Appends folded into one transaction.
+    pub group_size: Histogram<u64>,
+    /// One group's transaction, commit (and its fsync) included.
+    pub commit_duration: Histogram<f64>,
+
+    /// Commands handled by aggregate kind and outcome (`ok`, `unchanged`, `rejected`,
+    /// `conflict`, `error`).
+    pub commands: Counter<u64>,
+    /// Events committed by aggregate kind and event type: the domain's flow (rooms opened,
+    /// messages posted, calls requested, accepted, ended...).
+    pub events_committed: Counter<u64>,
+    /// Live aggregate actors by kind.
+    pub actors_active: UpDownCounter<i64>,
+    /// Idle actors stopped by kind.
+    pub passivations: Counter<u64>,
+    /// Commands refused because an actor's mailbox was full.
+    pub busy_refusals: Counter<u64>,
+    /// Messages already waiting when a command is queued.
+    pub mailbox_depth: Histogram<u64>,
+
+    /// The next log position each projector will apply.
+    pub projector_position: Gauge<u64>,
+    /// Events between the log's head and each projector.
+    pub projector_lag_events: Gauge<u64>,
+    /// Age of the oldest event a projector has not applied yet (0 when caught up).
+    pub projector_lag_seconds: Gauge<f64>,
+    /// 1 while a projector is stalled on an event it cannot apply.
+    pub projector_stalled: Gauge<u64>,
+    /// Events applied by each projector.
+    pub projector_events: Counter<u64>,
+    /// A running rebuild's progress, 0 to 1.
+    pub rebuild_progress: Gauge<f64>,
+
+    /// Open STOMP sessions by transport.
+    pub stomp_sessions: UpDownCounter<i64>,
+    /// Active STOMP subscriptions.
+    pub stomp_subscriptions: UpDownCounter<i64>,
+    /// MESSAGE frames handed to sessions.
+    pub stomp_deliveries: Counter<u64>,
+    /// Sessions closed because they could not keep up.
+    pub slow_consumers: Counter<u64>,
+    /// From a SEND with a receipt to its RECEIPT (the append included).
+    pub receipt_duration: Histogram<f64>,
+    /// ERROR frames sent, by reason code.
+    pub stomp_errors: Counter<u64>,
+
+    /// Open `/rtc` signaling sessions.
+    pub signaling_sessions: UpDownCounter<i64>,
+    /// Calls with media on this node.
+    pub calls_active: UpDownCounter<i64>,
+    /// Published tracks the SFU forwards.
+    pub sfu_tracks: UpDownCounter<i64>,
+    /// RTP packets the SFU forwarded to subscribers.
+    pub sfu_packets: Counter<u64>,
+    /// RTP payload bytes the SFU forwarded.
+    pub sfu_bytes: Counter<u64>,
+    /// RTP packets the SFU dropped (a subscriber too slow to take them, or its link down).
+    pub sfu_dropped: Counter<u64>,
+    /// Live TURN allocations on the embedded relay (sampled every few seconds).
+    pub turn_allocations: Gauge<u64>,
+
+    /// HTTP requests by route pattern, method and status.
+    pub http_requests: Counter<u64>,
+    /// HTTP request latency by route pattern and method.
+    pub http_duration: Histogram<f64>,
+    /// Sign-ins by provider (`password` or an identity provider) and outcome.
+    pub sign_ins: Counter<u64>,
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// The node's metrics, created on first use.
+pub fn metrics() -> &'static Metrics {
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// The `/metrics` body: every instrument in the Prometheus text exposition format.
+pub fn render() -> Result<String, prometheus::Error> {
+    use prometheus::Encoder;
+    let mut out = Vec::new();
+    prometheus::TextEncoder::new().encode(&metrics().registry.gather(), &mut out)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A label.
+pub fn label(key: &'static str, value: &'static str) -> KeyValue {
+    KeyValue::new(key, value)
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = prometheus::Registry::new();
+        let builder = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .without_target_info()
+            .scope_info_enabled(false);
+        let provider = match builder.build() {
+            Ok(exporter) => SdkMeterProvider::builder().with_reader(exporter).build(),
+            Err(e) => {
+                tracing::error!(error = %e, "metrics exporter unavailable; /metrics stays empty");
+                SdkMeterProvider::builder().build()
+            }
+        };
+        let m = provider.meter("neulbi");
+        let metrics = Self::instruments(&m, provider.clone(), registry);
+        metrics.zero_series();
+        metrics
+    }
+
+    fn instruments(m: &Meter, provider: SdkMeterProvider, registry: prometheus::Registry) -> Self {
+        let seconds = |name: &'static str, help: &'static str| {
+            m.f64_histogram(name)
+                .with_unit("s")
+                .with_description(help)
+                .with_boundaries(SECONDS.to_vec())
+                .build()
+        };
+        Self {
+            _provider: provider,
+            registry,
+            appends: m
+                .u64_counter("neulbi.store.appends")
+                .with_description("Appends to the event log by backend and outcome")
+                .build(),
+            events_appended: m
+                .u64_counter("neulbi.store.events_appended")
+                .with_description("Events written by committed appends")
+                .build(),
+            append_duration: seconds(
+                "neulbi.store.append.duration",
+                "From queueing an append to its durable commit",
+            ),
+            group_size: m
+                .u64_histogram("neulbi.store.commit.group_size")
+                .with_description("Appends folded into one durable transaction")
+                .with_boundaries(SIZES.to_vec())
+                .build(),
+            commit_duration: seconds(
+                "neulbi.store.commit.duration",
+                "One group commit's transaction, fsync included",
+            ),
+            commands: m
+                .u64_counter("neulbi.commands")
+                .with_description("Commands handled by aggregate kind and outcome")
+                .build(),
+            events_committed: m
+                .u64_counter("neulbi.events.committed")
+                .with_description("Events committed by aggregate kind and event type")
+                .build(),
+            actors_active: m
+                .i64_up_down_counter("neulbi.actors.active")
+                .with_description("Live aggregate actors by kind")
+                .build(),
+            passivations: m
+                .u64_counter("neulbi.actors.passivations")
+                .with_description("Idle aggregate actors stopped, by kind")
+                .build(),
+            busy_refusals: m
+                .u64_counter("neulbi.actors.busy_refusals")
+                .with_description("Commands refused because the actor's mailbox was full")
+                .build(),
+            mailbox_depth: m
+                .u64_histogram("neulbi.actors.mailbox_depth")
+                .with_description("Messages already queued when a command is sent to an actor")
+                .with_boundaries(SIZES.to_vec())
+                .build(),
+            projector_position: m
+                .u64_gauge("neulbi.projector.position")
+                .with_description("The next log position the projector will apply")
+                .build(),
+            projector_lag_events: m
+                .u64_gauge("neulbi.projector.lag.events")
+                .with_description("Events between the log's head and the projector")
+                .build(),
+            projector_lag_seconds: m
+                .f64_gauge("neulbi.projector.lag")
+                .with_unit("s")
+                .with_description("Age of the oldest event the projector has not applied")
+                .build(),
+            projector_stalled: m
+                .u64_gauge("neulbi.projector.stalled")
+                .with_description("1 while the projector is stalled on an event it cannot apply")
+                .build(),
+            projector_events: m
+                .u64_counter("neulbi.projector.events")
+                .with_description("Events applied by the projector")
+                .build(),
+            rebuild_progress: m
+                .f64_gauge("neulbi.projector.rebuild.progress")
+                .with_description("A running rebuild's progress from 0 to 1")
+                .build(),
+            stomp_sessions: m
+                .i64_up_down_counter("neulbi.stomp.sessions")
+                .with_description("Open STOMP sessions by transport")
+                .build(),
+            stomp_subscriptions: m
+                .i64_up_down_counter("neulbi.stomp.subscriptions")
+                .with_description("Active STOMP subscriptions")
+                .build(),
+            stomp_deliveries: m
+                .u64_counter("neulbi.stomp.deliveries")
+                .with_description("MESSAGE frames handed to STOMP sessions")
+                .build(),
+            slow_consumers: m
+                .u64_counter("neulbi.stomp.slow_consumer_disconnects")
+                .with_description("STOMP sessions closed because they could not keep up")
+                .build(),
+            receipt_duration: seconds(
+                "neulbi.stomp.receipt.duration",
+                "From a SEND asking for a receipt to its RECEIPT, the append included",
+            ),
+            stomp_errors: m
+                .u64_counter("neulbi.stomp.errors")
+                .with_description("STOMP ERROR frames sent, by reason")
+                .build(),
+            signaling_sessions: m
+                .i64_up_down_counter("neulbi.signaling.sessions")
+                .with_description("Open /rtc signaling sessions")
+                .build(),
+            calls_active: m
+                .i64_up_down_counter("neulbi.calls.active")
+                .with_description("Calls with media on this node")
+                .build(),
+            sfu_tracks: m
+                .i64_up_down_counter("neulbi.sfu.tracks")
+                .with_description("Published tracks the SFU forwards")
+                .build(),
+            sfu_packets: m
+                .u64_counter("neulbi.sfu.forwarded.packets")
+                .with_description("RTP packets the SFU forwarded to subscribers")
+                .build(),
+            sfu_bytes: m
+                .u64_counter("neulbi.sfu.forwarded")
+                .with_unit("By")
+                .with_description("RTP payload bytes the SFU forwarded to subscribers")
+                .build(),
+            sfu_dropped: m
+                .u64_counter("neulbi.sfu.packets_dropped")
+                .with_description(
+                    "RTP packets the SFU dropped: a subscriber too slow, or its link down",
+                )
+                .build(),
+            turn_allocations: m
+                .u64_gauge("neulbi.turn.allocations")
+                .with_description("Live allocations on the embedded TURN relay")
+                .build(),
+            http_requests: m
+                .u64_counter("neulbi.http.requests")
+                .with_description("HTTP requests by route pattern, method and status")
+                .build(),
+            http_duration: seconds(
+                "neulbi.http.request.duration",
+                "HTTP request latency by route pattern and method",
+            ),
+            sign_ins: m
+                .u64_counter("neulbi.sign_ins")
+                .with_description("Sign-ins by provider and outcome")
+                .build(),
+        }
+    }
+
+    /// Creates at zero the series dashboards and alerts read, so they show 0, not nothing.
+    fn zero_series(&self) {
+        for kind in ["user", "room", "call", "system"] {
+            let k = [label("kind", kind)];
+            for outcome in ["ok", "rejected"] {
+                self.commands
+                    .add(0, &[label("kind", kind), label("outcome", outcome)]);
+            }
+            self.actors_active.add(0, &k);
+            self.passivations.add(0, &k);
+            self.busy_refusals.add(0, &k);
+        }
+        for transport in TRANSPORTS {
+            self.stomp_sessions.add(0, &[label("transport", transport)]);
+        }
+        self.stomp_subscriptions.add(0, &[]);
+        self.stomp_deliveries.add(0, &[]);
+        self.slow_consumers.add(0, &[]);
+        self.signaling_sessions.add(0, &[]);
+        self.calls_active.add(0, &[]);
+        for event in ["Requested", "Accepted", "Declined", "Ended"] {
+            self.events_committed
+                .add(0, &[label("kind", "call"), label("type", event)]);
+        }
+        self.sfu_tracks.add(0, &[]);
+        self.sfu_packets.add(0, &[]);
+        self.sfu_bytes.add(0, &[]);
+        self.sfu_dropped.add(0, &[]);
+        self.turn_allocations.record(0, &[]);
+        for outcome in ["ok", "failed"] {
+            self.sign_ins.add(
+                0,
+                &[label("provider", "password"), label("outcome", outcome)],
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text_now() -> String {
+        render().expect("render")
+    }
+
+    #[test]
+    fn the_exposition_names_follow_prometheus_conventions() {
+        let m = metrics();
+        m.appends
+            .add(1, &[label("backend", "sqlite"), label("outcome", "ok")]);
+        m.append_duration
+            .record(0.002, &[label("backend", "sqlite")]);
+        m.sfu_bytes.add(10, &[]);
+        let text = render().expect("render");
+        assert!(
+            text.contains("neulbi_store_appends_total{backend=\"sqlite\",outcome=\"ok\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "neulbi_store_append_duration_seconds_bucket{backend=\"sqlite\",le=\"0.0025\"}"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("neulbi_sfu_forwarded_bytes_total"), "{text}");
+        assert!(
+            text.contains("neulbi_stomp_sessions{transport=\"sockjs-http\"} 0"),
+            "{text}"
+        );
+        m.projector_lag_seconds
+            .record(1.5, &[label("projector", "rooms")]);
+        assert!(
+            text_now().contains("neulbi_projector_lag_seconds{projector=\"rooms\"} 1.5"),
+            "{text}"
+        );
+        assert!(!text.contains("otel_scope"), "{text}");
+        assert!(!text.contains("target_info"), "{text}");
+    }
+}
