@@ -58,6 +58,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The events of the log that carry one trace (W3C trace id, 32 hex digits), in order with
+    /// their streams, positions and timings: the durable half of a trace, no tracing backend
+    /// needed. Events carry a trace while spans are exported (`OTEL_EXPORTER_OTLP_ENDPOINT`).
+    Trace {
+        /// The trace id, as a tracing UI shows it.
+        trace_id: String,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// An aggregate's state as it was at a point in the log.
     Replay {
         /// The stream, e.g. room-0190c3e4-....
@@ -682,9 +692,79 @@ pub fn print_audit(
     Ok(())
 }
 
+/// Checks a W3C trace id (32 lowercase hex digits, not all zero) and returns it lowercased.
+pub fn parse_trace_id(id: &str) -> anyhow::Result<String> {
+    let id = id.trim().to_ascii_lowercase();
+    if id.len() != 32 || !id.chars().all(|c| c.is_ascii_hexdigit()) || id.chars().all(|c| c == '0')
+    {
+        anyhow::bail!("invalid trace id {id:?}: expected 32 hex digits (not all zero)");
+    }
+    Ok(id)
+}
+
+/// `neulbi trace ID`: the trace's events, with the time since the first one.
+pub fn print_trace(
+    rows: &[crate::projections::queries::AuditEntry],
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    if json {
+        return print_audit(rows, true, out);
+    }
+    let Some(first) = rows.first() else {
+        return Ok(());
+    };
+    writeln!(
+        out,
+        "{:>8}  {:<24} {:>9}  {:<44} {:<26} {:<36} span",
+        "position", "time", "+ms", "stream", "event", "actor"
+    )?;
+    for r in rows {
+        let span = r
+            .traceparent
+            .as_deref()
+            .and_then(|t| t.split('-').nth(2))
+            .unwrap_or("-");
+        writeln!(
+            out,
+            "{:>8}  {:<24} {:>9.1}  {:<44} {:<26} {:<36} {}",
+            r.position,
+            r.recorded_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+            (r.recorded_at - first.recorded_at)
+                .num_microseconds()
+                .unwrap_or(0) as f64
+                / 1e3,
+            format!("{} v{}", r.stream, r.version),
+            r.event_type,
+            r.actor_id.as_deref().unwrap_or("system"),
+            span
+        )?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_since;
+    use super::{parse_since, parse_trace_id};
+
+    #[test]
+    fn trace_ids_are_32_hex_digits_and_not_all_zero() {
+        assert_eq!(
+            parse_trace_id(" 4BF92F3577B34DA6A3CE929D0E0E4736 ").expect("valid"),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        for bad in [
+            "",
+            "4bf92f3577b34da6a3ce929d0e0e473",
+            "4bf92f3577b34da6a3ce929d0e0e4736a",
+            "4bf92f3577b34da6a3ce929d0e0e473g",
+            "00000000000000000000000000000000",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            let err = parse_trace_id(bad).expect_err(bad).to_string();
+            assert!(err.contains("32 hex digits"), "{err}");
+        }
+    }
     use chrono::{TimeZone, Utc};
 
     #[test]

@@ -35,7 +35,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(url) = cli.database_url {
         config.database_url = Some(url);
     }
-    telemetry::init(&config.log, config.log_format);
+    let _telemetry = telemetry::init(&config.log, config.log_format);
     match cli.command {
         Command::Serve(args) => {
             if let Some(listen) = args.listen {
@@ -169,6 +169,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             cli::print_audit(&rows, json, &mut std::io::stdout().lock())
+        }
+        Command::Trace { trace_id, json } => {
+            let id = cli::parse_trace_id(&trace_id)?;
+            let url = config.database_url();
+            let s = config.open_storage(true).await?.events;
+            let db = ReadDb::connect(&projections::db::read_model_url(&url)).await?;
+            // The trail is a read model: bring it up to date first.
+            projections::runtime::catch_up(&s, &db).await?;
+            let rows = projections::queries::audit_of_trace(&db, &id).await?;
+            s.close().await;
+            if rows.is_empty() {
+                anyhow::bail!(
+                    "no event carries trace {id} (events carry traces only while spans are \
+                     exported: OTEL_EXPORTER_OTLP_ENDPOINT)"
+                );
+            }
+            cli::print_trace(&rows, json, &mut std::io::stdout().lock())
         }
         Command::Replay { stream, at } => {
             let name: neulbi_domain::StreamName = stream

@@ -211,8 +211,12 @@ where
     D::Command: Clone,
 {
     // The acting user goes into every event's metadata: the audit trail is built from it.
+    // So is the trace: projectors and deliveries, on any node, continue it from the event.
     let metadata = Metadata {
         user_id: metadata.user_id.or(ctx.actor.user_id.map(|u| u.as_uuid())),
+        traceparent: metadata
+            .traceparent
+            .or_else(crate::telemetry::current_traceparent),
         ..metadata
     };
     if !loaded.hydrated || command.is_none() {

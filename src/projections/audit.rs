@@ -31,6 +31,11 @@ pub static DEF: ProjectorDef = ProjectorDef {
             table: "rm_audit",
             columns: "actor_id",
         },
+        IndexDef {
+            name: "rm_audit_by_trace",
+            table: "rm_audit",
+            columns: "traceparent",
+        },
     ],
     bind,
 };

@@ -453,6 +453,21 @@ fn audit_entry(r: &sqlx::any::AnyRow) -> Result<AuditEntry, ProjectionError> {
 /// What every audit query selects, in [`audit_entry`]'s order.
 const AUDIT_COLUMNS: &str = "position, stream, version, event_type, actor_id, correlation_id, traceparent, recorded_at, detail";
 
+/// The events that carry trace `trace_id` (32 lowercase hex digits), in log order.
+pub async fn audit_of_trace(
+    db: &ReadDb,
+    trace_id: &str,
+) -> Result<Vec<AuditEntry>, ProjectionError> {
+    // A prefix range on the indexed column: `00-{id}-` up to `00-{id}.` ('.' follows '-').
+    audit_where(
+        db,
+        "WHERE traceparent >= $1 AND traceparent < $2",
+        &format!("00-{trace_id}-"),
+        &format!("00-{trace_id}."),
+    )
+    .await
+}
+
 /// The history of one stream, oldest first.
 pub async fn audit_of_stream(
     db: &ReadDb,

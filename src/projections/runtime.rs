@@ -214,6 +214,28 @@ pub async fn step(
         return Ok(Batch::CaughtUp);
     }
     let projector = (def.bind)(names);
+    // With spans exported, each event's trace gets a `project` span for this projector (on
+    // whichever node applies it), open until the batch commits.
+    let _traced: Vec<tracing::Span> = if live && crate::telemetry::exporting() {
+        events
+            .iter()
+            .filter(|e| e.metadata.traceparent.is_some())
+            .map(|e| {
+                let span = tracing::info_span!(
+                    parent: None,
+                    "project",
+                    projector = def.name,
+                    position = e.position,
+                    event_type = %e.event_type,
+                    batch = events.len()
+                );
+                crate::telemetry::continue_trace(&span, e.metadata.traceparent.as_deref());
+                span
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let span = tracing::debug_span!("project", projector = def.name, from, events = events.len());
     async {
         let mut tx = begin(db).await?;

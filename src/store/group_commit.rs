@@ -233,6 +233,8 @@ pub(crate) trait Committer: Send + 'static {
 struct Pending {
     request: AppendRequest,
     reply: oneshot::Sender<Result<AppendResult, StoreError>>,
+    /// The caller's `append` span, told the size of the group its append committed in.
+    span: tracing::Span,
 }
 
 /// The queue in front of the writer task, shared by all callers of one store.
@@ -268,7 +270,13 @@ impl GroupCommit {
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> Result<AppendResult, StoreError> {
-        let span = tracing::info_span!("append", backend, %stream, events = events.len());
+        let span = tracing::info_span!(
+            "append",
+            backend,
+            %stream,
+            events = events.len(),
+            group_size = tracing::field::Empty
+        );
         let started = std::time::Instant::now();
         let count = events.len() as u64;
         let result = async {
@@ -305,7 +313,11 @@ impl GroupCommit {
             .ok_or(StoreError::Closed)?;
         let (reply, answer) = oneshot::channel();
         sender
-            .send(Pending { request, reply })
+            .send(Pending {
+                request,
+                reply,
+                span: tracing::Span::current(),
+            })
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
@@ -332,8 +344,14 @@ async fn run<C: Committer>(
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut batch, max_batch).await > 0 {
-        let (requests, replies): (Vec<_>, Vec<_>) =
-            batch.drain(..).map(|p| (p.request, p.reply)).unzip();
+        let group = batch.len();
+        let (requests, replies): (Vec<_>, Vec<_>) = batch
+            .drain(..)
+            .map(|p| {
+                p.span.record("group_size", group);
+                (p.request, p.reply)
+            })
+            .unzip();
         let events: usize = requests.iter().map(|r| r.events.len()).sum();
         let span = tracing::info_span!("group_commit", appends = requests.len(), events);
         let started = std::time::Instant::now();

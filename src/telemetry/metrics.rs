@@ -139,13 +139,21 @@ impl Metrics {
             .with_registry(registry.clone())
             .without_target_info()
             .scope_info_enabled(false);
-        let provider = match builder.build() {
-            Ok(exporter) => SdkMeterProvider::builder().with_reader(exporter).build(),
+        let mut provider = SdkMeterProvider::builder().with_resource(super::otlp::resource());
+        match builder.build() {
+            Ok(exporter) => provider = provider.with_reader(exporter),
             Err(e) => {
-                tracing::error!(error = %e, "metrics exporter unavailable; /metrics stays empty");
-                SdkMeterProvider::builder().build()
+                tracing::error!(error = %e, "metrics exporter unavailable; /metrics stays empty")
             }
-        };
+        }
+        // The same instruments over OTLP too, when an endpoint is configured.
+        if super::otlp::metrics_configured() {
+            match super::otlp::metric_reader() {
+                Ok(reader) => provider = provider.with_reader(reader),
+                Err(e) => tracing::error!(error = %e, "OTLP metrics export could not start"),
+            }
+        }
+        let provider = provider.build();
         let m = provider.meter("neulbi");
         let metrics = Self::instruments(&m, provider.clone(), registry);
         metrics.zero_series();

@@ -2,22 +2,116 @@
 //! and holds the node's metrics.
 
 pub mod metrics;
+pub mod otlp;
 
 use crate::config::LogFormat;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{TraceContextExt, TracerProvider};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
-/// Installs the global subscriber. Safe to call more than once (later calls do nothing), so
-/// tests and the CLI can both call it.
-pub fn init(filter: &str, format: LogFormat) {
+/// True once spans are exported: only then do commands stamp their trace context on events.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Keeps the span exporter of the process; dropping it flushes the spans still queued.
+#[must_use = "dropping the guard stops exporting spans"]
+pub struct Telemetry {
+    tracer: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.tracer.take() {
+            EXPORTING.store(false, Ordering::Release);
+            if let Err(e) = provider.shutdown() {
+                tracing::warn!(error = %e, "flushing spans on exit failed");
+            }
+        }
+    }
+}
+
+/// Installs the global subscriber: the env-filter, a pretty or JSON formatter on stderr and,
+/// when an OTLP endpoint is configured (`OTEL_EXPORTER_OTLP_ENDPOINT`), the span exporter.
+/// Safe to call more than once (later calls do nothing), so tests and the CLI can both call it.
+pub fn init(filter: &str, format: LogFormat) -> Telemetry {
     let filter =
         EnvFilter::try_new(with_quiet_media(filter)).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Pretty => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let fmt = match format {
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    let (provider, problem) = if otlp::configured() {
+        match otlp::tracer_provider() {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(e)),
+        }
+    } else {
+        (None, None)
+    };
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("neulbi")));
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .is_ok();
+    if let Some(e) = problem {
+        tracing::error!(error = %e, "OTLP export is configured but could not start; spans stay local");
+    }
+    let tracer = provider.filter(|_| installed);
+    if tracer.is_some() {
+        EXPORTING.store(true, Ordering::Release);
+        tracing::info!(node = otlp::node_id(), "exporting spans over OTLP");
+    }
+    Telemetry { tracer }
+}
+
+/// True while spans are exported over OTLP.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Acquire)
+}
+
+/// The W3C `traceparent` of the current span, for an event's metadata; `None` unless spans
+/// are exported (then there is no trace to continue).
+pub fn current_traceparent() -> Option<String> {
+    if !exporting() {
+        return None;
+    }
+    let cx = tracing::Span::current().context();
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// Makes `span` (just created, not yet entered) continue the trace an event's `traceparent`
+/// names, so work done later or on another node joins the trace of the request behind it.
+pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
+    let Some(traceparent) = traceparent.filter(|_| exporting()) else {
+        return;
+    };
+    let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
 }
 
 /// The WebRTC and TURN crates log every packet-level event at info (and warn for each packet

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod binary;
 pub mod capture;
 pub mod coturn;
 pub mod http;

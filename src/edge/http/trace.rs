@@ -32,6 +32,13 @@ pub async fn request_span(
         path = %path,
         status = tracing::field::Empty,
     );
+    // A caller's (or proxy's) W3C trace context is continued when spans are exported.
+    crate::telemetry::continue_trace(
+        &span,
+        req.headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+    );
     let res = next.call(req).instrument(span.clone()).await;
     let status = match &res {
         Ok(r) => r.status().as_u16(),

@@ -365,11 +365,14 @@ impl Connection {
             ),
         };
         let leaving = matches!(re, "leave" | "hangup");
+        // Each call command starts its own trace, linked to the long-lived connection.
+        let span = tracing::info_span!(parent: None, "call_command", command = re, call_id = %call);
+        span.follows_from(tracing::Span::current());
         let result = self
             .state
             .calls
             .execute(call, command, ctx, metadata)
-            .instrument(tracing::info_span!("call_command", command = re, call_id = %call))
+            .instrument(span)
             .await;
         match result {
             Ok(outcome) if leaving => {

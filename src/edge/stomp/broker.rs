@@ -252,7 +252,8 @@ impl Broker {
             return;
         };
         let room = RoomId::from_uuid(event.stream.id());
-        if let Some(delivery) = message_delivery(room, &room_event, event.position) {
+        if let Some(mut delivery) = message_delivery(room, &room_event, event.position) {
+            delivery.traceparent = trace_of(event);
             self.publish(Arc::new(delivery));
         }
         self.push_room_change(room, &room_event, event.position)
@@ -280,6 +281,7 @@ impl Broker {
             return;
         };
         let body = body.to_string().into_bytes();
+        let traceparent = trace_of(event);
         for user in parties {
             let topic = Topic::UserCalls(user);
             if self.routes().topics.contains_key(&topic) {
@@ -289,6 +291,7 @@ impl Broker {
                     position: event.position,
                     body: body.clone(),
                     content_type: "application/json",
+                    traceparent: traceparent.clone(),
                 }));
             }
         }
@@ -369,6 +372,16 @@ impl Broker {
     }
 }
 
+/// The trace an event continues, for its deliveries (nothing unless spans are exported).
+fn trace_of(event: &RecordedEvent) -> Option<Arc<str>> {
+    event
+        .metadata
+        .traceparent
+        .as_deref()
+        .filter(|_| crate::telemetry::exporting())
+        .map(Arc::from)
+}
+
 /// A topic's kind for spans (never an id of a person).
 fn topic_kind(topic: Topic) -> &'static str {
     match topic {
@@ -419,6 +432,7 @@ fn message_delivery(room: RoomId, event: &RoomEvent, position: u64) -> Option<De
         position,
         body: json.to_string().into_bytes(),
         content_type: "application/json",
+        traceparent: None,
     })
 }
 
@@ -476,6 +490,7 @@ fn room_change(room: RoomId, event: &RoomEvent, position: u64, user: UserId) -> 
         position,
         body: json.to_string().into_bytes(),
         content_type: "application/json",
+        traceparent: None,
     })
 }
 
@@ -523,6 +538,7 @@ mod tests {
             position: 1,
             body: Vec::new(),
             content_type: "application/json",
+            traceparent: None,
         })
     }
 

@@ -158,7 +158,10 @@ impl Connection {
                     confirm,
                     ..
                 } => {
-                    let span = tracing::debug_span!("stomp.send", %room);
+                    // Each SEND starts its own trace (a connection lives for hours), linked
+                    // to the connection's span.
+                    let span = tracing::info_span!(parent: None, "stomp.send", %room);
+                    span.follows_from(tracing::Span::current());
                     let result = match self.identity {
                         Some(who) => {
                             backend
@@ -432,6 +435,7 @@ mod tests {
                     position: 3,
                     body: Vec::new(),
                     content_type: "application/json",
+                    traceparent: None,
                 }],
                 floor: 2,
             })

@@ -11,6 +11,7 @@ use super::session::{CloseReason, Session, Topic};
 use super::websocket::StompConfig;
 use crate::telemetry::metrics::{label, metrics};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// How long one write may wait for a client that does not read before it is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -156,6 +157,9 @@ pub async fn drive<T: Transport, B: ChatBackend>(
             }
         };
         let mut decoded = Ok(());
+        // A traced delivery's span: entered while the session takes it, instrumenting the
+        // socket writes that follow (never held entered across an await).
+        let mut delivering: Option<tracing::Span> = None;
         tokio::select! {
             bytes = transport.recv() => {
                 let Some(bytes) = bytes else { break 'run };
@@ -163,7 +167,20 @@ pub async fn drive<T: Transport, B: ChatBackend>(
                 decoded = decoder.feed(&bytes, &mut frames);
             }
             delivery = deliveries.recv() => match delivery {
-                Some(delivery) => conn.session.deliver(&delivery, Instant::now()),
+                Some(delivery) => {
+                    if let Some(traceparent) = delivery.traceparent.as_deref() {
+                        let span = tracing::info_span!(
+                            parent: None,
+                            "deliver",
+                            position = delivery.position,
+                            transport = transport.label()
+                        );
+                        crate::telemetry::continue_trace(&span, Some(traceparent));
+                        delivering = Some(span);
+                    }
+                    let _entered = delivering.as_ref().map(|s| s.enter());
+                    conn.session.deliver(&delivery, Instant::now());
+                }
                 None => conn.session.handle_overflow(Instant::now()),
             },
             () = timer => conn.session.handle_timeout(Instant::now()),
@@ -227,7 +244,11 @@ pub async fn drive<T: Transport, B: ChatBackend>(
                         break 'run;
                     }
                 };
-                let sent = tokio::time::timeout(WRITE_TIMEOUT, transport.send(bytes)).await;
+                let send = tokio::time::timeout(WRITE_TIMEOUT, transport.send(bytes));
+                let sent = match &delivering {
+                    Some(span) => send.instrument(span.clone()).await,
+                    None => send.await,
+                };
                 if !matches!(sent, Ok(Ok(()))) {
                     break 'run;
                 }

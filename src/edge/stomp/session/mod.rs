@@ -121,6 +121,9 @@ pub struct Delivery {
     pub body: Vec<u8>,
     /// Its content type.
     pub content_type: &'static str,
+    /// The trace of the command behind it (only while spans are exported): each recipient's
+    /// delivery span continues it.
+    pub traceparent: Option<std::sync::Arc<str>>,
 }
 
 /// The history a `since-message-id` subscription missed.

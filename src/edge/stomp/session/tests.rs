@@ -267,6 +267,7 @@ fn subscribe_asks_for_authorization_before_delivering() {
         position: 1,
         body: b"{}".to_vec(),
         content_type: "application/json",
+        traceparent: None,
     };
     s.deliver(&delivery, now);
     assert!(drain(&mut s).is_empty(), "nothing before authorization");
@@ -382,6 +383,7 @@ fn client_ack_modes_carry_an_ack_id() {
                 position: 1,
                 body: Vec::new(),
                 content_type: "application/json",
+                traceparent: None,
             },
             now,
         );
@@ -423,6 +425,7 @@ fn unsubscribe_stops_deliveries() {
             position: 1,
             body: Vec::new(),
             content_type: "application/json",
+            traceparent: None,
         },
         now,
     );
@@ -563,6 +566,7 @@ fn a_slow_consumer_is_disconnected() {
         position: 1,
         body: Vec::new(),
         content_type: "application/json",
+        traceparent: None,
     };
     for _ in 0..10 {
         s.deliver(&d, now);
@@ -607,6 +611,7 @@ fn msg(topic: Topic, id: &str, position: u64) -> Delivery {
         position,
         body: id.as_bytes().to_vec(),
         content_type: "application/json",
+        traceparent: None,
     }
 }
 
