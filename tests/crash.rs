@@ -129,14 +129,7 @@ async fn sigkill_while_projecting_loses_and_duplicates_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let pid = second.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    support::binary::sigterm(&second);
     assert!(second.wait().expect("wait").success());
 
     let fresh_path = dir.path().join("fresh-read.db");

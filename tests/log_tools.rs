@@ -154,15 +154,7 @@ async fn a_v1_log_upcasts_and_replays() {
     assert!("yesterday".parse::<At>().is_err());
 }
 
-fn neulbi(dir: &std::path::Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_neulbi"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("NEULBI_DATA_DIR", dir)
-        .env("NEULBI_LOG", "error")
-        .current_dir(dir);
-    c
-}
+use support::binary::neulbi;
 
 fn run_ok(c: &mut Command) -> String {
     let out = c.output().expect("run");
