@@ -111,6 +111,9 @@ pub struct Config {
     /// The URL browsers use to reach this node (`NEULBI_PUBLIC_URL`); derived from `listen`
     /// when unset.
     pub public_url: Option<String>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`NEULBI_TRUSTED_PROXIES`,
+    /// comma-separated IPs), e.g. `127.0.0.1` behind a local nginx. Empty: the peer address.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Where `/metrics` is served (`NEULBI_METRICS_LISTEN`), so Prometheus can scrape a
     /// private address; unset, `/metrics` is on `listen` with everything else.
     pub metrics_listen: Option<SocketAddr>,
@@ -136,6 +139,8 @@ pub struct Config {
     pub media: MediaConfig,
     /// Key-encryption keys (`[keys]`): what wraps the data keys, signing keys and secrets.
     pub keys: crate::privacy::KeySettings,
+    /// HTTPS from PEM files (`[tls]`, `NEULBI_TLS_*`), reloaded on renewal.
+    pub tls: crate::edge::tls::TlsSettings,
 }
 
 /// The `[media]` section: TURN. The embedded TURN server runs when `media.turn.secret` is set
@@ -157,6 +162,7 @@ impl Default for Config {
             database_url: None,
             public_url: None,
             metrics_listen: None,
+            trusted_proxies: Vec::new(),
             log: "info".into(),
             log_format: LogFormat::Pretty,
             shutdown_timeout_secs: 30,
@@ -168,6 +174,7 @@ impl Default for Config {
             calls: crate::edge::signaling::settings::CallSettings::default(),
             media: MediaConfig::default(),
             keys: crate::privacy::KeySettings::default(),
+            tls: crate::edge::tls::TlsSettings::default(),
         }
     }
 }
@@ -211,6 +218,15 @@ impl Config {
         }
         if let Some(v) = get("NEULBI_LISTEN") {
             self.listen = parse("NEULBI_LISTEN", &v)?;
+        }
+        if let Some(v) = get("NEULBI_TRUSTED_PROXIES") {
+            self.trusted_proxies =
+                crate::edge::http::client_ip::parse_list(&v).map_err(|message| {
+                    ConfigError::Env {
+                        var: "NEULBI_TRUSTED_PROXIES",
+                        message,
+                    }
+                })?;
         }
         if let Some(v) = get("NEULBI_METRICS_LISTEN").filter(|v| !v.is_empty()) {
             self.metrics_listen = Some(parse("NEULBI_METRICS_LISTEN", &v)?);
@@ -283,6 +299,12 @@ impl Config {
                 var: "NEULBI_KEK*/NEULBI_KMS_*",
                 message,
             })?;
+        self.tls
+            .apply_env(&get)
+            .map_err(|message| ConfigError::Env {
+                var: "NEULBI_TLS_*",
+                message,
+            })?;
         Ok(())
     }
 
@@ -321,7 +343,8 @@ impl Config {
         } else {
             bound.ip().to_string()
         };
-        format!("http://{host}:{}", bound.port())
+        let scheme = if self.tls.enabled() { "https" } else { "http" };
+        format!("{scheme}://{host}:{}", bound.port())
     }
 
     /// The store limits in force.

@@ -119,8 +119,53 @@ pub struct Application {
     public_url: String,
     projections: Arc<projections::runtime::Running>,
     broker: Arc<crate::edge::stomp::broker::Broker>,
+    /// Servers beside the main one: the `/metrics` listener and the HTTPS redirect.
+    side: Vec<Server>,
     /// The separate `/metrics` listener (`NEULBI_METRICS_LISTEN`), if configured.
-    metrics: Option<(Server, SocketAddr)>,
+    metrics_addr: Option<SocketAddr>,
+    /// The plain-HTTP listener redirecting to HTTPS (`NEULBI_TLS_REDIRECT_LISTEN`), if any.
+    redirect_addr: Option<SocketAddr>,
+}
+
+/// Binds the plain-HTTP listener that sends every request to HTTPS (308 keeps the method).
+fn redirect_server(
+    addr: SocketAddr,
+    public_url: Option<String>,
+    https_port: u16,
+) -> anyhow::Result<(Server, SocketAddr)> {
+    let listener = TcpListener::bind(addr).with_context(|| {
+        format!("binding the HTTPS redirect listener {addr} (NEULBI_TLS_REDIRECT_LISTEN)")
+    })?;
+    let bound = listener.local_addr()?;
+    let server = HttpServer::new(move || {
+        let public_url = public_url.clone();
+        App::new().default_service(web::to(move |req: actix_web::HttpRequest| {
+            let target = crate::edge::tls::redirect_target(
+                public_url.as_deref(),
+                req.headers()
+                    .get(actix_web::http::header::HOST)
+                    .and_then(|h| h.to_str().ok()),
+                https_port,
+                req.uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str()),
+            );
+            async move {
+                match target {
+                    Some(location) => actix_web::HttpResponse::PermanentRedirect()
+                        .insert_header((actix_web::http::header::LOCATION, location))
+                        .finish(),
+                    None => actix_web::HttpResponse::BadRequest()
+                        .json(serde_json::json!({"error": {"code": "bad_host", "message": "a Host header naming this server is required"}})),
+                }
+            }
+        }))
+    })
+    .workers(1)
+    .shutdown_timeout(1)
+    .listen(listener)?
+    .run();
+    Ok((server, bound))
 }
 
 /// How often the TURN allocation gauge is sampled (the relay counts them on request).
@@ -290,8 +335,28 @@ impl Application {
         let sockjs = web::Data::new(crate::edge::stomp::sockjs::SockJs::new(&config.chat));
         let metrics = config.metrics_listen.map(metrics_server).transpose()?;
         let metrics_here = metrics.is_none();
-        let server = HttpServer::new(move || {
+        // HTTPS from the PEM files, checked now (a broken certificate stops the start), then
+        // watched for renewals.
+        let tls = if config.tls.enabled() {
+            let reloader = crate::edge::tls::CertReloader::open(&config.tls)
+                .context("loading the TLS certificate (tls.cert_file / tls.key_file)")?;
+            reloader.watch(Duration::from_secs(config.tls.reload_secs.max(1)));
+            let server_config = reloader.server_config().context("configuring TLS")?;
+            Some((reloader, server_config))
+        } else {
+            None
+        };
+        let hsts = config.tls.hsts().filter(|_| tls.is_some());
+        let redirect = match config.tls.redirect_listen.filter(|_| tls.is_some()) {
+            Some(at) => Some(redirect_server(at, config.public_url.clone(), addr.port())?),
+            None => None,
+        };
+        let trusted = web::Data::new(crate::edge::http::client_ip::TrustedProxies(
+            config.trusted_proxies.clone(),
+        ));
+        let builder = HttpServer::new(move || {
             App::new()
+                .app_data(trusted.clone())
                 .app_data(stomp.clone())
                 .app_data(state.clone())
                 .app_data(auth_data.clone())
@@ -299,6 +364,13 @@ impl Application {
                 .app_data(broker.clone())
                 .app_data(signaling.clone())
                 .wrap(from_fn(http::trace::request_span))
+                .wrap(actix_web::middleware::Condition::new(
+                    hsts.is_some(),
+                    actix_web::middleware::DefaultHeaders::new().add((
+                        actix_web::http::header::STRICT_TRANSPORT_SECURITY,
+                        hsts.clone().unwrap_or_default(),
+                    )),
+                ))
                 .configure(http::configure)
                 .configure(|cfg| {
                     if metrics_here {
@@ -318,9 +390,21 @@ impl Application {
         .client_request_timeout(Duration::from_secs(10))
         // Chat frames are small and latency-bound: Nagle's algorithm would hold a MESSAGE
         // written right after a RECEIPT until the client's delayed ACK (~40 ms).
-        .tcp_nodelay(true)
-        .listen(listener)?
+        .tcp_nodelay(true);
+        let server = match tls {
+            Some((_, server_config)) => builder.listen_rustls_0_23(listener, server_config)?,
+            None => builder.listen(listener)?,
+        }
         .run();
+        let (metrics_addr, redirect_addr) = (
+            metrics.as_ref().map(|m| m.1),
+            redirect.as_ref().map(|r| r.1),
+        );
+        let side = metrics
+            .into_iter()
+            .chain(redirect)
+            .map(|(s, _)| s)
+            .collect();
         Ok(Self {
             server,
             state: state_data,
@@ -331,7 +415,9 @@ impl Application {
             public_url,
             projections: running,
             broker: broker_arc,
-            metrics,
+            side,
+            metrics_addr,
+            redirect_addr,
         })
     }
 
@@ -342,7 +428,12 @@ impl Application {
 
     /// Where `/metrics` is served: the separate listener if configured, else the main one.
     pub fn metrics_addr(&self) -> SocketAddr {
-        self.metrics.as_ref().map_or(self.addr, |(_, a)| *a)
+        self.metrics_addr.unwrap_or(self.addr)
+    }
+
+    /// The plain-HTTP listener that redirects to HTTPS, if configured.
+    pub fn redirect_addr(&self) -> Option<SocketAddr> {
+        self.redirect_addr
     }
 
     /// The shared state of the handlers (registries), for tests and tools in-process.
@@ -385,12 +476,16 @@ impl Application {
     /// actix (which listens for the same signals) stops the HTTP server.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let on_signal = tokio::spawn(close_stomp_on_signal(self.broker.clone()));
-        let metrics = self.metrics.map(|(server, _)| {
-            let handle = server.handle();
-            (actix_web::rt::spawn(server), handle)
-        });
+        let side: Vec<_> = self
+            .side
+            .into_iter()
+            .map(|server| {
+                let handle = server.handle();
+                (actix_web::rt::spawn(server), handle)
+            })
+            .collect();
         let result = self.server.await;
-        if let Some((task, handle)) = metrics {
+        for (task, handle) in side {
             handle.stop(false).await;
             let _ = task.await;
         }

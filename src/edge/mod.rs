@@ -3,3 +3,4 @@
 pub mod http;
 pub mod signaling;
 pub mod stomp;
+pub mod tls;

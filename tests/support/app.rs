@@ -22,6 +22,8 @@ pub struct TestApp {
     pub handle: actix_web::dev::ServerHandle,
     /// Stops like SIGTERM does: open STOMP connections are closed first.
     pub stopper: Stopper,
+    /// The plain-HTTP listener redirecting to HTTPS, when TLS is configured with one.
+    pub redirect: Option<SocketAddr>,
     _dir: tempfile::TempDir,
 }
 
@@ -49,6 +51,7 @@ impl TestApp {
         };
         tune(&mut config);
         let app = Application::build(&config).await.expect("app");
+        let redirect = app.redirect_addr();
         let (addr, handle, state, stopper, auth) = (
             app.local_addr(),
             app.handle(),
@@ -63,6 +66,7 @@ impl TestApp {
             auth,
             handle,
             stopper,
+            redirect,
             _dir: dir,
         }
     }

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod binary;
 pub mod capture;
+pub mod certs;
 pub mod coturn;
 pub mod http;
 pub mod moto;

@@ -88,10 +88,21 @@ impl From<AuthError> for ApiError {
     }
 }
 
-/// The peer address and user agent, for the `LoggedIn` event.
+/// The client's address (through trusted proxies) and user agent, for the `LoggedIn` event
+/// and the sign-in rate limiter.
 fn client_info(req: &HttpRequest) -> ClientInfo {
+    let trusted = req
+        .app_data::<web::Data<super::client_ip::TrustedProxies>>()
+        .map(|t| t.get_ref().clone())
+        .unwrap_or_default();
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
     ClientInfo {
-        ip: req.peer_addr().map(|a| a.ip().to_string()),
+        ip: trusted
+            .client(req.peer_addr().map(|a| a.ip()), forwarded)
+            .map(|ip| ip.to_string()),
         user_agent: req
             .headers()
             .get(header::USER_AGENT)

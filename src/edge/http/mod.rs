@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod calls;
+pub mod client_ip;
 pub mod directory;
 pub mod error;
 pub mod health;
