@@ -76,6 +76,8 @@ pub enum Command {
         #[arg(long)]
         at: Option<String>,
     },
+    /// Exit 0 if this node answers `/readyz` (for container health checks; no curl needed).
+    Healthcheck,
     /// Development helpers.
     #[command(subcommand)]
     Dev(DevCommand),

@@ -170,6 +170,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             cli::print_audit(&rows, json, &mut std::io::stdout().lock())
         }
+        Command::Healthcheck => {
+            let addr = neulbi::tools::healthcheck::probe_addr(&config)?;
+            neulbi::tools::healthcheck::check(addr).await
+        }
         Command::Trace { trace_id, json } => {
             let id = cli::parse_trace_id(&trace_id)?;
             let url = config.database_url();

@@ -85,6 +85,7 @@ async fn start_signaling(
     let sfu = crate::media::Sfu::new(crate::media::MediaSettings {
         udp_addrs: addrs,
         stall_after: Duration::from_secs(config.calls.stall_secs.max(1)),
+        public_ips: config.calls.media_public_ips.clone(),
         ..crate::media::MediaSettings::default()
     })
     .context("starting the media server")?;
@@ -171,14 +172,21 @@ fn redirect_server(
 /// How often the TURN allocation gauge is sampled (the relay counts them on request).
 const TURN_SAMPLE: Duration = Duration::from_secs(5);
 
-/// Binds the separate `/metrics` listener: nothing else is served there.
-fn metrics_server(addr: SocketAddr) -> anyhow::Result<(Server, SocketAddr)> {
+/// Binds the separate `/metrics` listener: the probes and metrics, nothing else.
+fn metrics_server(
+    addr: SocketAddr,
+    state: web::Data<AppState>,
+) -> anyhow::Result<(Server, SocketAddr)> {
     let listener = TcpListener::bind(addr)
         .with_context(|| format!("binding the metrics listener {addr} (NEULBI_METRICS_LISTEN)"))?;
     let bound = listener.local_addr()?;
-    let server = HttpServer::new(|| {
+    let server = HttpServer::new(move || {
         App::new()
+            .app_data(state.clone())
             .route("/metrics", web::get().to(http::health::metrics))
+            // The probes too: a private port for everything an orchestrator polls.
+            .route("/healthz", web::get().to(http::health::healthz))
+            .route("/readyz", web::get().to(http::health::readyz))
             .default_service(web::to(http::not_found))
     })
     .workers(1)
@@ -333,7 +341,10 @@ impl Application {
         }
         let stomp = web::Data::new(config.chat.stomp_config());
         let sockjs = web::Data::new(crate::edge::stomp::sockjs::SockJs::new(&config.chat));
-        let metrics = config.metrics_listen.map(metrics_server).transpose()?;
+        let metrics = config
+            .metrics_listen
+            .map(|at| metrics_server(at, state.clone()))
+            .transpose()?;
         let metrics_here = metrics.is_none();
         // HTTPS from the PEM files, checked now (a broken certificate stops the start), then
         // watched for renewals.

@@ -125,9 +125,11 @@ async fn prometheus_scrapes_the_node_and_every_dashboard_and_alert_query_has_dat
     let app = TestApp::start(|c| c.metrics_listen = Some(metrics_addr)).await;
     let (user, room) = traffic(&app).await;
 
-    // /metrics is on its own listener only, and serves nothing else.
+    // /metrics is on its own listener only, with the probes and nothing else.
     assert_eq!(get(app.addr, "/metrics").await.status, 404);
-    assert_eq!(get(metrics_addr, "/healthz").await.status, 404);
+    assert_eq!(get(metrics_addr, "/healthz").await.status, 200);
+    assert_eq!(get(metrics_addr, "/readyz").await.status, 200);
+    assert_eq!(get(metrics_addr, "/counselors").await.status, 404);
     let scraped = get(metrics_addr, "/metrics").await;
     assert_eq!(scraped.status, 200, "{}", scraped.body);
     assert!(

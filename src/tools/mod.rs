@@ -2,6 +2,7 @@
 //! import, replay, synthetic history for demos and benchmarks.
 
 pub mod bench_fixture;
+pub mod healthcheck;
 pub mod replay;
 pub mod seed;
 pub mod transfer;

@@ -37,6 +37,10 @@ pub struct CallSettings {
     /// Never a wildcard: the WebRTC stack skips loopback when it expands one, and a wildcard
     /// would offer every interface of the machine.
     pub media_udp: Vec<SocketAddr>,
+    /// The public address browsers reach each `media_udp` address at, behind 1:1 NAT (a cloud
+    /// VM's public IP, a container host's IP) (`NEULBI_MEDIA_PUBLIC_IPS`, comma separated, in
+    /// the same order). Empty: the bound addresses are advertised as they are.
+    pub media_public_ips: Vec<std::net::IpAddr>,
     /// STUN/TURN URLs handed to clients as they are (`NEULBI_CALL_ICE_URLS`, comma separated),
     /// besides the TURN server's own.
     pub ice_urls: Vec<String>,
@@ -57,6 +61,7 @@ impl Default for CallSettings {
             messages_per_sec: session.rate_per_sec,
             burst: session.burst,
             media_udp: Vec::new(),
+            media_public_ips: Vec::new(),
             ice_urls: Vec::new(),
         }
     }
@@ -96,6 +101,17 @@ impl CallSettings {
                 .map(|a| {
                     a.parse()
                         .map_err(|_| format!("NEULBI_MEDIA_UDP: {a:?} is not IP:PORT"))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = get("NEULBI_MEDIA_PUBLIC_IPS") {
+            self.media_public_ips = v
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(|a| {
+                    a.parse()
+                        .map_err(|_| format!("NEULBI_MEDIA_PUBLIC_IPS: {a:?} is not an IP address"))
                 })
                 .collect::<Result<_, _>>()?;
         }
@@ -151,6 +167,7 @@ mod tests {
             ("NEULBI_CALL_GRACE_SECS", "7"),
             ("NEULBI_MEDIA_UDP", "127.0.0.1:0, 127.0.0.1:40000"),
             ("NEULBI_NODE", "node-b"),
+            ("NEULBI_MEDIA_PUBLIC_IPS", "203.0.113.7"),
         ];
         s.apply_env(&|k| {
             vars.iter()
@@ -162,6 +179,10 @@ mod tests {
         assert_eq!(s.policy().grace_secs, 7);
         assert_eq!(s.media_udp.len(), 2);
         assert_eq!(s.node, "node-b");
+        assert_eq!(
+            s.media_public_ips,
+            vec!["203.0.113.7".parse::<std::net::IpAddr>().expect("ip")]
+        );
         let bad = s.apply_env(&|k| (k == "NEULBI_MEDIA_UDP").then(|| "nowhere".to_string()));
         assert!(bad.is_err_and(|e| e.contains("NEULBI_MEDIA_UDP")));
     }
