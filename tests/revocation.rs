@@ -434,30 +434,9 @@ async fn a_restarted_node_still_refuses_revoked_tokens() {
 async fn sign_out_on_one_node_cuts_the_session_and_refuses_the_token_on_another() {
     let pg = support::pg::TempPostgres::start();
     let url = pg.url();
-    // One deployment shares one key-encryption key (a node with another one is refused).
     let keys = tempfile::tempdir().expect("dir");
-    let kek = keys.path().join("shared.kek");
-    let material = [
-        uuid::Uuid::new_v4().into_bytes(),
-        uuid::Uuid::new_v4().into_bytes(),
-    ]
-    .concat();
-    std::fs::write(
-        &kek,
-        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, material),
-    )
-    .expect("write kek");
-    let node = |name: &'static str| {
-        let url = url.clone();
-        let kek = format!("file:{}", kek.display());
-        move |c: &mut neulbi::config::Config| {
-            c.database_url = Some(url);
-            c.keys.kek = Some(kek);
-            // One deployment: both nodes issue and accept tokens for the same public URL.
-            c.public_url = Some("http://neulbi.test".into());
-            c.calls.node = name.into();
-        }
-    };
+    let kek = support::app::shared_kek(keys.path());
+    let node = |name: &'static str| support::app::shared_node(&url, &kek, name);
     let a = TestApp::start(node("node-a")).await;
     let b = TestApp::start(node("node-b")).await;
     let me = sign_up(a.addr, "two.nodes@example.com").await;

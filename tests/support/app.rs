@@ -191,3 +191,32 @@ impl TestApp {
         }
     }
 }
+
+/// A key-encryption key file in `dir` that every node of one deployment shares (a node with
+/// another KEK is refused); returns its `file:` spec.
+pub fn shared_kek(dir: &std::path::Path) -> String {
+    let kek = dir.join("shared.kek");
+    let material = [
+        uuid::Uuid::new_v4().into_bytes(),
+        uuid::Uuid::new_v4().into_bytes(),
+    ]
+    .concat();
+    std::fs::write(
+        &kek,
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, material),
+    )
+    .expect("write kek");
+    format!("file:{}", kek.display())
+}
+
+/// The configuration of node `name` of one deployment on the PostgreSQL at `url`.
+pub fn shared_node(url: &str, kek: &str, name: &'static str) -> impl FnOnce(&mut Config) + use<> {
+    let (url, kek) = (url.to_owned(), kek.to_owned());
+    move |c: &mut Config| {
+        c.database_url = Some(url);
+        c.keys.kek = Some(kek);
+        // One deployment: both nodes issue and accept tokens for the same public URL.
+        c.public_url = Some("http://neulbi.test".into());
+        c.calls.node = name.into();
+    }
+}
