@@ -1,6 +1,7 @@
 //! Two nodes, each its own server, on one PostgreSQL: chat posted on one reaches subscribers on
-//! the other, and commands to one room racing on both nodes leave one gap-free stream in
-//! which every acknowledged message appears exactly once.
+//! the other, commands to one room racing on both nodes leave one gap-free stream in which
+//! every acknowledged message appears exactly once, and a call's signaling on the node without
+//! its media is redirected to the node that has it.
 
 mod support;
 
@@ -136,6 +137,65 @@ async fn commands_racing_on_both_nodes_leave_one_gap_free_stream() {
     );
     assert_eq!(posted.iter().collect::<HashSet<_>>().len(), 2 * EACH);
     assert!(acknowledged.iter().all(|k| posted.contains(k)));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[actix_rt::test]
+async fn joining_a_call_on_the_node_without_its_media_is_redirected() {
+    let pg = support::pg::TempPostgres::start();
+    let keys = tempfile::tempdir().expect("dir");
+    let kek = shared_kek(keys.path());
+    let a = TestApp::start(shared_node(&pg.url(), &kek, "node-a")).await;
+    let b = TestApp::start(shared_node(&pg.url(), &kek, "node-b")).await;
+    let client = a.client("call.two.nodes.client@example.com").await;
+    let counselor = a.counselor("call.two.nodes.counselor@example.com").await;
+    let room = a.open_room(&client, &counselor).await;
+    let post = |app: &TestApp, path: String, who: &support::app::Person| {
+        let (addr, bearer) = (app.addr, who.bearer());
+        async move {
+            support::http::post_json(
+                addr,
+                &path,
+                &serde_json::json!({}),
+                &[("Authorization", &bearer)],
+            )
+            .await
+        }
+    };
+    b.wait_member(&room, &counselor).await;
+    let started = post(&a, format!("/rooms/{room}/calls"), &client).await;
+    assert_eq!(started.status, 201, "{}", started.body);
+    let call = started.json()["call_id"]
+        .as_str()
+        .expect("call id")
+        .to_owned();
+    // The counselor answers through the other node: any node takes commands.
+    let accepted = post(&b, format!("/calls/{call}/accept"), &counselor).await;
+    assert_eq!(accepted.status, 200, "{}", accepted.body);
+
+    // The first join, on node A, takes the call's media there.
+    let mut on_a = support::rtc::Rtc::connect(a.addr, &client.token).await;
+    on_a.join(&call).await;
+    on_a.expect("offer").await;
+    // The counselor's signaling reached node B: sent to node A, not joined on B.
+    let mut on_b = support::rtc::Rtc::connect(b.addr, &counselor.token).await;
+    on_b.send(serde_json::json!({"type": "join", "call_id": call}))
+        .await;
+    let redirect = on_b.expect("redirect").await;
+    assert_eq!(redirect["node"], "node-a", "{redirect}");
+    let joined: Vec<String> = a
+        .call_events(&call)
+        .await
+        .into_iter()
+        .filter(|(t, _)| t == "ParticipantJoined")
+        .map(|(_, data)| data["user_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        joined,
+        vec![client.id.to_string()],
+        "only the join on node A"
+    );
     a.stop().await;
     b.stop().await;
 }
