@@ -1,7 +1,8 @@
 //! Two nodes, each its own server, on one PostgreSQL: chat posted on one reaches subscribers on
 //! the other, commands to one room racing on both nodes leave one gap-free stream in which
-//! every acknowledged message appears exactly once, and a call's signaling on the node without
-//! its media is redirected to the node that has it.
+//! every acknowledged message appears exactly once, a call's signaling on the node without its
+//! media is redirected to the node that has it, and a node SIGKILLed under chat load loses no
+//! acknowledged message: its clients resume on the other node with catch-up.
 
 mod support;
 
@@ -198,4 +199,203 @@ async fn joining_a_call_on_the_node_without_its_media_is_redirected() {
     );
     a.stop().await;
     b.stop().await;
+}
+
+/// The variables as `serve` takes them.
+fn borrow<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    v.iter().map(|(k, s)| (*k, s.as_str())).collect()
+}
+
+/// One SEND with a receipt: true once its RECEIPT came, false if the connection is gone (the
+/// node died) first. MESSAGEs that arrive meanwhile are skipped.
+async fn post_until_gone(client: &mut Client, room: RoomId, body: &str) -> bool {
+    use neulbi::edge::stomp::frame::{Command, Frame};
+    let receipt = format!("r-{body}");
+    client
+        .send(
+            Frame::new(Command::Send)
+                .header("destination", format!("/app/rooms.{room}.send"))
+                .header("receipt", receipt.clone())
+                .body(body),
+        )
+        .await;
+    loop {
+        match client.next_within(Duration::from_secs(10)).await {
+            Ok(Some(f)) if f.command == Command::Receipt => {
+                return f.get("receipt-id") == Some(receipt.as_str());
+            }
+            Ok(Some(f)) if f.command == Command::Message => continue,
+            _ => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_node_killed_under_chat_load_loses_no_acknowledged_message() {
+    use neulbi::edge::stomp::frame::{Command, Frame};
+    use support::binary::{neulbi, serve_at};
+    let pg = support::pg::TempPostgres::start();
+    let keys = tempfile::tempdir().expect("dir");
+    let kek = shared_kek(keys.path());
+    let url = pg.url();
+    let env = |node: &'static str| {
+        vec![
+            ("NEULBI_DATABASE_URL", url.clone()),
+            ("NEULBI_KEK", kek.clone()),
+            ("NEULBI_PUBLIC_URL", "http://neulbi.test".to_owned()),
+            ("NEULBI_NODE", node.to_owned()),
+        ]
+    };
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let (env_a, env_b) = (env("node-a"), env("node-b"));
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+    };
+    let (a, b) = (free(), free());
+    let mut node_a = serve_at(dir_a.path(), a, &borrow(&env_a)).await;
+    let mut node_b = serve_at(dir_b.path(), b, &borrow(&env_b)).await;
+
+    let (client_token, _) = support::stomp::signup(a, "killed.client@example.com").await;
+    let (_, counselor) = support::stomp::signup(a, "killed.counselor@example.com").await;
+    let mut grant = neulbi(dir_a.path());
+    grant.args(["users", "grant-counselor", &counselor.to_string()]);
+    for (k, v) in &env_a {
+        grant.env(k, v);
+    }
+    let granted = grant.output().expect("grant");
+    assert!(
+        granted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&granted.stderr)
+    );
+    let login = support::http::post_json(
+        a,
+        "/auth/login",
+        &serde_json::json!({"email": "killed.counselor@example.com", "password": "a long password"}),
+        &[],
+    )
+    .await;
+    assert_eq!(login.status, 200, "{}", login.body);
+    let counselor_token = login.json()["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let opened = support::http::post_json(
+        a,
+        "/rooms",
+        &serde_json::json!({"counselor_id": counselor.to_string()}),
+        &[("Authorization", &format!("Bearer {client_token}"))],
+    )
+    .await;
+    assert!(matches!(opened.status, 200 | 201), "{}", opened.body);
+    let room: RoomId = opened.json()["room_id"]
+        .as_str()
+        .expect("room")
+        .parse()
+        .expect("room");
+
+    // The counselor listens on node A; the client posts on node A as fast as receipts come.
+    let mut listener = loop {
+        let mut c = Client::connect(a, &counselor_token).await;
+        if c.subscribe(room, "l").await.command == Command::Receipt {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut poster = Client::connect(a, &client_token).await;
+    let mut acknowledged = Vec::new();
+    for i in 0..15 {
+        let body = format!("m{i}");
+        assert!(
+            post_until_gone(&mut poster, room, &body).await,
+            "{body} before the kill"
+        );
+        acknowledged.push(body);
+    }
+    // Under load: a burst in flight while node A is SIGKILLed.
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        node_a.kill().expect("SIGKILL");
+        node_a.wait().expect("reap");
+    });
+    for i in 15..500 {
+        let body = format!("m{i}");
+        if !post_until_gone(&mut poster, room, &body).await {
+            break;
+        }
+        acknowledged.push(body);
+    }
+    killer.await.expect("killer");
+
+    // What the listener saw on node A before it died.
+    let mut seen: Vec<(String, String)> = Vec::new();
+    while let Ok(Some(f)) = listener.next_within(Duration::from_millis(500)).await {
+        if f.command == Command::Message {
+            let json: serde_json::Value = serde_json::from_slice(&f.body).expect("json");
+            seen.push((
+                json["id"].as_str().expect("id").to_owned(),
+                json["body"].as_str().expect("body").to_owned(),
+            ));
+        }
+    }
+    let last = seen
+        .last()
+        .map(|(id, _)| id.clone())
+        .expect("saw messages before the kill");
+
+    // The listener resumes on node B from its last message: the rest, then live ones.
+    let mut resumed = Client::connect(b, &counselor_token).await;
+    resumed
+        .send(
+            Frame::new(Command::Subscribe)
+                .header("id", "l")
+                .header("destination", format!("/topic/rooms.{room}"))
+                .header("since-message-id", last.as_str())
+                .header("receipt", "caught-up"),
+        )
+        .await;
+    loop {
+        let f = resumed
+            .next_within(Duration::from_secs(10))
+            .await
+            .expect("catch-up in time")
+            .expect("a frame");
+        match f.command {
+            Command::Message => {
+                let json: serde_json::Value = serde_json::from_slice(&f.body).expect("json");
+                seen.push((
+                    json["id"].as_str().expect("id").to_owned(),
+                    json["body"].as_str().expect("body").to_owned(),
+                ));
+            }
+            Command::Receipt => break,
+            other => panic!("unexpected {other}: {f:?}"),
+        }
+    }
+    let mut poster = Client::connect(b, &client_token).await;
+    assert!(post_until_gone(&mut poster, room, "after the kill").await);
+    let live = resumed.next_json().await;
+    assert_eq!(live["body"], "after the kill");
+
+    let bodies: Vec<&str> = seen.iter().map(|(_, b)| b.as_str()).collect();
+    let unique: HashSet<&str> = bodies.iter().copied().collect();
+    assert_eq!(unique.len(), bodies.len(), "no message twice: {bodies:?}");
+    for body in &acknowledged {
+        assert!(
+            unique.contains(body.as_str()),
+            "acknowledged {body} lost: {bodies:?}"
+        );
+    }
+    assert!(
+        (15..500).contains(&acknowledged.len()),
+        "node A died mid-burst: {}",
+        acknowledged.len()
+    );
+    support::binary::sigterm(&node_b);
+    assert!(node_b.wait().expect("wait").success());
 }

@@ -22,9 +22,33 @@ pub async fn serve(
     dir: &std::path::Path,
     env: &[(&str, &str)],
 ) -> (std::process::Child, std::net::SocketAddr) {
+    let (child, url) = start(dir, "127.0.0.1:0", env).await;
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("URL names the bound address");
+    (child, addr)
+}
+
+/// Starts `neulbi serve` on `listen` (for nodes whose public URL names no address) and waits
+/// for its first line.
+pub async fn serve_at(
+    dir: &std::path::Path,
+    listen: std::net::SocketAddr,
+    env: &[(&str, &str)],
+) -> std::process::Child {
+    start(dir, &listen.to_string(), env).await.0
+}
+
+async fn start(
+    dir: &std::path::Path,
+    listen: &str,
+    env: &[(&str, &str)],
+) -> (std::process::Child, String) {
     let mut command = neulbi(dir);
     command
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", listen])
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     for (k, v) in env {
@@ -44,13 +68,9 @@ pub async fn serve(
     let url = line
         .trim()
         .strip_prefix("Neulbi is ready at ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-    let addr = url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .expect("URL names the bound address");
-    (child, addr)
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    (child, url)
 }
 
 /// Sends SIGTERM to `child`.
