@@ -77,6 +77,8 @@ async fn swap(
     key: &str,
 ) -> Result<u64, ProjectionError> {
     let mut tx = begin(db).await?;
+    // DDL lock first, then the checkpoint rows: the same order as every other DDL.
+    runtime::lock_ddl(&mut tx, db.dialect).await?;
     let lock = match db.dialect {
         Dialect::Sqlite => "SELECT position FROM projection_checkpoints WHERE name = $1",
         Dialect::Postgres => {

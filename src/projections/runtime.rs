@@ -26,6 +26,19 @@ const CHECKPOINTS: &str = "CREATE TABLE IF NOT EXISTS projection_checkpoints (\
 /// `CREATE TABLE IF NOT EXISTS` is not safe against a concurrent twin.
 const DDL_LOCK: i64 = 0x6e65_756c_6264;
 
+/// Takes the read-model DDL lock for the rest of `tx` (PostgreSQL; SQLite has one writer).
+/// Every transaction that creates, drops or renames read-model tables or indexes takes it
+/// first, so a rebuild's swap never drops a table under another node's `CREATE INDEX`.
+pub(crate) async fn lock_ddl(tx: &mut WriteTx, dialect: Dialect) -> Result<(), ProjectionError> {
+    if dialect == Dialect::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(DDL_LOCK)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Creates the checkpoint table and `def`'s tables (with `names`) if missing.
 pub async fn ensure_schema(
     db: &ReadDb,
@@ -33,12 +46,7 @@ pub async fn ensure_schema(
     names: &Names,
 ) -> Result<(), ProjectionError> {
     let mut tx = begin(db).await?;
-    if db.dialect == Dialect::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(DDL_LOCK)
-            .execute(&mut *tx)
-            .await?;
-    }
+    lock_ddl(&mut tx, db.dialect).await?;
     sqlx::query(CHECKPOINTS).execute(&mut *tx).await?;
     sqlx::query(super::faults::FAULTS).execute(&mut *tx).await?;
     for (base, ddl) in def.tables {
@@ -68,16 +76,19 @@ pub async fn drop_tables(
     names: &Names,
     checkpoint: &str,
 ) -> Result<(), ProjectionError> {
+    let mut tx = begin(db).await?;
+    lock_ddl(&mut tx, db.dialect).await?;
     for (base, _) in def.tables {
         let stmt = format!("DROP TABLE IF EXISTS {}", names.table(base));
         sqlx::query(sqlx::AssertSqlSafe(stmt))
-            .execute(&db.pool)
+            .execute(&mut *tx)
             .await?;
     }
     sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
         .bind(checkpoint)
-        .execute(&db.pool)
+        .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
     Ok(())
 }
 
