@@ -237,8 +237,18 @@ function inner() {
     }
     for (const side of [client, counselor]) {
       step = `${side.who}: the room shows the call with its duration`;
-      const entry = await side.page.waitForSelector('#messages .call-entry:has-text("Video call ·")');
-      const text = await entry.textContent();
+      // The entry may first show the list from before the hang-up ("in progress"); the
+      // `ended` push and the read model bring the duration in behind it, so wait for it.
+      await side.page.waitForSelector('#messages .call-entry:has-text("Video call ·")');
+      await side.page
+        .waitForFunction(
+          () => [...document.querySelectorAll('#messages .call-entry')]
+            .some((e) => /Video call · \d+:\d\d/.test(e.textContent)),
+          null,
+          { timeout: 20000 },
+        )
+        .catch(() => {});
+      const text = await side.page.$eval('#messages .call-entry:has-text("Video call ·")', (e) => e.textContent);
       if (!/Video call · \d+:\d\d/.test(text)) throw new Error(`call entry reads ${JSON.stringify(text)}`);
       if (/· 0:00\b/.test(text)) throw new Error(`call entry has no duration: ${JSON.stringify(text)}`);
     }
