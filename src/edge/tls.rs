@@ -53,11 +53,6 @@ impl TlsSettings {
 
     /// Reads `NEULBI_TLS_*`.
     pub fn apply_env(&mut self, get: &impl Fn(&str) -> Option<String>) -> Result<(), String> {
-        fn num(var: &str, v: &str) -> Result<u64, String> {
-            v.trim()
-                .parse()
-                .map_err(|_| format!("{var}: {v:?} is not a number"))
-        }
         if let Some(v) = get("NEULBI_TLS_CERT").filter(|v| !v.trim().is_empty()) {
             self.cert_file = Some(PathBuf::from(v.trim()));
         }
@@ -72,10 +67,10 @@ impl TlsSettings {
             );
         }
         if let Some(v) = get("NEULBI_TLS_HSTS_MAX_AGE") {
-            self.hsts_max_age_secs = num("NEULBI_TLS_HSTS_MAX_AGE", &v)?;
+            self.hsts_max_age_secs = crate::config::env_num("NEULBI_TLS_HSTS_MAX_AGE", &v)?;
         }
         if let Some(v) = get("NEULBI_TLS_RELOAD_SECS") {
-            self.reload_secs = num("NEULBI_TLS_RELOAD_SECS", &v)?.max(1);
+            self.reload_secs = crate::config::env_num::<u64>("NEULBI_TLS_RELOAD_SECS", &v)?.max(1);
         }
         self.check()
     }

@@ -104,11 +104,6 @@ impl KeySettings {
     /// Applies `NEULBI_KEK`, `NEULBI_KEK_PREVIOUS`, `NEULBI_KMS_*`, `NEULBI_KEY_CACHE_*` and
     /// the `AWS_*` credentials read through `get`.
     pub fn apply_env(&mut self, get: &impl Fn(&str) -> Option<String>) -> Result<(), String> {
-        fn num<T: std::str::FromStr>(var: &str, v: &str) -> Result<T, String> {
-            v.trim()
-                .parse()
-                .map_err(|_| format!("{var}: {v:?} is not a number"))
-        }
         if let Some(v) = get("NEULBI_KEK").filter(|v| !v.trim().is_empty()) {
             self.kek = Some(v.trim().to_owned());
         }
@@ -130,10 +125,10 @@ impl KeySettings {
             self.kms_region = v;
         }
         if let Some(v) = get("NEULBI_KEY_CACHE_TTL_SECS") {
-            self.cache_ttl_secs = num("NEULBI_KEY_CACHE_TTL_SECS", &v)?;
+            self.cache_ttl_secs = crate::config::env_num("NEULBI_KEY_CACHE_TTL_SECS", &v)?;
         }
         if let Some(v) = get("NEULBI_KEY_CACHE_MAX") {
-            self.cache_max = num("NEULBI_KEY_CACHE_MAX", &v)?;
+            self.cache_max = crate::config::env_num("NEULBI_KEY_CACHE_MAX", &v)?;
         }
         self.kms_access_key_id =
             get("NEULBI_KMS_ACCESS_KEY_ID").or_else(|| get("AWS_ACCESS_KEY_ID"));

@@ -71,15 +71,10 @@ impl CallSettings {
     /// Applies `NEULBI_CALL_*`, `NEULBI_MEDIA_UDP`, `NEULBI_NODE` and
     /// `NEULBI_SIGNALING_*` variables read through `get`.
     pub fn apply_env(&mut self, get: &impl Fn(&str) -> Option<String>) -> Result<(), String> {
-        fn num<T: std::str::FromStr>(var: &str, v: &str) -> Result<T, String> {
-            v.trim()
-                .parse()
-                .map_err(|_| format!("{var}: {v:?} is not a number"))
-        }
         macro_rules! numbers {
             ($($var:literal => $field:expr),* $(,)?) => {
                 $(if let Some(v) = get($var) {
-                    $field = num($var, &v)?;
+                    $field = crate::config::env_num($var, &v)?;
                 })*
             };
         }
@@ -94,26 +89,11 @@ impl CallSettings {
             self.node = v.trim().to_owned();
         }
         if let Some(v) = get("NEULBI_MEDIA_UDP") {
-            self.media_udp = v
-                .split(',')
-                .map(str::trim)
-                .filter(|a| !a.is_empty())
-                .map(|a| {
-                    a.parse()
-                        .map_err(|_| format!("NEULBI_MEDIA_UDP: {a:?} is not IP:PORT"))
-                })
-                .collect::<Result<_, _>>()?;
+            self.media_udp = crate::config::env_list("NEULBI_MEDIA_UDP", &v, "IP:PORT")?;
         }
         if let Some(v) = get("NEULBI_MEDIA_PUBLIC_IPS") {
-            self.media_public_ips = v
-                .split(',')
-                .map(str::trim)
-                .filter(|a| !a.is_empty())
-                .map(|a| {
-                    a.parse()
-                        .map_err(|_| format!("NEULBI_MEDIA_PUBLIC_IPS: {a:?} is not an IP address"))
-                })
-                .collect::<Result<_, _>>()?;
+            self.media_public_ips =
+                crate::config::env_list("NEULBI_MEDIA_PUBLIC_IPS", &v, "an IP address")?;
         }
         if let Some(v) = get("NEULBI_CALL_ICE_URLS") {
             self.ice_urls = v

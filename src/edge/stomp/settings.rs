@@ -111,11 +111,6 @@ impl Default for SockJsSettings {
 impl ChatSettings {
     /// Applies `NEULBI_CHAT_*` variables read through `get`.
     pub fn apply_env(&mut self, get: &impl Fn(&str) -> Option<String>) -> Result<(), String> {
-        fn num<T: std::str::FromStr>(var: &str, v: &str) -> Result<T, String> {
-            v.trim()
-                .parse()
-                .map_err(|_| format!("{var}: {v:?} is not a number"))
-        }
         if let Some(v) = get("NEULBI_CHAT_ALLOWED_ORIGINS") {
             self.allowed_origins = v
                 .split(',')
@@ -127,7 +122,7 @@ impl ChatSettings {
         macro_rules! numbers {
             ($($var:literal => $field:expr),* $(,)?) => {
                 $(if let Some(v) = get($var) {
-                    $field = num($var, &v)?;
+                    $field = crate::config::env_num($var, &v)?;
                 })*
             };
         }
