@@ -337,14 +337,7 @@ fn as_operator_on(
 
 /// The context of a command an operator gives through the CLI.
 fn operator_at(now: chrono::DateTime<chrono::Utc>) -> neulbi_domain::Context {
-    use neulbi_domain::{Actor, Context, Role};
-    Context::new(
-        Actor {
-            user_id: None,
-            role: Role::Operator,
-        },
-        now,
-    )
+    neulbi_domain::Context::new(neulbi_domain::Actor::operator(), now)
 }
 
 /// `neulbi users grant-counselor ID`: appends `RoleGranted` as an operator.

@@ -119,13 +119,7 @@ async fn erasure_leaves_no_personal_data(b: Backend) {
         &keys,
         &database,
         s.client,
-        Context::new(
-            Actor {
-                user_id: None,
-                role: Role::Operator,
-            },
-            Utc::now(),
-        ),
+        Context::new(Actor::operator(), Utc::now()),
         Metadata::default(),
     )
     .await
@@ -353,13 +347,7 @@ async fn sealed_read_models_leave_no_plaintext_on_disk(pg: Option<support::pg::T
         .execute(
             counselor_id.as_uuid(),
             UserCommand::GrantCounselorRole,
-            Context::new(
-                Actor {
-                    user_id: None,
-                    role: Role::Operator,
-                },
-                Utc::now(),
-            ),
+            Context::new(Actor::operator(), Utc::now()),
             Metadata::default(),
         )
         .await

@@ -136,13 +136,7 @@ async fn stomp_alive(ws: &mut Client, id: &str) {
 }
 
 fn operator() -> Context {
-    Context::new(
-        Actor {
-            user_id: None,
-            role: Role::Operator,
-        },
-        chrono::Utc::now(),
-    )
+    Context::new(Actor::operator(), chrono::Utc::now())
 }
 
 #[actix_rt::test]

@@ -45,6 +45,14 @@ impl Actor {
         }
     }
 
+    /// An operator acting through the CLI or admin tools (no person's account behind it).
+    pub const fn operator() -> Self {
+        Self {
+            user_id: None,
+            role: Role::Operator,
+        }
+    }
+
     /// True if the actor is exactly this user.
     pub fn is(&self, user: UserId) -> bool {
         self.user_id == Some(user)

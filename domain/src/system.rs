@@ -245,13 +245,7 @@ mod tests {
     use crate::{Actor, Role};
 
     fn operator(now: DateTime<Utc>) -> Context {
-        Context::new(
-            Actor {
-                user_id: None,
-                role: Role::Operator,
-            },
-            now,
-        )
+        Context::new(Actor::operator(), now)
     }
 
     fn kek_rotation(from: &[&str], to: &str, rows: u64) -> SystemCommand {

@@ -91,13 +91,7 @@ impl TestApp {
     /// again so their token carries the role.
     pub async fn counselor(&self, email: &str) -> Person {
         let (_, id) = signup(self.addr, email).await;
-        let operator = Context::new(
-            Actor {
-                user_id: None,
-                role: Role::Operator,
-            },
-            chrono::Utc::now(),
-        );
+        let operator = Context::new(Actor::operator(), chrono::Utc::now());
         self.state
             .users
             .execute(
