@@ -24,6 +24,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            telemetry::held_stderr::release();
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
@@ -35,6 +36,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(url) = cli.database_url {
         config.database_url = Some(url);
     }
+    if matches!(cli.command, Command::Serve(_)) {
+        // The URL to open comes first; the start-up log follows it.
+        telemetry::held_stderr::hold();
+    }
     let _telemetry = telemetry::init(&config.log, config.log_format);
     match cli.command {
         Command::Serve(args) => {
@@ -42,10 +47,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 config.listen = listen;
             }
             let app = Application::build(&config).await?;
-            tracing::info!(addr = %app.local_addr(), metrics = %app.metrics_addr(), "listening");
             // The one line a person running `serve` needs: where to point the browser.
             println!("Neulbi is ready at {}/", app.public_url());
             let _ = std::io::stdout().flush();
+            telemetry::held_stderr::release();
+            tracing::info!(addr = %app.local_addr(), metrics = %app.metrics_addr(), "listening");
             app.run_until_stopped().await
         }
         Command::Migrate => {

@@ -23,6 +23,50 @@ async fn serve_prints_its_url_answers_and_stops_cleanly_on_sigterm() {
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
 }
 
+/// Out of the box, with info logs and stderr on the same terminal as stdout, the first line a
+/// person sees is the URL to open; the start-up log follows it, none of it lost.
+#[test]
+fn serve_prints_the_url_before_any_log_line() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut command = neulbi(dir.path());
+    // One pipe for both, as a terminal shows them.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("NEULBI_LOG", "info")
+        .stdout(writer.try_clone().expect("clone"))
+        .stderr(writer);
+    let mut child = command.spawn().expect("spawn");
+    drop(command);
+    let mut lines = BufReader::new(reader).lines();
+    let first = lines.next().expect("a line").expect("read");
+    assert!(
+        first.starts_with("Neulbi is ready at http://127.0.0.1:"),
+        "first line: {first:?}"
+    );
+    // The held start-up log comes after it (demo data, migrations, the listener).
+    let mut rest = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("read");
+        let done = line.contains("listening");
+        rest.push(line);
+        if done || rest.len() > 500 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        rest.iter().any(|l| l.contains("listening")),
+        "the start-up log follows the URL: {rest:#?}"
+    );
+    assert!(
+        rest.len() > 1,
+        "more than one start-up line was held: {rest:#?}"
+    );
+}
+
 /// SIGTERM with a STOMP client connected: the client gets ERROR "server shutting down" and a
 /// close, and the process exits long before its 60 s graceful timeout.
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Sets up `tracing` once per process: an env-filter and a pretty or JSON formatter on stderr;
 //! and holds the node's metrics.
 
+pub mod held_stderr;
 pub mod metrics;
 pub mod otlp;
 
@@ -45,12 +46,12 @@ pub fn init(filter: &str, format: LogFormat) -> Telemetry {
         EnvFilter::try_new(with_quiet_media(filter)).unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = match format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(held_stderr::HeldStderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
-            .with_writer(std::io::stderr)
+            .with_writer(held_stderr::HeldStderr)
             .boxed(),
     };
     let (provider, problem) = if otlp::configured() {
