@@ -428,6 +428,36 @@ async fn demo_counselor_gets_the_counselor_role_and_publishes_a_profile() {
     )
     .await;
     assert_eq!(r.status, 403, "{}", r.body);
+
+    // Anyone may rename themself, within the aggregate's rules; unknown fields are refused.
+    let json_headers = [
+        ("Authorization", client.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    for (body, status) in [
+        (json!({"nickname": "  새 이름 "}), 204),
+        (json!({"nickname": "   "}), 422),
+        (json!({"nickname": "x".repeat(41)}), 422),
+        (json!({"nickname": "ok", "role": "operator"}), 400),
+        (json!({}), 400),
+    ] {
+        let r = request(
+            app.addr,
+            "PATCH",
+            "/users/me",
+            &json_headers,
+            &body.to_string(),
+        )
+        .await;
+        assert_eq!(r.status, status, "{body}: {}", r.body);
+        assert!(
+            r.status == 204 || r.json()["error"]["code"].is_string(),
+            "{}",
+            r.body
+        );
+    }
+    let token = client.trim_start_matches("Bearer ").to_owned();
+    assert_eq!(me(&app, &token).await.json()["nickname"], "새 이름");
     app.stop().await;
 }
 

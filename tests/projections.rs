@@ -142,11 +142,25 @@ async fn read_models_answer_the_scenario(b: Backend) {
     runtime::catch_up(&w.b.store, &w.db)
         .await
         .expect("catch up");
-    let directory = queries::counselors(&w.db, 10).await.expect("directory");
+    let directory = queries::counselors(&w.db, 10, None)
+        .await
+        .expect("directory");
     assert_eq!(directory.len(), 1);
     assert_eq!(directory[0].headline, "청소년 상담");
     assert_eq!(directory[0].nickname.as_deref(), Some("상담사"));
     assert_eq!(directory[0].bio, "10 years of practice");
+    // A search opens the sealed fields and matches every word, in any case.
+    for (search, hits) in [
+        ("청소년", 1),
+        ("YEARS 상담사", 1),
+        ("years adults", 0),
+        ("  ", 1),
+    ] {
+        let found = queries::counselors(&w.db, 10, Some(search))
+            .await
+            .expect("search");
+        assert_eq!(found.len(), hits, "search {search:?}");
+    }
 
     // The tables themselves hold only sealed tokens: no plaintext, and without the keys the
     // same rows read as absent.
@@ -172,7 +186,9 @@ async fn read_models_answer_the_scenario(b: Backend) {
         assert!(!stored.contains(plain), "{plain:?} is stored in the clear");
     }
     let keyless = w.db.clone().with_keys(None);
-    let blind = queries::counselors(&keyless, 10).await.expect("directory");
+    let blind = queries::counselors(&keyless, 10, None)
+        .await
+        .expect("directory");
     assert_eq!(
         (blind[0].nickname.as_deref(), blind[0].headline.as_str()),
         (None, "")

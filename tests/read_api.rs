@@ -114,6 +114,47 @@ async fn my_rooms_history_and_export_over_http() {
     .json();
     assert_eq!(older["items"][0]["body"], "client-wrote-this");
 
+    // The room list names the other member, and carries their read marker.
+    let mine = &rooms_now["items"][0];
+    assert_eq!(mine["peer_id"], counselor.to_string());
+    assert_eq!(mine["peer_nickname"], "counselor.read");
+    assert_eq!(
+        mine["peer_read_seq"], 0,
+        "the counselor has read nothing yet"
+    );
+    let newest = page["items"][0]["message_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let r = request(
+        addr,
+        "POST",
+        &format!("/rooms/{room}/read"),
+        &[
+            ("Authorization", &format!("Bearer {counselor_token}")),
+            ("Content-Type", "application/json"),
+        ],
+        &json!({ "up_to": newest }).to_string(),
+    )
+    .await;
+    assert!(r.status < 300, "{}", r.body);
+    let mut seen = Value::Null;
+    for _ in 0..200 {
+        seen = authed(addr, "GET", "/users/me/rooms", &client_token)
+            .await
+            .json();
+        if seen["items"][0]["peer_read_seq"] == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(seen["items"][0]["peer_read_seq"], 3, "{seen}");
+    let theirs = authed(addr, "GET", "/users/me/rooms", &counselor_token)
+        .await
+        .json();
+    assert_eq!(theirs["items"][0]["peer_id"], client.to_string());
+    assert_eq!(theirs["items"][0]["unread_count"], 0);
+
     // Outsiders, anonymous callers and bad input.
     assert_eq!(
         authed(addr, "GET", &path, &outsider_token).await.status,

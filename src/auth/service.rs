@@ -155,6 +155,8 @@ pub struct AuthService {
     ip_limiter: RateLimiter,
     dummy_hash: String,
     epochs: Arc<TokenEpochs>,
+    /// Whether this node seeded the demo accounts, so the sign-in page may offer them.
+    demo: std::sync::atomic::AtomicBool,
 }
 
 fn system_ctx() -> Context {
@@ -227,6 +229,7 @@ impl AuthService {
             account_limiter: RateLimiter::new(settings.login_max_failures, window),
             ip_limiter: RateLimiter::new(settings.login_max_failures.saturating_mul(10), window),
             dummy_hash,
+            demo: std::sync::atomic::AtomicBool::new(false),
             epochs: Arc::new(TokenEpochs::new(
                 Duration::from_secs(settings.access_token_ttl_secs.max(1)),
                 Duration::from_secs(super::jwt::LEEWAY_SECS),
@@ -884,8 +887,14 @@ impl AuthService {
         Ok(report)
     }
 
+    /// True when the demo accounts are on (the embedded default): the sign-in page names them.
+    pub fn demo_accounts(&self) -> bool {
+        self.demo.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Creates the demo accounts unless they exist (first run of the embedded default).
     pub async fn seed_demo_users(&self, users: &Registry<UserDecider>) -> Result<(), AuthError> {
+        self.demo.store(true, std::sync::atomic::Ordering::Relaxed);
         for (email, password, nickname, role) in DEMO_USERS {
             let lookup = self.identities.lookup(IdentityKey::Email(email));
             if self.identities.find(&lookup).await?.is_some() {

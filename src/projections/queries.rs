@@ -97,12 +97,27 @@ pub struct Counselor {
     pub published_at: DateTime<Utc>,
 }
 
-/// The counselor directory, most recently published first.
-pub async fn counselors(db: &ReadDb, limit: i64) -> Result<Vec<Counselor>, ProjectionError> {
+/// Most directory entries a search looks through: names and profiles are sealed in the read
+/// model, so a search opens them and matches here rather than in SQL.
+pub const MAX_SEARCHED: i64 = 5000;
+
+/// The counselor directory, most recently published first; with `search`, only those whose
+/// name, headline or bio contains every word of it (case-insensitive).
+pub async fn counselors(
+    db: &ReadDb,
+    limit: i64,
+    search: Option<&str>,
+) -> Result<Vec<Counselor>, ProjectionError> {
+    let limit = limit.clamp(1, MAX_PAGE);
+    let words: Vec<String> = search
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_lowercase)
+        .collect();
     let rows = sqlx::query(
         "SELECT user_id, nickname, headline, bio, published_at FROM rm_counselors ORDER BY published_at DESC LIMIT $1",
     )
-    .bind(limit.clamp(1, MAX_PAGE))
+    .bind(if words.is_empty() { limit } else { MAX_SEARCHED })
     .fetch_all(&db.pool)
     .await?;
     let mut items = rows
@@ -135,6 +150,19 @@ pub async fn counselors(db: &ReadDb, limit: i64) -> Result<Vec<Counselor>, Proje
         c.headline = keys.open(Some(&c.headline))?.unwrap_or_default();
         c.bio = keys.open(Some(&c.bio))?.unwrap_or_default();
     }
+    if !words.is_empty() {
+        items.retain(|c| {
+            let text = format!(
+                "{} {} {}",
+                c.nickname.as_deref().unwrap_or_default(),
+                c.headline,
+                c.bio
+            )
+            .to_lowercase();
+            words.iter().all(|w| text.contains(w.as_str()))
+        });
+        items.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    }
     Ok(items)
 }
 
@@ -151,6 +179,8 @@ pub struct MyRoom {
     pub message_count: i64,
     /// Messages by others this user has not read.
     pub unread_count: i64,
+    /// The last message's id (`None` if none): a read marker up to it clears the badge.
+    pub last_message_id: Option<String>,
     /// The start of the last message (`None` if none, or erased).
     pub last_message_preview: Option<String>,
     /// When the last message was posted.
@@ -159,14 +189,24 @@ pub struct MyRoom {
     pub opened_at: DateTime<Utc>,
     /// When it was closed, if it was.
     pub closed_at: Option<DateTime<Utc>>,
+    /// How far the other members have read (the highest message `seq` any of them marked
+    /// read; 0 for none): the read marker under my messages.
+    pub peer_read_seq: i64,
+    /// The other member (the counselor for a client, the client for a counselor).
+    pub peer_id: String,
+    /// Their display name, if known and not erased.
+    pub peer_nickname: Option<String>,
 }
 
 /// The rooms `user_id` is a member of, most recently active first.
 pub async fn my_rooms(db: &ReadDb, user_id: &str) -> Result<Vec<MyRoom>, ProjectionError> {
     let rows = sqlx::query(
         "SELECT r.room_id, r.client_id, r.counselor_id, r.message_count, m.unread_count, r.last_message_preview, \
-         r.last_message_at, r.opened_at, r.closed_at \
+         r.last_message_at, r.opened_at, r.closed_at, \
+         (SELECT COALESCE(MAX(o.last_read_seq), 0) FROM rm_room_members o WHERE o.room_id = m.room_id AND o.user_id <> m.user_id), \
+         u.nickname, r.last_message_id \
          FROM rm_room_members m JOIN rm_rooms r ON r.room_id = m.room_id \
+         LEFT JOIN rm_users u ON u.user_id = CASE WHEN r.client_id = m.user_id THEN r.counselor_id ELSE r.client_id END \
          WHERE m.user_id = $1 AND m.left_at IS NULL \
          ORDER BY COALESCE(r.last_message_at, r.opened_at) DESC LIMIT 500",
     )
@@ -186,21 +226,36 @@ pub async fn my_rooms(db: &ReadDb, user_id: &str) -> Result<Vec<MyRoom>, Project
                 last_message_at: opt_time(r.try_get(6)?),
                 opened_at: time(r.try_get(7)?),
                 closed_at: opt_time(r.try_get(8)?),
+                peer_read_seq: r.try_get(9)?,
+                peer_id: String::new(),
+                peer_nickname: r.try_get(10)?,
+                last_message_id: r.try_get(11)?,
             })
         })
         .collect::<Result<Vec<_>, ProjectionError>>()?;
     // The read model keeps the whole last body, sealed; the preview is cut once opened.
     let keys = page_keys(
         db,
-        items
-            .iter()
-            .filter_map(|r| r.last_message_preview.as_deref()),
+        items.iter().flat_map(|r| {
+            [
+                r.last_message_preview.as_deref(),
+                r.peer_nickname.as_deref(),
+            ]
+            .into_iter()
+            .flatten()
+        }),
     )
     .await?;
     for r in &mut items {
         r.last_message_preview = keys
             .open(r.last_message_preview.as_deref())?
             .map(|body| super::rooms::preview(&body));
+        r.peer_nickname = keys.open(r.peer_nickname.as_deref())?;
+        r.peer_id = if r.client_id == user_id {
+            r.counselor_id.clone()
+        } else {
+            r.client_id.clone()
+        };
     }
     Ok(items)
 }

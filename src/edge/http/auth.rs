@@ -388,7 +388,11 @@ async fn providers(auth: web::Data<AuthService>) -> HttpResponse {
             })
         })
         .collect();
-    HttpResponse::Ok().json(serde_json::json!({ "providers": list, "local": true }))
+    HttpResponse::Ok().json(serde_json::json!({
+        "providers": list,
+        "local": true,
+        "demo": auth.demo_accounts(),
+    }))
 }
 
 fn query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError> {

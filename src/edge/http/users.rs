@@ -13,6 +13,7 @@ use tracing::Instrument;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/users/me", web::get().to(me))
         .route("/users/me", web::delete().to(erase_me))
+        .route("/users/me", web::patch().to(update_me))
         .route(
             "/users/me/counselor-profile",
             web::put().to(publish_counselor_profile),
@@ -46,6 +47,8 @@ async fn me(
             "login_count": state.login_count(),
             "counselor_profile": profile,
             "image": image,
+            // So the page can say the limit before an upload is refused.
+            "limits": { "image_max_bytes": images.settings().max_upload_bytes },
         })))
 }
 
@@ -95,6 +98,32 @@ async fn publish_counselor_profile(
         .users
         .execute(user.user_id.as_uuid(), command, ctx, metadata)
         .instrument(tracing::info_span!("publish_counselor_profile", user_id = %user.user_id))
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// The fields of my profile a person may change themself.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileBody {
+    nickname: String,
+}
+
+/// `PATCH /users/me`: changes my display name; the user aggregate checks it (1..=40
+/// characters after trimming; 422 otherwise). 204.
+async fn update_me(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    body: web::Json<ProfileBody>,
+) -> Result<HttpResponse, ApiError> {
+    let command = neulbi_domain::user::UserCommand::UpdateProfile {
+        nickname: body.into_inner().nickname,
+    };
+    let (ctx, metadata) = user.command_context();
+    state
+        .users
+        .execute(user.user_id.as_uuid(), command, ctx, metadata)
+        .instrument(tracing::info_span!("update_profile", user_id = %user.user_id))
         .await?;
     Ok(HttpResponse::NoContent().finish())
 }

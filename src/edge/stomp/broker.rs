@@ -465,13 +465,16 @@ fn room_change(room: RoomId, event: &RoomEvent, position: u64, user: UserId) -> 
             "at": at,
             "unread": *author != user,
         }),
-        RoomEvent::MessageRead { reader, up_to, at } if *reader == user => serde_json::json!({
+        // To the reader (their unread count is now zero) and to the others (a read marker
+        // under their messages).
+        RoomEvent::MessageRead { reader, up_to, at } => serde_json::json!({
             "type": "read",
             "roomId": room,
+            "readerId": reader,
             "upTo": up_to,
             "at": at,
+            "mine": *reader == user,
         }),
-        RoomEvent::MessageRead { .. } => return None,
         RoomEvent::MemberLeft { user_id, at } => serde_json::json!({
             "type": "left",
             "roomId": room,
@@ -611,12 +614,18 @@ mod tests {
             up_to: message,
             at: Utc::now(),
         };
-        assert!(room_change(room, &read, 10, other).is_none());
         let json: serde_json::Value =
             serde_json::from_slice(&room_change(room, &read, 10, me).expect("push").body)
                 .expect("json");
         assert_eq!(json["type"], "read");
         assert_eq!(json["upTo"], message.to_string());
+        assert_eq!(json["mine"], true);
+        // The author sees the read marker: who read, up to which message.
+        let json: serde_json::Value =
+            serde_json::from_slice(&room_change(room, &read, 10, other).expect("push").body)
+                .expect("json");
+        assert_eq!(json["readerId"], me.to_string());
+        assert_eq!(json["mine"], false);
     }
 
     #[test]
