@@ -1,25 +1,37 @@
-//! The browser side in headless Chromium (playwright-core): the web client, where the demo
-//! client finds the demo counselor, opens a room and chats with them live (markup stays
-//! text); and STOMP over every SockJS transport a browser can use, with the vendored clients.
+//! The browser side in headless Chromium (playwright-core): the whole product journey of the
+//! web client (tests/e2e/web-journey.mjs: sign-up, search, chat both ways with unread badges
+//! and read markers, the network dropped and back, history paging, a profile photo, a video
+//! call, call history, English and back, the export, erasure, sign-out everywhere), with
+//! axe-core on every page, at a desktop and at a 360 × 740 phone viewport; and STOMP over
+//! every SockJS transport a browser can use, with the vendored clients.
 
 mod support;
 
 use std::time::Duration;
 use support::app::TestApp;
 
-#[actix_rt::test]
-async fn demo_client_and_counselor_chat_in_the_browser() {
-    let app = TestApp::start(|_| {}).await;
-    // The directory lists the demo counselor once its profile is projected.
-    support::http::wait_ready(app.addr).await;
-    let url = format!("http://{}", app.addr);
+/// One journey at `viewport`. The script starts its own `neulbi serve` of this build in a
+/// private network namespace and bounds itself at 170 s; the limit here is a backstop.
+async fn journey(viewport: &str) {
     support::node::run_ok(
-        "web-chat.mjs",
-        &[("NEULBI_URL", &url)],
-        Duration::from_secs(90),
+        "web-journey.mjs",
+        &[
+            ("NEULBI_BIN", env!("CARGO_BIN_EXE_neulbi")),
+            ("VIEWPORT", viewport),
+        ],
+        Duration::from_secs(190),
     )
     .await;
-    app.handle.stop(true).await;
+}
+
+#[actix_rt::test]
+async fn the_whole_journey_at_a_desktop_viewport() {
+    journey("desktop").await;
+}
+
+#[actix_rt::test]
+async fn the_whole_journey_at_a_phone_viewport() {
+    journey("phone").await;
 }
 
 #[actix_rt::test]

@@ -4,6 +4,8 @@
 // Server text goes on the page with textContent only. The access token is sent in the first
 // /rtc message, never in a URL.
 
+import { t as tr, time } from './i18n.js';
+
 const $ = (id) => document.getElementById(id);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -44,14 +46,14 @@ export function formatDuration(secs) {
 
 /** What a room's history says about a call (an item of GET /rooms/{id}/calls). */
 export function describeCall(c, me) {
-  if (c.status === 'declined') return { text: 'Missed call', missed: true };
+  if (c.status === 'declined') return { text: tr('call.missed'), missed: true };
   if (c.status === 'ended') {
-    if (c.end_reason === 'no_answer') return { text: 'Missed call', missed: true };
-    if (!c.started_at) return { text: c.requested_by === me ? 'Cancelled call' : 'Missed call', missed: c.requested_by !== me };
-    return { text: `Video call · ${formatDuration(c.duration_secs ?? 0)}`, missed: false };
+    if (c.end_reason === 'no_answer') return { text: tr('call.missed'), missed: true };
+    if (!c.started_at) return { text: tr(c.requested_by === me ? 'call.cancelled' : 'call.missed'), missed: c.requested_by !== me };
+    return { text: tr('call.done', { d: formatDuration(c.duration_secs ?? 0) }), missed: false };
   }
-  if (c.status === 'requested') return { text: 'Video call · ringing', missed: false };
-  return { text: 'Video call · in progress', missed: false };
+  if (c.status === 'requested') return { text: tr('call.ringing'), missed: false };
+  return { text: tr('call.inprogress'), missed: false };
 }
 
 /** The media section ids of the first audio and the first video section of an SDP: the
@@ -118,7 +120,7 @@ export function setupCalls(app) {
       try {
         ({ items } = await app.api('GET', `/rooms/${roomId}/calls`));
       } catch (e) {
-        if (e?.error?.code !== 'not_found') throw e;
+        if ((e?.code ?? e?.error?.code) !== 'not_found') throw e;
         items = [];
       }
       if (app.state.room !== roomId) return;
@@ -153,7 +155,7 @@ export function setupCalls(app) {
     line.append(icon(missed ? 'phone' : 'camera'), label);
     const when = document.createElement('div');
     when.className = 'muted';
-    when.textContent = new Date(c.requested_at).toLocaleTimeString();
+    when.textContent = time(c.requested_at);
     el.replaceChildren(line, when);
   }
 
@@ -174,12 +176,12 @@ export function setupCalls(app) {
       if (call.id === p.call_id && call.phase === 'outgoing') join();
     } else if (p.type === 'declined') {
       if (ringing?.call_id === p.call_id) closeIncoming();
-      if (call.id === p.call_id && call.phase === 'outgoing') teardown('Declined: they cannot talk right now.');
+      if (call.id === p.call_id && call.phase === 'outgoing') teardown(tr('call.declined'));
       if (app.state.room === p.room_id) showRoomCalls(p.room_id, p.call_id).catch(() => {});
     } else if (p.type === 'ended') {
       if (ringing?.call_id === p.call_id) closeIncoming();
       if (call.id === p.call_id) {
-        const why = p.reason === 'no_answer' ? 'No answer.' : `Call ended · ${formatDuration(p.duration_secs ?? 0)}`;
+        const why = p.reason === 'no_answer' ? tr('call.noanswer') : tr('call.endedAfter', { d: formatDuration(p.duration_secs ?? 0) });
         teardown(why);
       }
       if (app.state.room === p.room_id) {
@@ -199,7 +201,7 @@ export function setupCalls(app) {
 
   function showIncoming(p) {
     ringing = p;
-    $('incoming-who').textContent = `${app.roomTitle(p.room_id, p.from)} is calling`;
+    $('incoming-who').textContent = tr('call.isCalling', { name: app.roomTitle(p.room_id, p.from) });
     const dialog = $('incoming');
     if (!dialog.open) dialog.showModal();
     $('incoming-accept').focus();
@@ -223,7 +225,7 @@ export function setupCalls(app) {
     }
     Object.assign(call, { id: p.call_id, roomId: p.room_id, phase: 'connecting' });
     if (app.state.room !== p.room_id) app.openRoom(p.room_id).catch(() => {});
-    openView(`Video call with ${app.roomTitle(p.room_id, p.from)}`, 'Connecting…');
+    openView(tr('call.title', { name: app.roomTitle(p.room_id, p.from) }), tr('call.connecting'));
     join();
   });
 
@@ -255,7 +257,7 @@ export function setupCalls(app) {
       throw e;
     }
     Object.assign(call, { id: started.call_id, roomId });
-    openView(`Video call with ${app.roomTitle(roomId)}`, 'Calling…');
+    openView(tr('call.title', { name: app.roomTitle(roomId) }), tr('call.calling'));
     // The camera starts while it rings, so the preview is there when they pick up.
     localMedia().catch(() => {});
     // The push may be missed while the chat reconnects: ask now and then too.
@@ -264,8 +266,8 @@ export function setupCalls(app) {
       const c = await app.api('GET', `/calls/${call.id}`).catch(() => null);
       if (!c || call.phase !== 'outgoing') return;
       if (c.status === 'accepted') join();
-      else if (c.status === 'declined') teardown('Declined: they cannot talk right now.');
-      else if (c.status === 'ended') teardown(c.end_reason === 'no_answer' ? 'No answer.' : 'Call ended.');
+      else if (c.status === 'declined') teardown(tr('call.declined'));
+      else if (c.status === 'ended') teardown(tr(c.end_reason === 'no_answer' ? 'call.noanswer' : 'call.ended'));
     }, 3000);
   }
 
@@ -287,7 +289,7 @@ export function setupCalls(app) {
       $('local-video').srcObject = stream;
       return stream;
     } catch (e) {
-      status('Camera or microphone unavailable: you can still see and hear them.');
+      status(tr('call.nomedia'));
       return null;
     }
   }
@@ -296,7 +298,7 @@ export function setupCalls(app) {
     if (!['outgoing', 'connecting'].includes(call.phase)) return;
     call.phase = 'connecting';
     clearInterval(call.pollTimer);
-    status('Connecting…');
+    status(tr('call.connecting'));
     await localMedia();
     if (call.phase !== 'connecting') return;
     openSocket();
@@ -337,7 +339,7 @@ export function setupCalls(app) {
     if (!call.rejoinUntil) call.rejoinUntil = Date.now() + 50_000;
     banner(true);
     if (Date.now() > call.rejoinUntil) {
-      teardown('The connection was lost.');
+      teardown(tr('call.lost'));
       return;
     }
     setTimeout(() => {
@@ -372,7 +374,7 @@ export function setupCalls(app) {
         }
         // A fresh join starts unmuted on the server: say so if we are not.
         if (call.audioMuted || call.videoOff) sendMedia();
-        status(m.rejoined ? 'Reconnected' : 'Connected');
+        status(tr(m.rejoined ? 'call.reconnected' : 'call.connected'));
         break;
       case 'offer':
         await answer(m.sdp);
@@ -403,7 +405,7 @@ export function setupCalls(app) {
         showReaction(m);
         break;
       case 'ended':
-        teardown(m.reason === 'no_answer' ? 'No answer.' : `Call ended · ${formatDuration(m.duration_secs ?? 0)}`);
+        teardown(m.reason === 'no_answer' ? tr('call.noanswer') : tr('call.endedAfter', { d: formatDuration(m.duration_secs ?? 0) }));
         if (app.state.room === call.roomId) showRoomCalls(call.roomId).catch(() => {});
         break;
       case 'redirect':
@@ -412,7 +414,7 @@ export function setupCalls(app) {
           ws.close();
           openSocket(m.url);
         } else {
-          teardown('This call runs on another server that cannot be reached from here.');
+          teardown(tr('call.elsewhere'));
         }
         break;
       case 'error':
@@ -430,7 +432,7 @@ export function setupCalls(app) {
     } else if (m.re === 'join') {
       // Busy or unavailable: try again shortly, a few times.
       call.joinRetries = (call.joinRetries ?? 0) + 1;
-      if (call.joinRetries > 8) teardown(`The call could not start: ${m.message}`);
+      if (call.joinRetries > 8) teardown(tr('call.couldnt', { why: m.message }));
       else setTimeout(() => send({ type: 'join', call_id: call.id }), 1000);
     } else if (m.fatal) {
       status(m.message);
@@ -472,7 +474,7 @@ export function setupCalls(app) {
       clearTimeout(call.disconnectTimer);
       if (s === 'connected') {
         banner(false);
-        status('Connected');
+        status(tr('call.connected'));
       } else if (s === 'failed') {
         banner(true);
         restartIce();
@@ -520,8 +522,8 @@ export function setupCalls(app) {
     $('call').hidden = false;
     banner(false);
     status(text);
-    setPressed('call-mute', false, 'Mute', 'Unmute');
-    setPressed('call-camera', false, 'Camera off', 'Camera on');
+    setPressed('call-mute', false);
+    setPressed('call-camera', false);
     $('local-flag').textContent = '';
     $('tiles').replaceChildren(waitingTile());
     updateStartButton();
@@ -540,7 +542,7 @@ export function setupCalls(app) {
     const el = document.createElement('div');
     el.className = 'tile waiting';
     el.id = 'waiting-tile';
-    el.textContent = 'Waiting for the other person…';
+    el.textContent = tr('call.waiting');
     return el;
   }
 
@@ -593,13 +595,13 @@ export function setupCalls(app) {
     for (const id of [...call.tiles.keys()]) removeTile(id);
   }
 
-  const FLAG_TEXT = { muted: '🔇 muted', stalled: 'poor connection', dropped: 'reconnecting…' };
+  const FLAG_TEXT = { muted: 'call.flag.muted', stalled: 'call.flag.stalled', dropped: 'call.flag.dropped' };
   function tileFlag(userId, flag, on) {
     const t = call.tiles.get(userId);
     if (!t) return;
     if (on) t.flags.add(flag);
     else t.flags.delete(flag);
-    t.flag.textContent = [...t.flags].map((f) => FLAG_TEXT[f]).join(' · ');
+    t.flag.textContent = [...t.flags].map((f) => tr(FLAG_TEXT[f])).join(' · ');
   }
 
   function setRemoteMedia(m) {
@@ -616,16 +618,16 @@ export function setupCalls(app) {
     const name = app.nameOf(userId);
     if (event === 'joined') {
       tile(userId);
-      announce(`${name} joined`);
+      announce(tr('call.announce.joined', { name }));
     } else if (event === 'left') {
       removeTile(userId);
-      announce(`${name} left the call`);
+      announce(tr('call.announce.left', { name }));
     } else if (event === 'dropped') {
       tileFlag(userId, 'dropped', true);
-      announce(`${name}'s connection dropped; waiting for them to come back`);
+      announce(tr('call.announce.dropped', { name }));
     } else if (event === 'rejoined') {
       tileFlag(userId, 'dropped', false);
-      announce(`${name} is back`);
+      announce(tr('call.announce.back', { name }));
     }
   }
 
@@ -638,7 +640,7 @@ export function setupCalls(app) {
     line.className = `line${userId === app.state.me.id ? ' mine' : ''}`;
     const who = document.createElement('div');
     who.className = 'muted';
-    who.textContent = `${userId === app.state.me.id ? 'You' : app.nameOf(userId)} · ${new Date(at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })}`;
+    who.textContent = `${userId === app.state.me.id ? tr('call.you') : app.nameOf(userId)} · ${time(at)}`;
     const text = document.createElement('div');
     text.textContent = body;
     line.append(who, text);
@@ -653,11 +655,11 @@ export function setupCalls(app) {
     el.style.left = `${10 + Math.random() * 70}%`;
     el.textContent = emoji;
     const who = document.createElement('small');
-    who.textContent = userId === app.state.me.id ? 'You' : app.nameOf(userId);
+    who.textContent = userId === app.state.me.id ? tr('call.you') : app.nameOf(userId);
     el.append(who);
     $('reactions').append(el);
     setTimeout(() => el.remove(), 3200);
-    announce(`${who.textContent} reacted ${emoji}`);
+    announce(tr('call.announce.reacted', { name: who.textContent, emoji }));
   }
 
   for (const emoji of PALETTE) {
@@ -665,7 +667,7 @@ export function setupCalls(app) {
     b.type = 'button';
     b.className = 'emoji';
     b.textContent = emoji;
-    b.setAttribute('aria-label', `React ${emoji}`);
+    b.setAttribute('aria-label', tr('call.react', { emoji }));
     b.addEventListener('click', () => send({ type: 'emoji', emoji }));
     $('emoji-bar').append(b);
   }
@@ -679,32 +681,33 @@ export function setupCalls(app) {
   });
 
   const BUTTON_ICONS = { 'call-mute': ['mic', 'micOff'], 'call-camera': ['camera', 'cameraOff'] };
-  function setPressed(id, on, off, onText) {
+  const BUTTON_TEXT = { 'call-mute': ['call.mute', 'call.unmute'], 'call-camera': ['call.cameraOff', 'call.cameraOn'] };
+  function setPressed(id, on) {
     const b = $(id);
     b.setAttribute('aria-pressed', String(on));
     const label = document.createElement('span');
-    label.textContent = on ? onText : off;
+    label.textContent = tr(BUTTON_TEXT[id][on ? 1 : 0]);
     b.replaceChildren(icon(BUTTON_ICONS[id][on ? 1 : 0]), label);
   }
   $('call-hangup').prepend(icon('hangup'));
 
   function sendMedia() {
     send({ type: 'media', audio_muted: call.audioMuted, video_off: call.videoOff, screen_sharing: false });
-    $('local-flag').textContent = [call.audioMuted && '🔇', call.videoOff && 'camera off'].filter(Boolean).join(' · ');
+    $('local-flag').textContent = [call.audioMuted && '🔇', call.videoOff && tr('call.camOff')].filter(Boolean).join(' · ');
     $('local-tile').classList.toggle('video-off', call.videoOff);
   }
 
   $('call-mute').addEventListener('click', () => {
     call.audioMuted = !call.audioMuted;
     call.local?.getAudioTracks().forEach((t) => { t.enabled = !call.audioMuted; });
-    setPressed('call-mute', call.audioMuted, 'Mute', 'Unmute');
+    setPressed('call-mute', call.audioMuted);
     sendMedia();
   });
 
   $('call-camera').addEventListener('click', () => {
     call.videoOff = !call.videoOff;
     call.local?.getVideoTracks().forEach((t) => { t.enabled = !call.videoOff; });
-    setPressed('call-camera', call.videoOff, 'Camera off', 'Camera on');
+    setPressed('call-camera', call.videoOff);
     sendMedia();
   });
 
@@ -721,15 +724,15 @@ export function setupCalls(app) {
       send({ type: 'hangup' });
       call.phase = 'ending';
       stopMedia();
-      status('Ending…');
+      status(tr('call.ending'));
       // Confirmed by the `ended` push; if that does not come, end it over HTTP.
       call.endTimer = setTimeout(() => {
         app.api('POST', `/calls/${id}/end`).catch(() => {});
-        teardown('Call ended.');
+        teardown(tr('call.ended'));
       }, 4000);
     } else {
       app.api('POST', `/calls/${id}/end`).catch(() => {});
-      teardown('Call ended.');
+      teardown(tr('call.ended'));
     }
   }
 
@@ -772,14 +775,18 @@ export function setupCalls(app) {
 
   return {
     /** Follows my call pushes on a (re)connected STOMP client. */
-    follow(stomp) {
-      stomp.subscribe('/user/queue/calls', (frame) => {
-        try {
-          onPush(JSON.parse(frame.body));
-        } catch (e) {
-          console.warn('call push', e);
-        }
-      });
+    onFrame(frame) {
+      try {
+        onPush(JSON.parse(frame.body));
+      } catch (e) {
+        console.warn('call push', e);
+      }
+    },
+    /** After a language switch: the buttons' words. */
+    relabel() {
+      setPressed('call-mute', call.audioMuted);
+      setPressed('call-camera', call.videoOff);
+      for (const b of $('emoji-bar').children) b.setAttribute('aria-label', tr('call.react', { emoji: b.textContent }));
     },
     /** A room was opened (its messages are on screen): add its calls. */
     roomOpened(roomId) {

@@ -16,38 +16,58 @@ struct Asset {
 /// Where the vendored sockjs-client is served (the SockJS iframe page loads it).
 pub const SOCKJS_CLIENT_PATH: &str = "/web/vendor/sockjs.min.js";
 
-const ASSETS: [Asset; 5] = [
+/// One embedded file of `web/`, served at `/web/{path}` with the type its extension names.
+macro_rules! web_file {
+    ($path:literal) => {
+        Asset {
+            path: concat!("/web/", $path),
+            content_type: content_type($path),
+            body: include_str!(concat!("../../../web/", $path)),
+        }
+    };
+}
+
+/// The content type of an embedded file, by extension.
+const fn content_type(path: &str) -> &'static str {
+    let b = path.as_bytes();
+    let n = b.len();
+    if n > 4 && b[n - 4] == b'.' && b[n - 3] == b'c' && b[n - 2] == b's' && b[n - 1] == b's' {
+        "text/css; charset=utf-8"
+    } else {
+        "text/javascript; charset=utf-8"
+    }
+}
+
+/// Every file of the client. `tests::every_web_file_is_served` keeps this list and `web/`
+/// in step.
+const ASSETS: [Asset; 16] = [
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
         body: include_str!("../../../web/index.html"),
     },
-    Asset {
-        path: "/web/app.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../../web/app.js"),
-    },
-    Asset {
-        path: "/web/call.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../../web/call.js"),
-    },
-    Asset {
-        path: "/web/vendor/stomp.umd.min.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../../web/vendor/stomp.umd.min.js"),
-    },
-    Asset {
-        path: SOCKJS_CLIENT_PATH,
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../../web/vendor/sockjs.min.js"),
-    },
+    web_file!("styles.css"),
+    web_file!("app.js"),
+    web_file!("call.js"),
+    web_file!("dom.js"),
+    web_file!("i18n.js"),
+    web_file!("live.js"),
+    web_file!("session.js"),
+    web_file!("pages/account.js"),
+    web_file!("pages/directory.js"),
+    web_file!("pages/history.js"),
+    web_file!("pages/profile.js"),
+    web_file!("pages/rooms.js"),
+    web_file!("pages/signin.js"),
+    web_file!("vendor/stomp.umd.min.js"),
+    web_file!("vendor/sockjs.min.js"),
 ];
 
-/// Scripts and connections from this origin only; profile images may come from the
-/// configured S3 endpoint (presigned https URLs).
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
-                   img-src 'self' https: data:; connect-src 'self'; frame-ancestors 'none'; \
+/// Scripts, styles and connections from this origin only (no inline styles or scripts);
+/// profile images may come from the configured S3 endpoint (presigned https URLs) and from
+/// `blob:` (the preview of a photo before it is uploaded).
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+                   img-src 'self' https: data: blob:; connect-src 'self'; frame-ancestors 'none'; \
                    base-uri 'none'; form-action 'self'";
 
 /// Registers each embedded file at its path.
@@ -91,4 +111,39 @@ async fn serve(req: HttpRequest) -> HttpResponse {
         // `Origin: null`, which the origin check refuses.
         .insert_header((header::REFERRER_POLICY, "same-origin"))
         .body(asset.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file added to `web/` and forgotten here would be a 404 in the browser.
+    #[test]
+    fn every_web_file_is_served() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
+        let mut files = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("web/") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "js" || e == "css") {
+                    let rel = path.strip_prefix(&root).expect("under web/");
+                    files.push(format!("/web/{}", rel.to_string_lossy()));
+                }
+            }
+        }
+        for file in &files {
+            assert!(
+                ASSETS.iter().any(|a| a.path == file),
+                "{file} is not embedded"
+            );
+        }
+        assert_eq!(files.len() + 1, ASSETS.len(), "an embedded file is gone");
+        assert_eq!(
+            ASSETS[1].content_type, "text/css; charset=utf-8",
+            "styles.css is CSS"
+        );
+    }
 }
