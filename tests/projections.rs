@@ -149,6 +149,31 @@ async fn read_models_answer_the_scenario(b: Backend) {
     assert_eq!(directory[0].headline, "청소년 상담");
     assert_eq!(directory[0].nickname.as_deref(), Some("상담사"));
     assert_eq!(directory[0].bio, "10 years of practice");
+    // A photo's thumbnail key is listed with the counselor (sealed in the table, opened here),
+    // and gone once the photo is removed.
+    let photo = UserCommand::ChangeProfileImage {
+        image_key: "images/photo-full.webp".into(),
+        thumbnail_key: "images/photo-thumb.webp".into(),
+    };
+    w.users
+        .execute(
+            w.s.counselor.0,
+            photo,
+            as_user(w.s.counselor, Role::Counselor),
+            Metadata::default(),
+        )
+        .await
+        .expect("photo");
+    runtime::catch_up(&w.b.store, &w.db)
+        .await
+        .expect("catch up");
+    let listed = queries::counselors(&w.db, 10, None)
+        .await
+        .expect("directory");
+    assert_eq!(
+        listed[0].thumbnail_key.as_deref(),
+        Some("images/photo-thumb.webp")
+    );
     // A search opens the sealed fields and matches every word, in any case.
     for (search, hits) in [
         ("청소년", 1),
@@ -166,7 +191,7 @@ async fn read_models_answer_the_scenario(b: Backend) {
     // same rows read as absent.
     let stored: Vec<String> = sqlx::query_scalar(
         "SELECT coalesce(nickname, '') || coalesce(headline, '') || coalesce(bio, '') FROM rm_counselors \
-         UNION ALL SELECT coalesce(nickname, '') || coalesce(email, '') FROM rm_users \
+         UNION ALL SELECT coalesce(nickname, '') || coalesce(email, '') || coalesce(thumbnail, '') FROM rm_users \
          UNION ALL SELECT coalesce(body, '') FROM rm_messages \
          UNION ALL SELECT coalesce(last_message_preview, '') FROM rm_rooms",
     )
@@ -179,6 +204,7 @@ async fn read_models_answer_the_scenario(b: Backend) {
         "상담사",
         "청소년",
         "10 years",
+        "photo-thumb",
         SECRETS[0],
         SECRETS[1],
         COUNSELOR_TEXT,

@@ -188,6 +188,18 @@ impl Images {
         Ok((self.blobs.url(image).await?, self.blobs.url(thumb).await?))
     }
 
+    /// The browser URL of a thumbnail key from a read model (a list's photo); `None` when it
+    /// cannot be made (logged: a list still shows its names without photos).
+    pub async fn thumbnail_url(&self, key: &str) -> Option<String> {
+        match self.blobs.url(key).await {
+            Ok(url) => Some(url),
+            Err(error) => {
+                tracing::warn!(%error, "thumbnail URL unavailable");
+                None
+            }
+        }
+    }
+
     /// Every image key `user`'s stream ever referenced, read before an erasure shreds them.
     pub async fn keys_of(&self, user: UserId) -> Result<Vec<String>, ImagesError> {
         let stream = StreamName::new(StreamKind::User, user.as_uuid());

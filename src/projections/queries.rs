@@ -95,6 +95,11 @@ pub struct Counselor {
     pub bio: String,
     /// When the profile was (last) published.
     pub published_at: DateTime<Utc>,
+    /// The blob key of their photo's thumbnail; the edge turns it into `photo_url`.
+    #[serde(skip)]
+    pub thumbnail_key: Option<String>,
+    /// Where the browser loads the thumbnail (set by the edge).
+    pub photo_url: Option<String>,
 }
 
 /// Most directory entries a search looks through: names and profiles are sealed in the read
@@ -115,7 +120,8 @@ pub async fn counselors(
         .map(str::to_lowercase)
         .collect();
     let rows = sqlx::query(
-        "SELECT user_id, nickname, headline, bio, published_at FROM rm_counselors ORDER BY published_at DESC LIMIT $1",
+        "SELECT c.user_id, c.nickname, c.headline, c.bio, c.published_at, u.thumbnail FROM rm_counselors c \
+         LEFT JOIN rm_users u ON u.user_id = c.user_id ORDER BY c.published_at DESC LIMIT $1",
     )
     .bind(if words.is_empty() { limit } else { MAX_SEARCHED })
     .fetch_all(&db.pool)
@@ -129,6 +135,8 @@ pub async fn counselors(
                 headline: r.try_get(2)?,
                 bio: r.try_get(3)?,
                 published_at: time(r.try_get(4)?),
+                thumbnail_key: r.try_get(5)?,
+                photo_url: None,
             })
         })
         .collect::<Result<Vec<_>, ProjectionError>>()?;
@@ -139,6 +147,7 @@ pub async fn counselors(
                 c.nickname.as_deref(),
                 Some(c.headline.as_str()),
                 Some(c.bio.as_str()),
+                c.thumbnail_key.as_deref(),
             ]
             .into_iter()
             .flatten()
@@ -149,6 +158,7 @@ pub async fn counselors(
         c.nickname = keys.open(c.nickname.as_deref())?;
         c.headline = keys.open(Some(&c.headline))?.unwrap_or_default();
         c.bio = keys.open(Some(&c.bio))?.unwrap_or_default();
+        c.thumbnail_key = keys.open(c.thumbnail_key.as_deref())?;
     }
     if !words.is_empty() {
         items.retain(|c| {
@@ -196,6 +206,11 @@ pub struct MyRoom {
     pub peer_id: String,
     /// Their display name, if known and not erased.
     pub peer_nickname: Option<String>,
+    /// The blob key of their photo's thumbnail; the edge turns it into `peer_photo_url`.
+    #[serde(skip)]
+    pub peer_thumbnail_key: Option<String>,
+    /// Where the browser loads their thumbnail (set by the edge).
+    pub peer_photo_url: Option<String>,
 }
 
 /// The rooms `user_id` is a member of, most recently active first.
@@ -204,7 +219,7 @@ pub async fn my_rooms(db: &ReadDb, user_id: &str) -> Result<Vec<MyRoom>, Project
         "SELECT r.room_id, r.client_id, r.counselor_id, r.message_count, m.unread_count, r.last_message_preview, \
          r.last_message_at, r.opened_at, r.closed_at, \
          (SELECT COALESCE(MAX(o.last_read_seq), 0) FROM rm_room_members o WHERE o.room_id = m.room_id AND o.user_id <> m.user_id), \
-         u.nickname, r.last_message_id \
+         u.nickname, r.last_message_id, u.thumbnail \
          FROM rm_room_members m JOIN rm_rooms r ON r.room_id = m.room_id \
          LEFT JOIN rm_users u ON u.user_id = CASE WHEN r.client_id = m.user_id THEN r.counselor_id ELSE r.client_id END \
          WHERE m.user_id = $1 AND m.left_at IS NULL \
@@ -230,6 +245,8 @@ pub async fn my_rooms(db: &ReadDb, user_id: &str) -> Result<Vec<MyRoom>, Project
                 peer_id: String::new(),
                 peer_nickname: r.try_get(10)?,
                 last_message_id: r.try_get(11)?,
+                peer_thumbnail_key: r.try_get(12)?,
+                peer_photo_url: None,
             })
         })
         .collect::<Result<Vec<_>, ProjectionError>>()?;
@@ -240,6 +257,7 @@ pub async fn my_rooms(db: &ReadDb, user_id: &str) -> Result<Vec<MyRoom>, Project
             [
                 r.last_message_preview.as_deref(),
                 r.peer_nickname.as_deref(),
+                r.peer_thumbnail_key.as_deref(),
             ]
             .into_iter()
             .flatten()
@@ -251,6 +269,7 @@ pub async fn my_rooms(db: &ReadDb, user_id: &str) -> Result<Vec<MyRoom>, Project
             .open(r.last_message_preview.as_deref())?
             .map(|body| super::rooms::preview(&body));
         r.peer_nickname = keys.open(r.peer_nickname.as_deref())?;
+        r.peer_thumbnail_key = keys.open(r.peer_thumbnail_key.as_deref())?;
         r.peer_id = if r.client_id == user_id {
             r.counselor_id.clone()
         } else {

@@ -17,13 +17,14 @@ pub static DEF: ProjectorDef = ProjectorDef {
     name: "users",
     description: "user profiles and the counselor directory",
     // 2: personal columns hold sealed tokens instead of plaintext.
-    version: 2,
+    // 3: the profile photo's thumbnail key (sealed), for the directory and room lists.
+    version: 3,
     tables: &[
         (
             "rm_users",
             "CREATE TABLE IF NOT EXISTS {rm_users} (user_id TEXT PRIMARY KEY, nickname TEXT, email TEXT, role TEXT NOT NULL, \
              registered_at {bigint} NOT NULL, last_login_at {bigint}, login_count {bigint} NOT NULL DEFAULT 0, \
-             deactivated_at {bigint}, erased_at {bigint})",
+             deactivated_at {bigint}, erased_at {bigint}, thumbnail TEXT)",
         ),
         (
             "rm_counselors",
@@ -54,6 +55,7 @@ struct Users {
     deactivate: Sql,
     unpublish: Sql,
     erase: Sql,
+    thumbnail: Sql,
 }
 
 fn bind(n: &Names) -> Arc<dyn Projector> {
@@ -80,9 +82,10 @@ fn bind(n: &Names) -> Arc<dyn Projector> {
         deactivate: n.render("UPDATE {rm_users} SET deactivated_at = $1 WHERE user_id = $2", t),
         unpublish: n.render("DELETE FROM {rm_counselors} WHERE user_id = $1", t),
         erase: n.render(
-            "UPDATE {rm_users} SET nickname = NULL, email = NULL, erased_at = $1 WHERE user_id = $2",
+            "UPDATE {rm_users} SET nickname = NULL, email = NULL, thumbnail = NULL, erased_at = $1 WHERE user_id = $2",
             t,
         ),
+        thumbnail: n.render("UPDATE {rm_users} SET thumbnail = $1 WHERE user_id = $2", t),
     })
 }
 
@@ -147,8 +150,22 @@ impl Projector for Users {
                     .execute(&mut *tx)
                     .await?;
             }
-            // Image keys live on the user stream; profile responses read them from there.
-            UserEvent::ProfileImageChanged { .. } | UserEvent::ProfileImageRemoved { .. } => {}
+            // The thumbnail shows beside the name in lists; the full image is read from the
+            // user stream where the profile itself is answered.
+            UserEvent::ProfileImageChanged { thumbnail, .. } => {
+                sqlx::query(sql(&self.thumbnail))
+                    .bind(thumbnail.value().cloned())
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            UserEvent::ProfileImageRemoved { .. } => {
+                sqlx::query(sql(&self.thumbnail))
+                    .bind(None::<String>)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             // Sessions are not part of the profile read model.
             UserEvent::SignedOutEverywhere { .. }
             | UserEvent::SignInFailed { .. }

@@ -22,6 +22,7 @@ const MAX_QUERY_CHARS: usize = 100;
 /// `GET /counselors[?q=words]`: published counselors, most recently published first.
 pub async fn list(
     state: web::Data<AppState>,
+    images: web::Data<crate::blob::Images>,
     q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let search = q.q.as_deref().map(str::trim).filter(|s| !s.is_empty());
@@ -32,8 +33,13 @@ pub async fn list(
             format!("a search is at most {MAX_QUERY_CHARS} characters"),
         ));
     }
-    let items = queries::counselors(&state.read, q.limit.unwrap_or(50), search)
+    let mut items = queries::counselors(&state.read, q.limit.unwrap_or(50), search)
         .await
         .map_err(ApiError::from)?;
+    for c in &mut items {
+        if let Some(key) = &c.thumbnail_key {
+            c.photo_url = images.thumbnail_url(key).await;
+        }
+    }
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }

@@ -20,8 +20,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// `GET /users/me/rooms`: my rooms, most recently active first, with unread counts.
-async fn my_rooms(user: AuthUser, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let items = queries::my_rooms(&state.read, &user.user_id.to_string()).await?;
+async fn my_rooms(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    images: web::Data<crate::blob::Images>,
+) -> Result<HttpResponse, ApiError> {
+    let mut items = queries::my_rooms(&state.read, &user.user_id.to_string()).await?;
+    for r in &mut items {
+        if let Some(key) = &r.peer_thumbnail_key {
+            r.peer_photo_url = images.thumbnail_url(key).await;
+        }
+    }
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .json(json!({ "items": items })))
