@@ -179,6 +179,10 @@ async function main(run) {
   await c.fill('#dir-q', 'LISTENING first');
   await c.waitForSelector('#counselors li.counselor:has-text("Demo Counselor")');
   if ((await c.locator('#counselors li.counselor').count()) !== 1) throw new Error('the search lists one counselor');
+  await c.selectOption('#dir-filter', 'mine');
+  await c.waitForSelector('#counselors li.empty');
+  await c.selectOption('#dir-filter', 'all');
+  await c.waitForSelector('#counselors li.counselor:has-text("Demo Counselor")');
   await axe(run, c, 'directory');
   await shot(c, 'counselors');
 
@@ -266,6 +270,12 @@ async function main(run) {
   const fetched = await c.evaluate(async (u) => (await fetch(u)).headers.get('content-type'), src);
   if (!/^image\//.test(fetched ?? '')) throw new Error(`the stored photo is served as ${fetched}`);
   await shot(c, 'profile');
+
+  run.step = 'the counselor sees the photo beside the client\'s name';
+  await nav(k, 'profile');
+  await nav(k, 'rooms');
+  await k.waitForSelector(`#rooms li a:has-text("${nickname}") .avatar img`);
+  await openRoom(k, nickname);
 
   // --- a video call -----------------------------------------------------------------------
   run.step = 'the client calls; the counselor accepts';

@@ -1,5 +1,6 @@
 // The counselor directory: search (server-side, every word must match the name, headline or
-// bio) and sort; each card starts a session or reopens the room I already have with them.
+// bio), a filter (everyone, or those I have an open session with) and sort; each card starts
+// a session or reopens the room I already have with them.
 
 import { $, h, avatar } from '../dom.js';
 import { t, compare } from '../i18n.js';
@@ -12,12 +13,16 @@ export function setupDirectory(app) {
 
   function render() {
     const list = $('counselors');
-    const sorted = [...items];
+    const mineOnly = $('dir-filter').value === 'mine';
+    const openRoomWith = (id) => app.rooms.some((r) => r.counselor_id === id && !r.closed_at);
+    const sorted = items.filter((c) => !mineOnly || openRoomWith(c.user_id));
     if ($('dir-sort').value === 'name') sorted.sort((a, b) => compare(a.nickname ?? '', b.nickname ?? ''));
-    $('dir-count').textContent = items.length > 0 ? t('dir.count', { n: items.length }) : '';
+    $('dir-count').textContent = sorted.length > 0 ? t('dir.count', { n: sorted.length }) : '';
     if (sorted.length === 0) {
-      list.replaceChildren(h('li', { class: 'empty' },
-        query ? [h('strong', {}, t('dir.nomatch', { q: query })), t('dir.nomatch.hint')] : h('strong', {}, t('dir.empty'))));
+      let empty = h('strong', {}, t('dir.empty'));
+      if (query) empty = [h('strong', {}, t('dir.nomatch', { q: query })), t('dir.nomatch.hint')];
+      else if (mineOnly && items.length > 0) empty = h('strong', {}, t('dir.nomine'));
+      list.replaceChildren(h('li', { class: 'empty' }, empty));
       return;
     }
     list.replaceChildren(...sorted.map((c) => {
@@ -25,7 +30,7 @@ export function setupDirectory(app) {
       const existing = app.rooms.find((r) => r.counselor_id === c.user_id && !r.closed_at);
       const headingId = `counselor-${c.user_id}`;
       return h('li', { class: 'card counselor', 'aria-labelledby': headingId, dataset: { counselor: c.user_id } },
-        h('div', { class: 'who' }, avatar(name), h('div', {},
+        h('div', { class: 'who' }, avatar(name, c.photo_url), h('div', {},
           h('h2', { id: headingId, class: 'name' }, name),
           h('p', { class: 'muted' }, c.headline))),
         h('p', { class: 'bio' }, c.bio),
@@ -70,6 +75,7 @@ export function setupDirectory(app) {
     load().catch((e) => app.fail(e));
   });
   $('dir-sort').addEventListener('change', render);
+  $('dir-filter').addEventListener('change', render);
 
   return {
     show: () => load(),

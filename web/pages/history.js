@@ -21,7 +21,7 @@ export function setupHistory(app) {
       const name = room ? app.rooms$.peerName(room) : app.nameOf(other);
       const { text, missed } = describeCall(c, app.me.id);
       return h('li', { dataset: { call: c.call_id } },
-        avatar(name),
+        avatar(name, room?.peer_photo_url),
         h('div', { class: 'grow' },
           h('strong', {}, t('calls.with', { name })),
           h('div', { class: missed ? 'missed' : 'muted' }, icon(missed ? 'phone' : 'camera'), ' ', text),

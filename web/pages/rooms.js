@@ -22,6 +22,7 @@ export function setupRooms(app) {
     loadingOlder: false,
     previewTimers: new Map(),
     readTimer: null,
+    shown: false,
   };
 
   // --- the list ------------------------------------------------------------------------
@@ -45,7 +46,7 @@ export function setupRooms(app) {
       const name = peerName(r);
       return h('li', {},
         h('a', { href: `#/rooms/${r.room_id}`, 'aria-current': r.room_id === view.roomId ? 'page' : null, dataset: { room: r.room_id } },
-          avatar(name),
+          avatar(name, r.peer_photo_url),
           h('span', { class: 'name' }, name),
           h('span', { class: 'when' }, shortWhen(r.last_message_at ?? r.opened_at)),
           h('span', { class: 'preview' }, r.closed_at ? h('span', { class: 'closed' }, `${t('rooms.closed')} · `) : null,
@@ -282,7 +283,7 @@ export function setupRooms(app) {
     const r = roomOf(view.roomId) ?? known;
     const name = r ? peerName(r) : t('chat.someone');
     $('room-title').textContent = t('chat.with', { name });
-    $('room-avatar').replaceChildren(avatar(name));
+    $('room-avatar').replaceChildren(avatar(name, r?.peer_photo_url));
     const closed = Boolean(r?.closed_at);
     $('compose').hidden = closed;
     $('close-room').hidden = closed;
@@ -474,13 +475,17 @@ export function setupRooms(app) {
       }
       app.go(`/rooms/${room.room_id}`);
     },
-    /** The route /rooms or /rooms/{id}. */
+    /** The route /rooms or /rooms/{id}. Coming back from another page, the list is asked
+     * again (names and photos change without a push). */
     async show(roomId) {
+      if (!view.shown) loadRooms().catch(() => {});
+      view.shown = true;
       if (roomId) await openRoom(roomId);
       else closeRoomView();
     },
     /** Leaving the rooms page. */
     hide() {
+      view.shown = false;
       if (view.roomId) closeRoomView();
     },
     /** The room was too far behind to replay: start it over from its history. */
