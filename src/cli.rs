@@ -256,6 +256,17 @@ pub enum EventsCommand {
         /// The file written by `events export`.
         file: PathBuf,
     },
+    /// Copy the whole log from one backend to another, empty one (e.g. SQLite to
+    /// PostgreSQL or KurrentDB), then verify event counts and a checksum per stream.
+    /// Personal fields move sealed; data keys and read models stay in their database.
+    Copy {
+        /// Source log URL: sqlite://PATH, postgres://..., kurrentdb://... or esdb[+discover]://...
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// Target log URL, of any of the same kinds; it must hold no event yet.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
     /// Print the last events of the whole log, optionally following new ones.
     Tail {
         /// How many of the latest events to print first.

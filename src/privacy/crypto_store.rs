@@ -133,6 +133,10 @@ impl EventStore for CryptoStore {
         Some(self.keys.clone())
     }
 
+    fn positions(&self) -> crate::store::Positions {
+        self.inner.positions()
+    }
+
     async fn head_position(&self) -> Result<Option<u64>, StoreError> {
         self.inner.head_position().await
     }

@@ -42,6 +42,20 @@ impl Default for StoreLimits {
     }
 }
 
+/// What a backend promises about global positions. The contract suite checks each backend
+/// against its own promise, and tools that move a log choose how to append by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Positions {
+    /// 0, 1, 2, ... in commit order with no gap, assigned by group commit in the order
+    /// appends are queued (SQLite, PostgreSQL): `head + 1` is the number of events, and
+    /// appends queued concurrently commit in queue order.
+    GapFree,
+    /// Increasing in commit order, never repeated, but not contiguous (KurrentDB's `$all`
+    /// commit positions are byte offsets in its transaction log). Resuming from "last seen
+    /// plus one" still skips nothing; counting needs a read.
+    Ordered,
+}
+
 /// The append-only log every actor writes and every reader follows.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
@@ -89,6 +103,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// so readers of sealed read models can be given the same keys.
     fn data_keys(&self) -> Option<Arc<crate::privacy::KeyStore>> {
         None
+    }
+
+    /// What this backend promises about positions; see [`Positions`].
+    fn positions(&self) -> Positions {
+        Positions::GapFree
     }
 
     /// The position of the last committed event, or `None` for an empty log.
