@@ -87,9 +87,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             result
         }
         Command::Projections(cmd) => {
-            let url = config.database_url();
             let s = config.open_storage(true).await?.events;
-            let db = ReadDb::connect(&projections::db::read_model_url(&url)).await?;
+            let db = ReadDb::connect(&projections::db::read_model_url(&config.state_url())).await?;
             let mut out = std::io::stdout().lock();
             let result = match cmd {
                 ProjectionsCommand::Status { json } => {
@@ -126,7 +125,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             since,
             json,
         } => {
-            let url = config.database_url();
             let uuid = match (&kind, &id) {
                 (AuditKind::Security, Some(_)) => {
                     anyhow::bail!("`audit security` takes no id; use --since")
@@ -145,7 +143,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => None,
             };
             let s = config.open_storage(true).await?.events;
-            let db = ReadDb::connect(&projections::db::read_model_url(&url)).await?;
+            let db = ReadDb::connect(&projections::db::read_model_url(&config.state_url())).await?;
             // The audit trail is a read model: bring it up to date first.
             projections::runtime::catch_up(&s, &db).await?;
             let rows = match (kind, uuid, from) {
@@ -181,9 +179,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Trace { trace_id, json } => {
             let id = cli::parse_trace_id(&trace_id)?;
-            let url = config.database_url();
             let s = config.open_storage(true).await?.events;
-            let db = ReadDb::connect(&projections::db::read_model_url(&url)).await?;
+            let db = ReadDb::connect(&projections::db::read_model_url(&config.state_url())).await?;
             // The trail is a read model: bring it up to date first.
             projections::runtime::catch_up(&s, &db).await?;
             let rows = projections::queries::audit_of_trace(&db, &id).await?;

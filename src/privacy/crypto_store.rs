@@ -121,6 +121,15 @@ impl EventStore for CryptoStore {
         open_all(&self.keys, events).await
     }
 
+    async fn read_all_backward(
+        &self,
+        before_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let events = self.inner.read_all_backward(before_position, limit).await?;
+        open_all(&self.keys, events).await
+    }
+
     async fn read_all_sealed(
         &self,
         from_position: u64,

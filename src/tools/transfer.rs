@@ -61,19 +61,17 @@ pub async fn export(
     out: &mut impl Write,
     mut progress: impl FnMut(u64),
 ) -> Result<u64, anyhow::Error> {
-    let mut from = 0;
     let mut n = 0u64;
-    loop {
-        let page = raw.read_all(from, PAGE).await?;
-        let Some(last) = page.last() else { break };
-        from = last.position + 1;
+    for_each_page(raw, async |page| {
         for e in &page {
             serde_json::to_writer(&mut *out, e)?;
             out.write_all(b"\n")?;
         }
         n += page.len() as u64;
         progress(n);
-    }
+        Ok::<_, anyhow::Error>(())
+    })
+    .await?;
     out.flush()?;
     Ok(n)
 }
@@ -262,6 +260,22 @@ pub struct CopyReport {
     pub streams: u64,
 }
 
+/// Hands the whole log to `each`, a page at a time, in log order.
+async fn for_each_page<E: From<StoreError>>(
+    store: &SharedStore,
+    mut each: impl AsyncFnMut(Vec<RecordedEvent>) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut from = 0;
+    loop {
+        let page = store.read_all(from, PAGE).await?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        from = last.position + 1;
+        each(page).await?;
+    }
+}
+
 /// Per-stream event count and SHA-256 over each event's canonical JSON without its global
 /// position (positions are the backend's to assign: KurrentDB's are not 0, 1, 2, ...).
 #[derive(Default)]
@@ -308,12 +322,8 @@ pub async fn copy(
     }
     let in_flight = in_flight(target);
     let mut expected = Digests::default();
-    let mut from = 0;
     let mut copied = 0u64;
-    loop {
-        let page = source.read_all(from, PAGE).await?;
-        let Some(last) = page.last() else { break };
-        from = last.position + 1;
+    for_each_page(source, async |page| {
         for e in &page {
             expected.add(e)?;
         }
@@ -325,21 +335,21 @@ pub async fn copy(
             |n| progress(CopyProgress::Copied(done + n)),
         )
         .await?;
-    }
+        Ok::<_, CopyError>(())
+    })
+    .await?;
 
     let mut actual = Digests::default();
-    let mut from = 0;
     let mut verified = 0u64;
-    loop {
-        let page = target.read_all(from, PAGE).await?;
-        let Some(last) = page.last() else { break };
-        from = last.position + 1;
+    for_each_page(target, async |page| {
         for e in &page {
             actual.add(e)?;
         }
         verified += page.len() as u64;
         progress(CopyProgress::Verified(verified));
-    }
+        Ok::<_, CopyError>(())
+    })
+    .await?;
     let expected = expected.finish();
     let mut actual = actual.finish();
     let missing = (0, String::from("-"));
