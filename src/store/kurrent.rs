@@ -393,18 +393,32 @@ impl KurrentStore {
             .append_to_stream(name.as_str(), &options, encoded)
             .await
             .map_err(|e| map_error(&name, expected, e))?;
-        let last_position = neulbi_position(written.position)?;
-        group_commit::publish_head(&self.inner.head, Some(last_position));
-        // The server answers with the last event's position; the first one's is read back.
-        let first_position = if count == 1 {
-            last_position
+        let at = neulbi_position(written.position)?;
+        // The server answers with the last event's position, and with none at all for a
+        // retry it recognised (the client reports that as the start of the log): then, and
+        // for the first event of a batch, the positions are read back.
+        let (first_position, last_position) = if count == 1 && written.position != Position::start()
+        {
+            (at, at)
         } else {
-            let first_version = written.next_expected_version + 1 - count;
-            self.read_stream(stream, first_version, Direction::Forward, 1)
-                .await?
-                .first()
-                .map_or(last_position, |e| e.position)
+            let first_version = written
+                .next_expected_version
+                .saturating_add(1)
+                .saturating_sub(count);
+            let read = self
+                .read_stream(
+                    stream,
+                    first_version,
+                    Direction::Forward,
+                    usize::try_from(count).unwrap_or(usize::MAX),
+                )
+                .await?;
+            match (read.first(), read.last()) {
+                (Some(first), Some(last)) => (first.position, last.position),
+                _ => (at, at),
+            }
         };
+        group_commit::publish_head(&self.inner.head, Some(last_position));
         drop(closed);
         Ok(AppendResult {
             next_expected_version: written.next_expected_version,
