@@ -256,6 +256,17 @@ pub enum EventsCommand {
         /// The file written by `events export`.
         file: PathBuf,
     },
+    /// Copy the whole log from one backend to another, empty one (e.g. SQLite to
+    /// PostgreSQL or KurrentDB), then verify event counts and a checksum per stream.
+    /// Personal fields move sealed; data keys and read models stay in their database.
+    Copy {
+        /// Source log URL: sqlite://PATH, postgres://..., kurrentdb://... or esdb[+discover]://...
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// Target log URL, of any of the same kinds; it must hold no event yet.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
     /// Print the last events of the whole log, optionally following new ones.
     Tail {
         /// How many of the latest events to print first.
@@ -427,9 +438,17 @@ pub async fn events_tail(
     json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let from = match store.head_position().await? {
-        Some(head) => (head + 1).saturating_sub(last),
-        None => 0,
+    // The last `last` events, walked back from the head (positions may have gaps).
+    let limit = usize::try_from(last).unwrap_or(usize::MAX);
+    let head = store.head_position().await?;
+    let recent = match head {
+        Some(head) if limit > 0 => store.read_all_backward(head + 1, limit).await?,
+        _ => Vec::new(),
+    };
+    let from = match (recent.last(), head) {
+        (Some(oldest), _) => oldest.position,
+        (None, Some(head)) => head + 1,
+        (None, None) => 0,
     };
     if follow {
         let mut events = store.subscribe_all(from);
@@ -439,9 +458,8 @@ pub async fn events_tail(
         }
         return Ok(());
     }
-    let limit = usize::try_from(last).unwrap_or(usize::MAX);
-    for e in store.read_all(from, limit).await? {
-        writeln!(out, "{}", format_event(&e, json)?)?;
+    for e in recent.iter().rev() {
+        writeln!(out, "{}", format_event(e, json)?)?;
     }
     Ok(())
 }

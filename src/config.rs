@@ -126,6 +126,11 @@ pub struct Config {
     /// `sqlite://...` or `postgres://...`; overrides the data-dir SQLite file
     /// (`NEULBI_DATABASE_URL`).
     pub database_url: Option<String>,
+    /// Where data keys, read models and projector checkpoints live when the log itself is
+    /// in KurrentDB (`NEULBI_STATE_DATABASE_URL`): `sqlite://...` or `postgres://...`;
+    /// default the SQLite file in the data dir. Ignored for a SQLite or PostgreSQL log,
+    /// which keeps them beside itself.
+    pub state_database_url: Option<String>,
     /// The URL browsers use to reach this node (`NEULBI_PUBLIC_URL`); derived from `listen`
     /// when unset.
     pub public_url: Option<String>,
@@ -178,6 +183,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
             database_url: None,
+            state_database_url: None,
             public_url: None,
             metrics_listen: None,
             trusted_proxies: Vec::new(),
@@ -255,6 +261,9 @@ impl Config {
         if let Some(v) = get("NEULBI_DATABASE_URL").filter(|v| !v.is_empty()) {
             self.database_url = Some(v);
         }
+        if let Some(v) = get("NEULBI_STATE_DATABASE_URL").filter(|v| !v.is_empty()) {
+            self.state_database_url = Some(v);
+        }
         if let Some(v) = get("NEULBI_PUBLIC_URL").filter(|v| !v.is_empty()) {
             self.public_url = Some(v.trim_end_matches('/').to_owned());
         }
@@ -331,8 +340,9 @@ impl Config {
         &self,
         migrate: bool,
     ) -> Result<crate::store::Storage, crate::store::StoreError> {
-        crate::store::open_storage_with(
+        crate::store::open_storage_in(
             &self.database_url(),
+            &self.state_url(),
             self.store_limits(),
             migrate,
             &self.keys,
@@ -346,6 +356,13 @@ impl Config {
         self.database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("neulbi.db").display()))
+    }
+
+    /// The SQL database that holds data keys, read models and checkpoints: the log's own
+    /// database, or with a KurrentDB log the state database (see `state_database_url`).
+    pub fn state_url(&self) -> String {
+        let log = self.database_url();
+        crate::store::state_url_for(&log, self.state_database_url.as_deref(), &self.data_dir)
     }
 
     /// The URL browsers use, for links and redirects; derived from the bound address when

@@ -62,6 +62,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Events(cmd) => {
+            // A copy opens its own two logs, not the configured one.
+            if let EventsCommand::Copy { from, to } = &cmd {
+                return copy(&config, from, to).await;
+            }
             if let EventsCommand::Read { stream, .. } = &cmd {
                 // Refuse a malformed name before touching the database.
                 stream
@@ -83,14 +87,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 EventsCommand::Export { out: file } => export(&config, file).await,
                 EventsCommand::Import { file } => import(&config, &file).await,
+                EventsCommand::Copy { .. } => Ok(()),
             };
             s.close().await;
             result
         }
         Command::Projections(cmd) => {
-            let url = config.database_url();
             let s = config.open_storage(true).await?.events;
-            let db = ReadDb::connect(&projections::db::read_model_url(&url)).await?;
+            let db = ReadDb::connect(&projections::db::read_model_url(&config.state_url())).await?;
             let mut out = std::io::stdout().lock();
             let result = match cmd {
                 ProjectionsCommand::Status { json } => {
@@ -127,7 +131,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             since,
             json,
         } => {
-            let url = config.database_url();
             let uuid = match (&kind, &id) {
                 (AuditKind::Security, Some(_)) => {
                     anyhow::bail!("`audit security` takes no id; use --since")
@@ -146,7 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => None,
             };
             let s = config.open_storage(true).await?.events;
-            let db = ReadDb::connect(&projections::db::read_model_url(&url)).await?;
+            let db = ReadDb::connect(&projections::db::read_model_url(&config.state_url())).await?;
             // The audit trail is a read model: bring it up to date first.
             projections::runtime::catch_up(&s, &db).await?;
             let rows = match (kind, uuid, from) {
@@ -182,9 +185,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Trace { trace_id, json } => {
             let id = cli::parse_trace_id(&trace_id)?;
-            let url = config.database_url();
             let s = config.open_storage(true).await?.events;
-            let db = ReadDb::connect(&projections::db::read_model_url(&url)).await?;
+            let db = ReadDb::connect(&projections::db::read_model_url(&config.state_url())).await?;
             // The trail is a read model: bring it up to date first.
             projections::runtime::catch_up(&s, &db).await?;
             let rows = projections::queries::audit_of_trace(&db, &id).await?;
@@ -318,6 +320,88 @@ async fn export(config: &Config, file: Option<std::path::PathBuf>) -> anyhow::Re
     };
     storage.events.close().await;
     eprintln!("exported {n} events");
+    Ok(())
+}
+
+/// `neulbi events copy --from URL --to URL`: a progress bar on a terminal, otherwise a
+/// counter line on stderr every 10,000 events, then one summary line on stdout.
+async fn copy(config: &Config, from: &str, to: &str) -> anyhow::Result<()> {
+    use neulbi::tools::transfer::CopyProgress;
+    use std::io::IsTerminal;
+    let open = |url: &str, role: &'static str| {
+        let url = url.to_owned();
+        async move {
+            store::open_storage_with(
+                &url,
+                config.store_limits(),
+                true,
+                &config.keys,
+                &config.data_dir,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{role} {}: {e}", store::redact_url(&url)))
+        }
+    };
+    let source = open(from, "source").await?;
+    let target = match open(to, "target").await {
+        Ok(t) => t,
+        Err(e) => {
+            source.raw.close().await;
+            return Err(e);
+        }
+    };
+    // With gap-free positions the source's head says how many events there are.
+    let total = match source.raw.positions() {
+        store::Positions::GapFree => source.raw.head_position().await?.map(|h| h + 1),
+        store::Positions::Ordered => None,
+    };
+    let tty = std::io::stderr().is_terminal();
+    let bar = match total {
+        Some(total) => cli::progress_bar(total, "copying"),
+        None => indicatif::ProgressBar::new_spinner().with_message("copying"),
+    };
+    if !tty {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let of = total.map(|t| format!("/{t}")).unwrap_or_default();
+    // Without a terminal: a line every 10,000 events and one when each phase ends.
+    let mut printed = (0u64, "");
+    let mut latest = (0u64, "");
+    let result = neulbi::tools::transfer::copy(&source.raw, &target.raw, |p| {
+        let (what, n) = match p {
+            CopyProgress::Copied(n) => ("copied", n),
+            CopyProgress::Verified(n) => ("verified", n),
+        };
+        if tty {
+            bar.set_message(what);
+            bar.set_position(n);
+            return;
+        }
+        if latest.1 != what && !latest.1.is_empty() && latest != printed {
+            eprintln!("events copy: {} {}{of} events", latest.1, latest.0);
+            printed = latest;
+        }
+        latest = (n, what);
+        if printed.1 != what || n >= printed.0 + 10_000 {
+            eprintln!("events copy: {what} {n}{of} events");
+            printed = latest;
+        }
+    })
+    .await;
+    if !tty && latest != printed {
+        eprintln!("events copy: {} {}{of} events", latest.1, latest.0);
+    }
+    bar.finish_and_clear();
+    source.raw.close().await;
+    target.raw.close().await;
+    let report = result?;
+    println!(
+        "copied {} events in {} streams from {} to {}; counts and checksums match",
+        report.events,
+        report.streams,
+        store::redact_url(from),
+        store::redact_url(to)
+    );
     Ok(())
 }
 

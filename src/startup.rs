@@ -222,7 +222,7 @@ impl Application {
             .await
             .with_context(|| format!("opening the event store at {}", store::redact_url(&url)))?;
         let store = storage.events.clone();
-        let read_url = projections::db::read_model_url(&url);
+        let read_url = projections::db::read_model_url(&config.state_url());
         let read = ReadDb::connect(&read_url)
             .await
             .with_context(|| {

@@ -7,7 +7,7 @@ use neulbi::actors::codec;
 use neulbi::store::Direction;
 use neulbi::tools::replay::{At, replay};
 use neulbi::tools::seed::{SeedSpec, seed};
-use neulbi::tools::transfer::{ImportError, check, export, import};
+use neulbi::tools::transfer::{CopyError, CopyProgress, ImportError, check, copy, export, import};
 use neulbi_domain::chat_room::{ChatRoomDecider, RoomEvent};
 use neulbi_domain::{Decider, StreamName};
 use std::io::Cursor;
@@ -75,6 +75,63 @@ async fn sqlite_export_import_round_trips_exactly() {
 #[tokio::test]
 async fn postgres_export_import_round_trips_exactly() {
     round_trip(Backend::sqlite().await, Backend::postgres().await).await;
+}
+
+/// `events copy` SQLite → PostgreSQL → SQLite: the final log exports byte for byte like the
+/// source, the report counts every event and stream, and a non-empty target is refused
+/// before anything is written.
+#[tokio::test]
+async fn copy_sqlite_to_postgres_to_sqlite_is_byte_exact() {
+    let a = Backend::sqlite().await;
+    let spec = SeedSpec {
+        counselors: 2,
+        clients: 6,
+        rooms: 8,
+        messages: 200,
+        calls: 3,
+        seed: 11,
+    };
+    let n = seed(&a.store, spec, |_, _| {}).await.expect("seed");
+    let first = export_bytes(&a).await;
+    let pg = Backend::postgres().await;
+    let last = Backend::sqlite().await;
+
+    let (src, mid, dst) = (
+        a.storage(false).await,
+        pg.storage(true).await,
+        last.storage(true).await,
+    );
+    let mut seen = Vec::new();
+    let report = copy(&src.raw, &mid.raw, |p| seen.push(p))
+        .await
+        .expect("sqlite → postgres");
+    assert_eq!(report.events, n);
+    assert!(report.streams > 8, "{report:?}");
+    assert_eq!(seen.last(), Some(&CopyProgress::Verified(n)));
+    assert!(seen.contains(&CopyProgress::Copied(n)), "{seen:?}");
+    let again = copy(&src.raw, &mid.raw, |_| {})
+        .await
+        .expect_err("non-empty target");
+    assert!(
+        matches!(again, CopyError::TargetNotEmpty { head } if head + 1 == n),
+        "{again}"
+    );
+    assert!(again.to_string().contains("not empty"), "{again}");
+    let back = copy(&mid.raw, &dst.raw, |_| {})
+        .await
+        .expect("postgres → sqlite");
+    assert_eq!(back, report);
+    for s in [&src, &mid, &dst] {
+        s.raw.close().await;
+    }
+    assert!(
+        export_bytes(&pg).await == first,
+        "the PostgreSQL copy exports like the source"
+    );
+    assert!(
+        export_bytes(&last).await == first,
+        "SQLite → PostgreSQL → SQLite exports byte for byte like the source"
+    );
 }
 
 #[tokio::test]
@@ -259,6 +316,31 @@ fn the_cli_seeds_rebuilds_audits_replays_and_transfers() {
         .expect("run");
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    // `events copy` between two SQLite files; without a terminal, progress is a counter line.
+    let copied = tempfile::tempdir().expect("dir");
+    let source_url = format!("sqlite://{}", d.join("neulbi.db").display());
+    let target_url = format!("sqlite://{}", copied.path().join("copy.db").display());
+    let out = neulbi(d)
+        .args(["events", "copy", "--from", &source_url, "--to", &target_url])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.starts_with("copied "), "{stdout}");
+    assert!(stdout.contains("checksums match"), "{stdout}");
+    assert!(stderr.contains("events copy: verified "), "{stderr}");
+    let refused = neulbi(d)
+        .args(["events", "copy", "--from", &source_url, "--to", &target_url])
+        .output()
+        .expect("run");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("target log is not empty"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 
     for (args, expected) in [
         (vec!["projections", "rebuild", "nope"], "no projector named"),

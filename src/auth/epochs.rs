@@ -213,22 +213,21 @@ impl TokenEpochs {
         // read one margin further back than strictly needed.
         let stop_before =
             now - self.keep - chrono::Duration::from_std(CLOCK_MARGIN).unwrap_or_default();
-        let mut end = head + 1;
+        let mut before = head + 1;
         let mut read = 0usize;
-        while end > 0 {
-            let start = end.saturating_sub(PAGE as u64);
-            let page = store
-                .read_all(start, PAGE.min((end - start) as usize))
-                .await?;
+        loop {
+            // Newest first; positions need not be contiguous (KurrentDB).
+            let page = store.read_all_backward(before, PAGE).await?;
+            let Some(oldest) = page.last() else { break };
+            before = oldest.position;
             read += page.len();
-            for event in page.iter().filter(|e| e.position < end) {
+            for event in &page {
                 self.observe(event, now);
             }
             let oldest = page.iter().map(|e| e.recorded_at).min();
-            if page.is_empty() || oldest.is_some_and(|t| t < stop_before) {
+            if oldest.is_some_and(|t| t < stop_before) || before == 0 {
                 break;
             }
-            end = start;
         }
         tracing::info!(events = read, epochs = self.len(), "token epochs rebuilt");
         Ok(Some(head))

@@ -121,6 +121,15 @@ impl EventStore for CryptoStore {
         open_all(&self.keys, events).await
     }
 
+    async fn read_all_backward(
+        &self,
+        before_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let events = self.inner.read_all_backward(before_position, limit).await?;
+        open_all(&self.keys, events).await
+    }
+
     async fn read_all_sealed(
         &self,
         from_position: u64,
@@ -131,6 +140,10 @@ impl EventStore for CryptoStore {
 
     fn data_keys(&self) -> Option<Arc<KeyStore>> {
         Some(self.keys.clone())
+    }
+
+    fn positions(&self) -> crate::store::Positions {
+        self.inner.positions()
     }
 
     async fn head_position(&self) -> Result<Option<u64>, StoreError> {

@@ -24,6 +24,13 @@ pub enum StoreError {
         /// The reused id.
         event_id: Uuid,
     },
+    /// The stream was deleted (KurrentDB soft delete or tombstone): it takes no appends and,
+    /// after a tombstone, no reads.
+    #[error("stream {stream} has been deleted")]
+    StreamDeleted {
+        /// The stream name.
+        stream: String,
+    },
     /// An event exceeds the configured size limit.
     #[error("event of {size} bytes exceeds the limit of {limit} bytes")]
     EventTooLarge {

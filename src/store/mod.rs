@@ -8,6 +8,8 @@
 
 pub mod error;
 pub mod group_commit;
+#[cfg(feature = "kurrentdb")]
+pub mod kurrent;
 pub mod model;
 pub mod postgres;
 pub mod sqlite;
@@ -42,6 +44,20 @@ impl Default for StoreLimits {
     }
 }
 
+/// What a backend promises about global positions. The contract suite checks each backend
+/// against its own promise, and tools that move a log choose how to append by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Positions {
+    /// 0, 1, 2, ... in commit order with no gap, assigned by group commit in the order
+    /// appends are queued (SQLite, PostgreSQL): `head + 1` is the number of events, and
+    /// appends queued concurrently commit in queue order.
+    GapFree,
+    /// Increasing in commit order, never repeated, but not contiguous (KurrentDB's `$all`
+    /// commit positions are byte offsets in its transaction log). Resuming from "last seen
+    /// plus one" still skips nothing; counting needs a read.
+    Ordered,
+}
+
 /// The append-only log every actor writes and every reader follows.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
@@ -73,6 +89,23 @@ pub trait EventStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError>;
 
+    /// Reads up to `limit` events just before `before_position` (exclusive), newest first:
+    /// for readers that start at the head and walk back (`events tail -n`, the token-epoch
+    /// rebuild). The default is for gap-free positions, where those are the `limit`
+    /// positions below; backends with gaps override it.
+    async fn read_all_backward(
+        &self,
+        before_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let start = before_position.saturating_sub(limit as u64);
+        let n = usize::try_from(before_position - start).unwrap_or(usize::MAX);
+        let mut page = self.read_all(start, n).await?;
+        page.retain(|e| e.position < before_position);
+        page.reverse();
+        Ok(page)
+    }
+
     /// Like [`EventStore::read_all`], but personal fields stay as the log stores them
     /// (sealed): projectors copy them into read models without ever holding plaintext.
     /// Backends store what they are given, so by default this is `read_all`; the encrypting
@@ -89,6 +122,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// so readers of sealed read models can be given the same keys.
     fn data_keys(&self) -> Option<Arc<crate::privacy::KeyStore>> {
         None
+    }
+
+    /// What this backend promises about positions; see [`Positions`].
+    fn positions(&self) -> Positions {
+        Positions::GapFree
     }
 
     /// The position of the last committed event, or `None` for an empty log.
@@ -168,7 +206,8 @@ pub async fn open_storage(
 
 /// Like [`open_storage`], with the `[keys]` settings and data directory of a configuration.
 /// Fails at once when stored keys are wrapped by a KEK the settings do not name; with
-/// `migrate`, wraps plaintext keys left by older versions.
+/// `migrate`, wraps plaintext keys left by older versions. A KurrentDB log keeps its keys
+/// in the default state database (the SQLite file in `data_dir`); see [`open_storage_in`].
 pub async fn open_storage_with(
     url: &str,
     limits: StoreLimits,
@@ -176,22 +215,63 @@ pub async fn open_storage_with(
     key_settings: &crate::privacy::KeySettings,
     data_dir: &std::path::Path,
 ) -> Result<Storage, StoreError> {
-    let (backend, database): (SharedStore, Database) =
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let s = postgres::PostgresStore::connect(url, limits, migrate).await?;
-            let db = Database::Postgres(s.pool().clone());
-            (Arc::new(s), db)
-        } else if url.starts_with("sqlite:") {
-            let s = sqlite::SqliteStore::open(url, limits, migrate).await?;
-            let db = Database::Sqlite(s.pool().clone());
-            (Arc::new(s), db)
-        } else {
-            return Err(StoreError::Config(format!(
-                "unsupported database URL scheme in {:?}: use sqlite://PATH or postgres://...",
-                redact_url(url)
-            )));
-        };
-    let kek = Arc::new(open_kek(&database, url, migrate, key_settings, data_dir).await?);
+    let state = state_url_for(url, None, data_dir);
+    open_storage_in(url, &state, limits, migrate, key_settings, data_dir).await
+}
+
+/// Whether `url` names a KurrentDB / EventStoreDB log (`kurrentdb://`, `esdb://`,
+/// `esdb+discover://`, `kdb://`, ...), whether or not this build has the backend.
+pub fn is_kurrent_url(url: &str) -> bool {
+    [
+        "kurrentdb",
+        "kurrentdb+discover",
+        "kdb",
+        "kdb+discover",
+        "esdb",
+        "esdb+discover",
+    ]
+    .iter()
+    .any(|s| url.strip_prefix(s).is_some_and(|r| r.starts_with("://")))
+}
+
+/// The SQL database beside a log at `log_url`: the log's own database for SQLite and
+/// PostgreSQL; for KurrentDB `state` if given, else the SQLite file in `data_dir`. Keys,
+/// read models and checkpoints need transactions KurrentDB does not offer.
+pub fn state_url_for(log_url: &str, state: Option<&str>, data_dir: &std::path::Path) -> String {
+    if !is_kurrent_url(log_url) {
+        return log_url.to_owned();
+    }
+    state.map_or_else(
+        || format!("sqlite://{}", data_dir.join("neulbi.db").display()),
+        str::to_owned,
+    )
+}
+
+/// Opens the log at `url` and, beside it, the state database at `state_url` (the same URL
+/// unless the log is in KurrentDB; see [`state_url_for`]).
+pub async fn open_storage_in(
+    url: &str,
+    state_url: &str,
+    limits: StoreLimits,
+    migrate: bool,
+    key_settings: &crate::privacy::KeySettings,
+    data_dir: &std::path::Path,
+) -> Result<Storage, StoreError> {
+    let (backend, database): (SharedStore, Database) = if is_kurrent_url(url) {
+        let log = open_kurrent(url, limits).await?;
+        if is_kurrent_url(state_url) {
+            return Err(StoreError::Config(
+                "the state database (state_database_url) must be sqlite:// or postgres://".into(),
+            ));
+        }
+        let (state, database) = open_sql(state_url, limits, migrate).await?;
+        // Only its pool is kept: the state database's own log table stays unused.
+        state.close().await;
+        (log, database)
+    } else {
+        open_sql(url, limits, migrate).await?
+    };
+    let kek = Arc::new(open_kek(&database, state_url, migrate, key_settings, data_dir).await?);
     let keys = Arc::new(crate::privacy::KeyStore::new(
         database.clone(),
         kek.clone(),
@@ -209,6 +289,45 @@ pub async fn open_storage_with(
         kek,
         database,
     })
+}
+
+/// A SQLite or PostgreSQL log, with its database.
+async fn open_sql(
+    url: &str,
+    limits: StoreLimits,
+    migrate: bool,
+) -> Result<(SharedStore, Database), StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let s = postgres::PostgresStore::connect(url, limits, migrate).await?;
+        let db = Database::Postgres(s.pool().clone());
+        Ok((Arc::new(s), db))
+    } else if url.starts_with("sqlite:") {
+        let s = sqlite::SqliteStore::open(url, limits, migrate).await?;
+        let db = Database::Sqlite(s.pool().clone());
+        Ok((Arc::new(s), db))
+    } else {
+        Err(StoreError::Config(format!(
+            "unsupported database URL scheme in {:?}: use sqlite://PATH, postgres://... or \
+             kurrentdb://... (esdb://, esdb+discover://)",
+            redact_url(url)
+        )))
+    }
+}
+
+/// The KurrentDB log named by `url`.
+#[cfg(feature = "kurrentdb")]
+async fn open_kurrent(url: &str, limits: StoreLimits) -> Result<SharedStore, StoreError> {
+    Ok(Arc::new(kurrent::KurrentStore::connect(url, limits).await?))
+}
+
+/// Without the `kurrentdb` feature a KurrentDB URL is a configuration error that says so.
+#[cfg(not(feature = "kurrentdb"))]
+async fn open_kurrent(url: &str, _limits: StoreLimits) -> Result<SharedStore, StoreError> {
+    Err(StoreError::Config(format!(
+        "{:?} names a KurrentDB log, but this build has no KurrentDB backend: build with \
+         `--features kurrentdb`",
+        redact_url(url)
+    )))
 }
 
 /// The KEK ring for `database`, checked against what the database holds; with `migrate`,

@@ -84,6 +84,37 @@ impl Backend {
         }
     }
 
+    /// The KurrentDB server or cluster named by `NEULBI_KURRENTDB_URL` (shared by every test:
+    /// each one works on streams of its own), with a SQLite state database in a temp dir.
+    /// Panics when the variable is unset or the server does not answer: a contract run
+    /// that was asked for never passes without a server.
+    #[cfg(feature = "kurrentdb")]
+    pub async fn kurrentdb() -> Self {
+        let url = std::env::var("NEULBI_KURRENTDB_URL").expect(
+            "NEULBI_KURRENTDB_URL must name the KurrentDB server the contract runs against \
+             (see docs/architecture.md)",
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key_dir = dir.path().to_owned();
+        // The default state database of a KurrentDB log: neulbi.db in the data dir.
+        let store = open_keyed(&url, StoreLimits::default(), true, &key_dir)
+            .await
+            .events;
+        Self {
+            name: "kurrentdb",
+            url,
+            store,
+            key_dir,
+            _guard: Arc::new(dir),
+        }
+    }
+
+    /// Whether this backend's positions are 0, 1, 2, ... (SQLite, PostgreSQL) rather than
+    /// only ordered (KurrentDB): the contract states each difference per backend.
+    pub fn gap_free(&self) -> bool {
+        self.store.positions() == store::Positions::GapFree
+    }
+
     /// Another store instance on the same database (another node, or the same after restart).
     pub async fn open_again(&self) -> SharedStore {
         self.storage(false).await.events
