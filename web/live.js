@@ -163,7 +163,11 @@ export async function stop() {
   live.wasLive = false;
   banner(null);
   $('conn').hidden = true;
-  await client?.deactivate();
+  delete $('conn').dataset.state;
+  // A clean DISCONNECT on an open socket; a socket the server is already closing (it cut a
+  // revoked session) is just dropped: writing to it would fail.
+  const open = client?.webSocket?.readyState === WebSocket.OPEN;
+  await client?.deactivate({ force: !open });
 }
 
 /** The STOMP client (for the call module's pushes). */

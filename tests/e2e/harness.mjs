@@ -227,7 +227,8 @@ function watch(pages, who, page) {
   pages.push(side);
   page.on('pageerror', (e) => { side.problems.push(`page error: ${e.message}`); side.console.push(`[pageerror] ${e.message}`); });
   page.on('console', (m) => {
-    side.console.push(`[${m.type()}] ${m.text()}`);
+    const at = m.location();
+    side.console.push(`[${m.type()}] ${m.text()}${at?.url ? ` (${at.url.split('/').pop()}:${at.lineNumber})` : ''}`);
     // A room opened a moment ago answers 404 until the read model has it, and the page
     // retries; a refused request is shown to the person by the page itself: the browser's own
     // log of those requests does not count.

@@ -134,7 +134,8 @@ async function main(run) {
   const configDir = mkdtempSync(join(tmpdir(), 'neulbi-journey-'));
   const config = join(configDir, 'neulbi.toml');
   writeFileSync(config, '[auth]\naccess_token_ttl_secs = 20\n');
-  const base = await run.startServer({ NEULBI_CONFIG: config });
+  // Paging needs more than a page of messages, written faster than a person types.
+  const base = await run.startServer({ NEULBI_CONFIG: config, NEULBI_CHAT_SEND_BURST: '100' });
 
   run.step = 'warm up Chromium';
   const warm = await run.launch('warm-up');
