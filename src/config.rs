@@ -3,6 +3,9 @@
 //! command-line flags. The defaults are the embedded single-node setup: a SQLite file under
 //! `./data`, listening on loopback.
 
+pub mod calls;
+pub mod chat;
+
 use crate::actors::RegistryConfig;
 use crate::store::StoreLimits;
 use serde::{Deserialize, Serialize};
@@ -97,24 +100,6 @@ impl Default for ActorSettings {
     }
 }
 
-/// Parses a numeric setting from the environment; the error names the variable and the value
-/// (every settings section reads its numbers through this).
-pub fn env_num<T: std::str::FromStr>(var: &str, v: &str) -> Result<T, String> {
-    v.trim()
-        .parse()
-        .map_err(|_| format!("{var}: {v:?} is not a number"))
-}
-
-/// Parses a comma-separated list setting; an entry that does not parse is named with `what`
-/// it should have been (`IP:PORT`, `an IP address`).
-pub fn env_list<T: std::str::FromStr>(var: &str, v: &str, what: &str) -> Result<Vec<T>, String> {
-    v.split(',')
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .map(|a| a.parse().map_err(|_| format!("{var}: {a:?} is not {what}")))
-        .collect()
-}
-
 /// The whole configuration of a Neulbi node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -155,9 +140,9 @@ pub struct Config {
     /// Profile images (`[images]`): limits, sweeper and blob backend.
     pub images: crate::blob::ImageSettings,
     /// Chat over STOMP and SockJS (`[chat]`): limits, heart-beats, origins.
-    pub chat: crate::edge::stomp::settings::ChatSettings,
+    pub chat: chat::ChatSettings,
     /// Video calls (`[calls]`): call rules, signaling limits, media addresses.
-    pub calls: crate::edge::signaling::settings::CallSettings,
+    pub calls: calls::CallSettings,
     /// Media relays (`[media.turn]`): the embedded TURN server or an external coturn.
     pub media: MediaConfig,
     /// Key-encryption keys (`[keys]`): what wraps the data keys, signing keys and secrets.
@@ -194,8 +179,8 @@ impl Default for Config {
             actors: ActorSettings::default(),
             auth: crate::auth::AuthSettings::default(),
             images: crate::blob::ImageSettings::default(),
-            chat: crate::edge::stomp::settings::ChatSettings::default(),
-            calls: crate::edge::signaling::settings::CallSettings::default(),
+            chat: chat::ChatSettings::default(),
+            calls: calls::CallSettings::default(),
             media: MediaConfig::default(),
             keys: crate::privacy::KeySettings::default(),
             tls: crate::edge::tls::TlsSettings::default(),

@@ -1,65 +1,19 @@
 //! Builds a node from its configuration: store, actor registries, HTTP server. Tests use the
 //! same path (`Application::build` on port 0) as `neulbi serve`.
 
-use crate::actors::Registry;
 use crate::config::Config;
 use crate::edge::http;
 use crate::projections::{self, ReadDb};
+use crate::state::AppState;
 use crate::store::{self, SharedStore};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
-use neulbi_domain::call_session::CallSessionDecider;
-use neulbi_domain::chat_room::ChatRoomDecider;
-use neulbi_domain::user::UserDecider;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument as _;
-
-/// What every request handler can reach: the store and the actor registries.
-pub struct AppState {
-    /// The event log.
-    pub store: SharedStore,
-    /// User aggregates.
-    pub users: Registry<UserDecider>,
-    /// Chat-room aggregates.
-    pub rooms: Registry<ChatRoomDecider>,
-    /// Call-session aggregates.
-    pub calls: Registry<CallSessionDecider>,
-    /// The URL browsers use to reach this node.
-    pub public_url: String,
-    /// The read models.
-    pub read: ReadDb,
-    /// The running projectors (readiness).
-    pub projections: Arc<projections::runtime::Running>,
-    /// Call rules and signaling limits.
-    pub call_settings: crate::edge::signaling::settings::CallSettings,
-}
-
-impl AppState {
-    /// Registries over `store` with the configured actor settings.
-    pub fn new(
-        store: SharedStore,
-        config: &Config,
-        public_url: String,
-        read: ReadDb,
-        projections: Arc<projections::runtime::Running>,
-    ) -> Self {
-        let rc = config.registry_config();
-        Self {
-            users: Registry::new(store.clone(), rc),
-            rooms: Registry::new(store.clone(), rc),
-            calls: Registry::new(store.clone(), rc),
-            store,
-            public_url,
-            read,
-            projections,
-            call_settings: config.calls.clone(),
-        }
-    }
-}
 
 /// The SFU and what signaling connections share. Fixed media ports are checked here, so a
 /// taken one stops the start with a message that names it and its setting instead of

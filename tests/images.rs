@@ -19,7 +19,7 @@ use uuid::Uuid;
 struct App {
     addr: std::net::SocketAddr,
     app_images: actix_web::web::Data<neulbi::blob::Images>,
-    state: actix_web::web::Data<neulbi::startup::AppState>,
+    state: actix_web::web::Data<neulbi::state::AppState>,
     handle: actix_web::dev::ServerHandle,
     dir: tempfile::TempDir,
 }

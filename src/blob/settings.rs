@@ -117,7 +117,7 @@ impl ImageSettings {
             };
         }
         if let Some(v) = get("NEULBI_IMAGES_MAX_BYTES") {
-            self.max_upload_bytes = crate::config::env_num("NEULBI_IMAGES_MAX_BYTES", &v)?;
+            self.max_upload_bytes = crate::env_value::env_num("NEULBI_IMAGES_MAX_BYTES", &v)?;
         }
         if let Some(v) = get("NEULBI_S3_ENDPOINT").filter(|v| !v.is_empty()) {
             self.s3.endpoint = Some(v);
@@ -132,7 +132,7 @@ impl ImageSettings {
             self.s3.path_style = matches!(v.trim(), "1" | "true" | "yes");
         }
         if let Some(v) = get("NEULBI_S3_PRESIGN_TTL_SECS") {
-            self.s3.presign_ttl_secs = crate::config::env_num("NEULBI_S3_PRESIGN_TTL_SECS", &v)?;
+            self.s3.presign_ttl_secs = crate::env_value::env_num("NEULBI_S3_PRESIGN_TTL_SECS", &v)?;
         }
         self.s3.access_key_id = get("NEULBI_S3_ACCESS_KEY_ID").or_else(|| get("AWS_ACCESS_KEY_ID"));
         self.s3.secret_access_key =

@@ -67,10 +67,11 @@ impl TlsSettings {
             );
         }
         if let Some(v) = get("NEULBI_TLS_HSTS_MAX_AGE") {
-            self.hsts_max_age_secs = crate::config::env_num("NEULBI_TLS_HSTS_MAX_AGE", &v)?;
+            self.hsts_max_age_secs = crate::env_value::env_num("NEULBI_TLS_HSTS_MAX_AGE", &v)?;
         }
         if let Some(v) = get("NEULBI_TLS_RELOAD_SECS") {
-            self.reload_secs = crate::config::env_num::<u64>("NEULBI_TLS_RELOAD_SECS", &v)?.max(1);
+            self.reload_secs =
+                crate::env_value::env_num::<u64>("NEULBI_TLS_RELOAD_SECS", &v)?.max(1);
         }
         self.check()
     }

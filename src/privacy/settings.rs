@@ -125,10 +125,10 @@ impl KeySettings {
             self.kms_region = v;
         }
         if let Some(v) = get("NEULBI_KEY_CACHE_TTL_SECS") {
-            self.cache_ttl_secs = crate::config::env_num("NEULBI_KEY_CACHE_TTL_SECS", &v)?;
+            self.cache_ttl_secs = crate::env_value::env_num("NEULBI_KEY_CACHE_TTL_SECS", &v)?;
         }
         if let Some(v) = get("NEULBI_KEY_CACHE_MAX") {
-            self.cache_max = crate::config::env_num("NEULBI_KEY_CACHE_MAX", &v)?;
+            self.cache_max = crate::env_value::env_num("NEULBI_KEY_CACHE_MAX", &v)?;
         }
         self.kms_access_key_id =
             get("NEULBI_KMS_ACCESS_KEY_ID").or_else(|| get("AWS_ACCESS_KEY_ID"));

@@ -4,7 +4,8 @@
 use super::http::post_json;
 use super::stomp::signup;
 use neulbi::config::Config;
-use neulbi::startup::{AppState, Application, Stopper};
+use neulbi::startup::{Application, Stopper};
+use neulbi::state::AppState;
 use neulbi::store::Metadata;
 use neulbi_domain::chat_room::RoomCommand;
 use neulbi_domain::user::UserCommand;

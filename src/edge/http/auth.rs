@@ -5,7 +5,7 @@ use super::ApiError;
 use crate::auth::providers::{CallbackQuery, ProviderError};
 use crate::auth::service::{ClientInfo, NewUser};
 use crate::auth::{AuthError, AuthService, TokenResponse};
-use crate::startup::AppState;
+use crate::state::AppState;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};

@@ -6,7 +6,7 @@
 use super::{ApiError, uuid_field};
 use crate::auth::AuthUser;
 use crate::projections::queries;
-use crate::startup::AppState;
+use crate::state::AppState;
 use actix_web::{HttpResponse, web};
 use neulbi_domain::call_session::{CallCommand, CallState, REASON_HANGUP};
 use neulbi_domain::{Actor, CallId, Context, RoomId};

@@ -2,7 +2,7 @@
 
 use super::ApiError;
 use crate::projections::queries;
-use crate::startup::AppState;
+use crate::state::AppState;
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;

@@ -2,7 +2,7 @@
 //! Prometheus scrapes.
 
 use super::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 

@@ -6,7 +6,7 @@ use crate::auth::AuthUser;
 use crate::blob::images::ImagesError;
 use crate::blob::picture::{self, PictureError};
 use crate::blob::{BlobError, Images, validate_key};
-use crate::startup::AppState;
+use crate::state::AppState;
 use actix_multipart::Multipart;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};

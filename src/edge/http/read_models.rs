@@ -4,7 +4,7 @@
 use super::ApiError;
 use crate::auth::AuthUser;
 use crate::projections::queries;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store::Direction;
 use actix_web::{HttpResponse, web};
 use neulbi_domain::{StreamKind, StreamName};

@@ -5,7 +5,7 @@
 use super::{ApiError, uuid_field};
 use crate::auth::{AuthService, AuthUser};
 use crate::projections::queries;
-use crate::startup::AppState;
+use crate::state::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use neulbi_domain::chat_room::RoomCommand;

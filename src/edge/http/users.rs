@@ -4,7 +4,7 @@
 use super::ApiError;
 use super::auth::clear_cookie;
 use crate::auth::{AuthService, AuthUser};
-use crate::startup::AppState;
+use crate::state::AppState;
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 use tracing::Instrument;

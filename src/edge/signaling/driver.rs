@@ -11,7 +11,7 @@ use crate::auth::AuthService;
 use crate::auth::epochs::{Revocation, RevocationKind};
 use crate::edge::stomp::broker::Broker;
 use crate::media::{ConnectionState, MediaError, MediaEvent, Participant};
-use crate::startup::AppState;
+use crate::state::AppState;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::Message;
 use neulbi_domain::call_session::{CallCommand, CallEvent, CallState, Presence, REASON_HANGUP};

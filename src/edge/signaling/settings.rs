@@ -1,50 +1,11 @@
-//! The `[calls]` section of the configuration: call rules (participants, ring timeout, grace
-//! period), signaling limits, and where media listens. Every port and address is a setting;
-//! a taken one is a startup error that names the setting.
+//! What signaling makes of the `[calls]` settings (`config::calls`): their defaults, the call
+//! policy and the signaling session's limits.
+
+pub use crate::config::calls::CallSettings;
 
 use super::session::SessionConfig;
 use neulbi_domain::call_session::CallPolicy;
-use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
 use std::time::Duration;
-
-/// Call and signaling settings (`[calls]`, `NEULBI_CALL_*`, `NEULBI_MEDIA_*`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CallSettings {
-    /// Most people in one call, the requester included (`NEULBI_CALL_MAX_PARTICIPANTS`).
-    pub max_participants: u8,
-    /// Seconds invitees are rung before the call ends unanswered
-    /// (`NEULBI_CALL_RING_TIMEOUT_SECS`).
-    pub ring_timeout_secs: u32,
-    /// Seconds a dropped participant may take to come back (`NEULBI_CALL_GRACE_SECS`).
-    pub grace_secs: u32,
-    /// Seconds without RTP from a publisher before the others are told its media stalled
-    /// (`NEULBI_CALL_STALL_SECS`).
-    pub stall_secs: u64,
-    /// This node's name in `MediaNodeAssigned` (`NEULBI_NODE`).
-    pub node: String,
-    /// Seconds a signaling connection may take to send `auth`.
-    pub auth_timeout_secs: u64,
-    /// Largest signaling message, in bytes (`NEULBI_SIGNALING_MAX_MESSAGE_BYTES`).
-    pub max_message_bytes: usize,
-    /// Signaling messages per second one connection may sustain.
-    pub messages_per_sec: u32,
-    /// Signaling messages one connection may send in a burst.
-    pub burst: u32,
-    /// Addresses the media (ICE host candidates) binds, as `IP:PORT` (port 0: any free port)
-    /// (`NEULBI_MEDIA_UDP`, comma separated). Empty: the HTTP listen address's IP, port 0.
-    /// Never a wildcard: the WebRTC stack skips loopback when it expands one, and a wildcard
-    /// would offer every interface of the machine.
-    pub media_udp: Vec<SocketAddr>,
-    /// The public address browsers reach each `media_udp` address at, behind 1:1 NAT (a cloud
-    /// VM's public IP, a container host's IP) (`NEULBI_MEDIA_PUBLIC_IPS`, comma separated, in
-    /// the same order). Empty: the bound addresses are advertised as they are.
-    pub media_public_ips: Vec<std::net::IpAddr>,
-    /// STUN/TURN URLs handed to clients as they are (`NEULBI_CALL_ICE_URLS`, comma separated),
-    /// besides the TURN server's own.
-    pub ice_urls: Vec<String>,
-}
 
 impl Default for CallSettings {
     fn default() -> Self {
@@ -68,43 +29,6 @@ impl Default for CallSettings {
 }
 
 impl CallSettings {
-    /// Applies `NEULBI_CALL_*`, `NEULBI_MEDIA_UDP`, `NEULBI_NODE` and
-    /// `NEULBI_SIGNALING_*` variables read through `get`.
-    pub fn apply_env(&mut self, get: &impl Fn(&str) -> Option<String>) -> Result<(), String> {
-        macro_rules! numbers {
-            ($($var:literal => $field:expr),* $(,)?) => {
-                $(if let Some(v) = get($var) {
-                    $field = crate::config::env_num($var, &v)?;
-                })*
-            };
-        }
-        numbers!(
-            "NEULBI_CALL_MAX_PARTICIPANTS" => self.max_participants,
-            "NEULBI_CALL_RING_TIMEOUT_SECS" => self.ring_timeout_secs,
-            "NEULBI_CALL_GRACE_SECS" => self.grace_secs,
-            "NEULBI_CALL_STALL_SECS" => self.stall_secs,
-            "NEULBI_SIGNALING_MAX_MESSAGE_BYTES" => self.max_message_bytes,
-        );
-        if let Some(v) = get("NEULBI_NODE").filter(|v| !v.trim().is_empty()) {
-            self.node = v.trim().to_owned();
-        }
-        if let Some(v) = get("NEULBI_MEDIA_UDP") {
-            self.media_udp = crate::config::env_list("NEULBI_MEDIA_UDP", &v, "IP:PORT")?;
-        }
-        if let Some(v) = get("NEULBI_MEDIA_PUBLIC_IPS") {
-            self.media_public_ips =
-                crate::config::env_list("NEULBI_MEDIA_PUBLIC_IPS", &v, "an IP address")?;
-        }
-        if let Some(v) = get("NEULBI_CALL_ICE_URLS") {
-            self.ice_urls = v
-                .split(',')
-                .map(|u| u.trim().to_owned())
-                .filter(|u| !u.is_empty())
-                .collect();
-        }
-        Ok(())
-    }
-
     /// The rules a new call runs under.
     pub fn policy(&self) -> CallPolicy {
         CallPolicy {
@@ -124,20 +48,12 @@ impl CallSettings {
             ..SessionConfig::default()
         }
     }
-
-    /// Where media binds: the configured addresses, or `listen`'s IP on any free port.
-    pub fn media_addrs(&self, listen: SocketAddr) -> Vec<SocketAddr> {
-        if self.media_udp.is_empty() {
-            vec![SocketAddr::new(listen.ip(), 0)]
-        } else {
-            self.media_udp.clone()
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     #[test]
     fn variables_override_the_defaults() {

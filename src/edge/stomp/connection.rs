@@ -7,7 +7,7 @@ use super::session::{CatchUp, CloseReason, Output, Refusal, Session, Topic};
 use crate::actors::ActorError;
 use crate::auth::AuthService;
 use crate::auth::epochs::Revocation;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store::{Direction, Metadata};
 use neulbi_domain::chat_room::RoomCommand;
 use neulbi_domain::{

@@ -8,7 +8,7 @@ use super::connection::{AppBackend, ChatBackend};
 use super::driver::{Transport, TransportClosed, drive};
 use super::session::SessionConfig;
 use crate::auth::AuthService;
-use crate::startup::AppState;
+use crate::state::AppState;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::Message;

@@ -12,7 +12,7 @@ use crate::edge::stomp::broker::Broker;
 use crate::edge::stomp::connection::AppBackend;
 use crate::edge::stomp::driver::WRITE_TIMEOUT;
 use crate::edge::stomp::websocket::origin_allowed;
-use crate::startup::AppState;
+use crate::state::AppState;
 use actix_web::http::Method;
 use actix_web::http::header;
 use actix_web::web::Bytes;
