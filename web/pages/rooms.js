@@ -66,11 +66,33 @@ export function setupRooms(app) {
     else badge.removeAttribute('aria-label');
   }
 
+  /** A room known from a push (or just opened here) before the read model lists it: it
+   * stays in the list until the read model catches up with the log. */
+  function placeholder(roomId, clientId, counselorId, at) {
+    const peer = clientId === app.me.id ? counselorId : clientId;
+    return {
+      room_id: roomId, client_id: clientId, counselor_id: counselorId, peer_id: peer,
+      peer_nickname: app.names.get(peer) ?? null, peer_photo_url: null, message_count: 0, unread_count: 0,
+      last_message_id: null, last_message_preview: null, last_message_at: null, opened_at: at, closed_at: null,
+      peer_read_seq: 0, placeholder: true,
+    };
+  }
+
+  let behind = 0;
   async function loadRooms() {
     const { items } = await app.api('GET', '/users/me/rooms');
-    app.rooms = items;
+    const listed = new Set(items.map((r) => r.room_id));
+    const waiting = app.rooms.filter((r) => r.placeholder && !listed.has(r.room_id));
+    app.rooms = [...items, ...waiting];
     renderList();
     if (view.roomId) showRoomState();
+    // The read model trails the log by moments: ask again until it names the new rooms.
+    if (waiting.length > 0 && behind < 40) {
+      behind += 1;
+      reloadSoon();
+    } else {
+      behind = 0;
+    }
   }
 
   /** The newest message's start for a room that is not open (pushes carry no body). */
@@ -102,8 +124,13 @@ export function setupRooms(app) {
   function onPush(p) {
     const r = roomOf(p.roomId);
     if (!r) {
-      // A room I have not seen (opened elsewhere): the list names it properly from the server.
-      loadRooms().catch(() => {});
+      // A room I have not seen (opened elsewhere): shown at once from the push, then named
+      // properly by the read model.
+      if (p.type === 'opened') {
+        app.rooms.push(placeholder(p.roomId, p.clientId, p.counselorId, p.at));
+        renderList();
+      }
+      reloadSoon();
       return;
     }
     if (p.type === 'message') {
@@ -466,13 +493,7 @@ export function setupRooms(app) {
     /** Starts (or reopens) the room with a counselor and shows it. */
     async startWith(counselorId) {
       const room = await app.api('POST', '/rooms', { counselor_id: counselorId });
-      if (!roomOf(room.room_id)) {
-        app.rooms.push({
-          room_id: room.room_id, client_id: app.me.id, counselor_id: counselorId, peer_id: counselorId,
-          peer_nickname: app.names.get(counselorId) ?? null, message_count: 0, unread_count: 0,
-          last_message_id: null, last_message_preview: null, last_message_at: null, opened_at: new Date().toISOString(), closed_at: null, peer_read_seq: 0,
-        });
-      }
+      if (!roomOf(room.room_id)) app.rooms.push(placeholder(room.room_id, app.me.id, counselorId, new Date().toISOString()));
       app.go(`/rooms/${room.room_id}`);
     },
     /** The route /rooms or /rooms/{id}. Coming back from another page, the list is asked
