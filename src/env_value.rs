@@ -19,3 +19,16 @@ pub fn env_list<T: std::str::FromStr>(var: &str, v: &str, what: &str) -> Result<
         .map(|a| a.parse().map_err(|_| format!("{var}: {a:?} is not {what}")))
         .collect()
 }
+
+/// Sets each numeric field from its variable, when that variable is set:
+/// `env_numbers!(get, "NEULBI_X" => self.x, ...)`; the first value that does not parse is
+/// returned as the error, naming its variable. For `apply_env` methods returning
+/// `Result<_, String>`.
+macro_rules! env_numbers {
+    ($get:expr, $($var:literal => $field:expr),* $(,)?) => {
+        $(if let Some(v) = $get($var) {
+            $field = $crate::env_value::env_num($var, &v)?;
+        })*
+    };
+}
+pub(crate) use env_numbers;

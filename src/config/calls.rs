@@ -48,14 +48,8 @@ impl CallSettings {
     /// Applies `NEULBI_CALL_*`, `NEULBI_MEDIA_UDP`, `NEULBI_NODE` and
     /// `NEULBI_SIGNALING_*` variables read through `get`.
     pub fn apply_env(&mut self, get: &impl Fn(&str) -> Option<String>) -> Result<(), String> {
-        macro_rules! numbers {
-            ($($var:literal => $field:expr),* $(,)?) => {
-                $(if let Some(v) = get($var) {
-                    $field = crate::env_value::env_num($var, &v)?;
-                })*
-            };
-        }
-        numbers!(
+        crate::env_value::env_numbers!(
+            get,
             "NEULBI_CALL_MAX_PARTICIPANTS" => self.max_participants,
             "NEULBI_CALL_RING_TIMEOUT_SECS" => self.ring_timeout_secs,
             "NEULBI_CALL_GRACE_SECS" => self.grace_secs,

@@ -91,15 +91,8 @@ impl ChatSettings {
                 .filter(|o| !o.is_empty())
                 .collect();
         }
-        // Each numeric setting, by its variable.
-        macro_rules! numbers {
-            ($($var:literal => $field:expr),* $(,)?) => {
-                $(if let Some(v) = get($var) {
-                    $field = crate::env_value::env_num($var, &v)?;
-                })*
-            };
-        }
-        numbers!(
+        crate::env_value::env_numbers!(
+            get,
             "NEULBI_CHAT_MAX_FRAME_BYTES" => self.max_frame_bytes,
             "NEULBI_CHAT_MAX_BODY_BYTES" => self.max_body_bytes,
             "NEULBI_CHAT_MAX_SUBSCRIPTIONS" => self.max_subscriptions,
