@@ -120,7 +120,7 @@ async function routeNow() {
   if (current && current !== name) pages[current].hide?.();
   const changed = current !== name;
   current = name;
-  for (const [key] of Object.entries(pages)) $(`page-${key}`).hidden = key !== name;
+  for (const key of Object.keys(pages)) $(`page-${key}`).hidden = key !== name;
   for (const a of document.querySelectorAll('#nav a[data-route]')) {
     if (a.dataset.route === name) a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');

@@ -38,12 +38,13 @@ function banner(kind) {
   if (kind === 'back') live.backTimer = setTimeout(() => { b.hidden = true; }, 4000);
 }
 
+/** Subscribes `s` on the current connection (its headers evaluated now). */
+function subscribe(s) {
+  s.handle = live.client.subscribe(s.destination, s.onMessage, typeof s.headers === 'function' ? s.headers() : s.headers);
+}
+
 function resubscribe() {
-  for (const [key, s] of live.subs) {
-    s.handle = null;
-    s.handle = live.client.subscribe(s.destination, s.onMessage, typeof s.headers === 'function' ? s.headers() : s.headers);
-    live.subs.set(key, s);
-  }
+  for (const s of live.subs.values()) subscribe(s);
 }
 
 /**
@@ -54,9 +55,7 @@ export function follow(key, destination, onMessage, headers = {}) {
   unfollow(key);
   const s = { destination, onMessage, headers, handle: null };
   live.subs.set(key, s);
-  if (live.client?.connected) {
-    s.handle = live.client.subscribe(destination, onMessage, typeof headers === 'function' ? headers() : headers);
-  }
+  if (live.client?.connected) subscribe(s);
 }
 
 /** Drops a subscription. */

@@ -165,8 +165,7 @@ export async function logout() {
 /** Ends every session of mine on every device. */
 export async function logoutEverywhere() {
   await api('POST', '/auth/logout-all');
-  await fetch('/auth/logout', { method: 'POST', credentials: 'same-origin' }).catch(() => {});
-  forget();
+  await logout();
 }
 
 /** Forgets the session without asking the server (after the account was deleted). */

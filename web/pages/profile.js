@@ -60,62 +60,52 @@ export function setupProfile(app) {
     render();
     $('photo-upload').focus();
   });
+  /** Saves through the API, then shows the fresh profile and says so; a refusal is shown
+   * in `errorEl`. Returns whether it saved. */
+  async function save(errorEl, request, done) {
+    errorEl.textContent = '';
+    try {
+      await request();
+      await app.refreshMe();
+      render();
+      app.toast(t(done));
+      return true;
+    } catch (e) {
+      errorEl.textContent = app.errorText(e);
+      return false;
+    }
+  }
+
   $('photo-upload').addEventListener('click', async () => {
     const file = $('photo-file').files[0];
     if (!file) return;
     const form = new FormData();
     form.append('image', file);
     $('photo-upload').disabled = true;
-    try {
+    const saved = await save($('photo-error'), async () => {
       await app.api('POST', '/users/me/image', form);
       clearPreview();
-      await app.refreshMe();
-      render();
-      app.toast(t('profile.photo.saved'));
-      $('photo-choose').focus();
-    } catch (e) {
-      $('photo-error').textContent = app.errorText(e);
-    } finally {
-      $('photo-upload').disabled = false;
-    }
+    }, 'profile.photo.saved');
+    $('photo-upload').disabled = false;
+    if (saved) $('photo-choose').focus();
   });
   $('photo-remove').addEventListener('click', async () => {
-    try {
-      await app.api('DELETE', '/users/me/image');
-      await app.refreshMe();
-      render();
-      app.toast(t('profile.photo.removed'));
+    if (await save($('photo-error'), () => app.api('DELETE', '/users/me/image'), 'profile.photo.removed')) {
       $('photo-choose').focus();
-    } catch (e) {
-      $('photo-error').textContent = app.errorText(e);
     }
   });
 
   $('nickname-form').addEventListener('submit', async (ev) => {
     ev.preventDefault();
-    $('nickname-error').textContent = '';
-    try {
-      await app.api('PATCH', '/users/me', { nickname: $('nickname').value });
-      await app.refreshMe();
-      render();
-      app.toast(t('profile.saved'));
-    } catch (e) {
-      $('nickname-error').textContent = app.errorText(e);
-      $('nickname').focus();
-    }
+    const saved = await save($('nickname-error'), () => app.api('PATCH', '/users/me', { nickname: $('nickname').value }), 'profile.saved');
+    if (!saved) $('nickname').focus();
   });
 
   $('counselor-form').addEventListener('submit', async (ev) => {
     ev.preventDefault();
-    $('counselor-error').textContent = '';
-    try {
-      await app.api('PUT', '/users/me/counselor-profile', { headline: $('headline').value, bio: $('bio').value });
-      await app.refreshMe();
-      render();
-      app.toast(t('profile.saved'));
-    } catch (e) {
-      $('counselor-error').textContent = app.errorText(e);
-    }
+    await save($('counselor-error'),
+      () => app.api('PUT', '/users/me/counselor-profile', { headline: $('headline').value, bio: $('bio').value }),
+      'profile.saved');
   });
 
   return {

@@ -441,7 +441,6 @@ export function setupRooms(app) {
     const el = box().querySelector(`.msg[data-cmid="${CSS.escape(clientMessageId)}"]`);
     $('text').value = '';
     if (!live.connected()) {
-      renderMessage({ authorId: app.me.id, body: text, clientMessageId, at: el.dataset.at }, { pending: true });
       stateLabel(el).textContent = t('chat.offline');
       return;
     }
