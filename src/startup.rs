@@ -21,7 +21,25 @@ use tracing::Instrument as _;
 async fn start_signaling(
     config: &Config,
     listen: SocketAddr,
+    public_url: &str,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> anyhow::Result<crate::edge::signaling::Signaling> {
+    config.calls.check_node_url().map_err(anyhow::Error::msg)?;
+    // The web client follows a redirect only to its own origin (its CSP allows no other).
+    let host = |u: &str| {
+        oauth2::url::Url::parse(u)
+            .ok()
+            .map(|u| (u.host_str().map(str::to_owned), u.port_or_known_default()))
+    };
+    if let Some(node_url) = &config.calls.node_url
+        && host(node_url) != host(public_url)
+    {
+        tracing::warn!(
+            node_url,
+            public_url,
+            "calls.node_url is not on the public URL's host and port: browsers will not follow redirects to it"
+        );
+    }
     let addrs = config.calls.media_addrs(listen);
     for addr in &addrs {
         if addr.ip().is_unspecified() {
@@ -47,8 +65,15 @@ async fn start_signaling(
     let turn = if turn_settings.external.is_some() {
         crate::edge::signaling::Turn::External(turn_settings.clone())
     } else if !turn_settings.secret.is_empty() {
+        // `turns:` URLs name the host the certificate is for: the public URL's, by default.
+        let mut turn_settings = turn_settings.clone();
+        if turn_settings.tls_host.is_none() {
+            turn_settings.tls_host = oauth2::url::Url::parse(public_url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned));
+        }
         // The error names the port and its setting when one is taken.
-        let server = crate::media::turn::TurnServer::start(turn_settings)
+        let server = crate::media::turn::TurnServer::start_with_tls(&turn_settings, tls)
             .await
             .context("starting the embedded TURN server")?;
         crate::edge::signaling::Turn::Embedded(server)
@@ -273,7 +298,26 @@ impl Application {
             crate::edge::stomp::broker::Broker::start(store.clone(), Some(state.read.clone()))
                 .await;
         let broker = web::Data::from(broker_arc.clone());
-        let signaling = web::Data::new(start_signaling(config, addr).await?);
+        // HTTPS from the PEM files, checked now (a broken certificate stops the start), then
+        // watched for renewals.
+        let tls = if config.tls.enabled() {
+            let reloader = crate::edge::tls::CertReloader::open(&config.tls)
+                .context("loading the TLS certificate (tls.cert_file / tls.key_file)")?;
+            reloader.watch(Duration::from_secs(config.tls.reload_secs.max(1)));
+            let server_config = reloader.server_config().context("configuring TLS")?;
+            Some((reloader, server_config))
+        } else {
+            None
+        };
+        let signaling = web::Data::new(
+            start_signaling(
+                config,
+                addr,
+                &public_url,
+                tls.as_ref().map(|(_, c)| Arc::new(c.clone())),
+            )
+            .await?,
+        );
         if let crate::edge::signaling::Turn::Embedded(_) = &signaling.turn {
             // Weak: the sampler must not keep the relay (and its ports) alive.
             let signaling = Arc::downgrade(&signaling.clone().into_inner());
@@ -300,17 +344,6 @@ impl Application {
             .map(|at| metrics_server(at, state.clone()))
             .transpose()?;
         let metrics_here = metrics.is_none();
-        // HTTPS from the PEM files, checked now (a broken certificate stops the start), then
-        // watched for renewals.
-        let tls = if config.tls.enabled() {
-            let reloader = crate::edge::tls::CertReloader::open(&config.tls)
-                .context("loading the TLS certificate (tls.cert_file / tls.key_file)")?;
-            reloader.watch(Duration::from_secs(config.tls.reload_secs.max(1)));
-            let server_config = reloader.server_config().context("configuring TLS")?;
-            Some((reloader, server_config))
-        } else {
-            None
-        };
         let hsts = config.tls.hsts().filter(|_| tls.is_some());
         let redirect = match config.tls.redirect_listen.filter(|_| tls.is_some()) {
             Some(at) => Some(redirect_server(at, config.public_url.clone(), addr.port())?),

@@ -415,6 +415,7 @@ async fn a_join_on_the_wrong_node_is_redirected_to_the_media_node() {
             call.parse().expect("uuid"),
             neulbi_domain::call_session::CallCommand::AssignMediaNode {
                 node: "node-b".into(),
+                url: None,
             },
             ctx,
             neulbi::store::Metadata::default(),
@@ -425,6 +426,8 @@ async fn a_join_on_the_wrong_node_is_redirected_to_the_media_node() {
     rtc.send(json!({"type": "join", "call_id": call})).await;
     let redirect = rtc.expect("redirect").await;
     assert_eq!(redirect["node"], "node-b");
+    // Node B recorded no URL of its own: the client is told where, not how to get there.
+    assert!(redirect["url"].is_null(), "{redirect}");
     let types: Vec<String> = app
         .call_events(&call)
         .await

@@ -29,13 +29,6 @@ impl Drop for Nginx {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// The shipped template with the image's variables filled in.
 fn render(vars: &[(&str, String)]) -> String {
     let path =
@@ -115,7 +108,7 @@ fn running_as_root() -> bool {
 
 #[actix_rt::test]
 async fn behind_the_shipped_nginx_config_chat_and_sign_in_work_over_https() {
-    let (http, https) = (free_port(), free_port());
+    let (http, https) = (support::free_port(), support::free_port());
     let public = format!("https://localhost:{https}");
     let app = TestApp::start(|c| {
         c.public_url = Some(public.clone());

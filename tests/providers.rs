@@ -18,8 +18,9 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use support::free_port;
 use support::http::{Response, post_form, request};
-use support::oidc::{OidcProvider, free_port};
+use support::oidc::OidcProvider;
 
 struct Node {
     addr: SocketAddr,

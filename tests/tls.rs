@@ -7,28 +7,18 @@ mod support;
 
 use neulbi::config::Config;
 use neulbi::startup::Application;
-use std::path::Path;
 use std::time::Duration;
 use support::app::TestApp;
-use support::certs::{connect, connector, get, issue, shown};
+use support::certs::{connect, connector, get, install, issue, shown};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::ServerName;
-
-/// Writes the files the way a renewal does: new files, then renamed over the old ones.
-fn install(dir: &Path, cert: &str, key: &str) {
-    for (name, text) in [("fullchain.pem", cert), ("privkey.pem", key)] {
-        let tmp = dir.join(format!("{name}.new"));
-        std::fs::write(&tmp, text).expect("write");
-        std::fs::rename(&tmp, dir.join(name)).expect("rename");
-    }
-}
 
 #[actix_rt::test]
 async fn a_renewed_certificate_serves_new_connections_while_open_ones_keep_going() {
     let files = tempfile::tempdir().expect("dir");
     let (a, b) = (issue("first"), issue("renewed"));
-    install(files.path(), &a.chain_pem, &a.key_pem);
+    install(files.path(), &a);
     let cert = files.path().join("fullchain.pem");
     let key = files.path().join("privkey.pem");
     let app = TestApp::start(|c| {
@@ -51,7 +41,7 @@ async fn a_renewed_certificate_serves_new_connections_while_open_ones_keep_going
     );
 
     // Renewal: new files in place; within a few reload periods new handshakes get them.
-    install(files.path(), &b.chain_pem, &b.key_pem);
+    install(files.path(), &b);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let mut second = loop {
         let c = connect(&tls, app.addr).await;
@@ -111,7 +101,12 @@ async fn a_renewed_certificate_serves_new_connections_while_open_ones_keep_going
 async fn a_key_that_does_not_match_the_certificate_stops_the_start() {
     let files = tempfile::tempdir().expect("dir");
     let (a, b) = (issue("first"), issue("other"));
-    install(files.path(), &a.chain_pem, &b.key_pem);
+    // The chain of one certificate with the key of another.
+    let mismatched = support::certs::Issued {
+        key_pem: b.key_pem.clone(),
+        ..a
+    };
+    install(files.path(), &mismatched);
     let data = tempfile::tempdir().expect("data");
     let config = Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
@@ -132,4 +127,51 @@ async fn a_key_that_does_not_match_the_certificate_stops_the_start() {
         "{err}"
     );
     assert!(!err.contains("PRIVATE KEY"), "{err}");
+}
+
+/// The embedded TURN server's TLS listener (`turns:`) serves the HTTPS certificate; without a
+/// certificate the node refuses to start and names the setting.
+#[actix_rt::test]
+async fn the_turn_tls_listener_serves_the_nodes_certificate() {
+    let files = tempfile::tempdir().expect("dir");
+    let issued = issue("turns");
+    install(files.path(), &issued);
+    let turns: std::net::SocketAddr = ([127, 0, 0, 1], support::free_port()).into();
+    let turn_over_tls_only = move |c: &mut Config| {
+        c.media.turn.secret = "turns-test-secret".into();
+        c.media.turn.listen_udp = None;
+        c.media.turn.listen_tcp = None;
+        c.media.turn.listen_tls = Some(turns);
+        c.media.turn.relay_ip = turns.ip();
+    };
+
+    let data = tempfile::tempdir().expect("data");
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: data.path().to_owned(),
+        ..Config::default()
+    };
+    turn_over_tls_only(&mut config);
+    let err = match Application::build(&config).await {
+        Ok(_) => panic!("TURN over TLS without a certificate must stop the start"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("NEULBI_TURN_LISTEN_TLS"), "{err}");
+
+    let (cert, key) = (
+        files.path().join("fullchain.pem"),
+        files.path().join("privkey.pem"),
+    );
+    let app = TestApp::start(move |c| {
+        c.tls.cert_file = Some(cert.clone());
+        c.tls.key_file = Some(key.clone());
+        turn_over_tls_only(c);
+    })
+    .await;
+    let tls = support::certs::connector_with_alpn(&[&issued.ca], vec![b"stun.turn".to_vec()]);
+    let stream = connect(&tls, turns).await;
+    assert_eq!(shown(&stream), issued.leaf);
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"stun.turn"[..]));
+    drop(stream);
+    app.stop().await;
 }

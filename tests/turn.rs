@@ -16,7 +16,6 @@ use neulbi::media::turn::{
     ExternalTurn, IceCredentials, PortRange, TurnError, TurnServer, TurnSettings, rest_credentials,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{Mutex, mpsc};
 use tokio::time::timeout;
@@ -55,6 +54,8 @@ fn settings() -> TurnSettings {
     TurnSettings {
         listen_udp: Some(loopback(0)),
         listen_tcp: Some(loopback(0)),
+        listen_tls: None,
+        tls_host: None,
         relay_ip: LOCALHOST,
         relay_bind: None,
         relay_ports: EMBEDDED_RELAY_PORTS,
@@ -342,17 +343,33 @@ async fn two_relay_only_peers_exchange_data_through_the_embedded_server_over_udp
 
 // ── TURN over TCP (turn crate client; webrtc 0.21 has no TCP TURN) ─────────────
 
-/// A TURN client's view of a TCP connection to the server: STUN and ChannelData framed on
-/// the stream (RFC 8656 §12.5). Written independently of the server's framing on purpose.
-struct FramedTcp {
-    r: Mutex<OwnedReadHalf>,
-    w: Mutex<OwnedWriteHalf>,
+/// A TURN client's view of a TCP (or TLS) connection to the server: STUN and ChannelData
+/// framed on the stream (RFC 8656 §12.5). Written independently of the server's framing on
+/// purpose.
+struct FramedTcp<R, W> {
+    r: Mutex<R>,
+    w: Mutex<W>,
     local: SocketAddr,
     server: SocketAddr,
 }
 
+impl<R, W> FramedTcp<R, W> {
+    fn new(r: R, w: W, local: SocketAddr, server: SocketAddr) -> Arc<Self> {
+        Arc::new(FramedTcp {
+            r: Mutex::new(r),
+            w: Mutex::new(w),
+            local,
+            server,
+        })
+    }
+}
+
 #[async_trait::async_trait]
-impl webrtc_util::Conn for FramedTcp {
+impl<R, W> webrtc_util::Conn for FramedTcp<R, W>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     async fn connect(&self, _: SocketAddr) -> webrtc_util::Result<()> {
         Ok(())
     }
@@ -381,7 +398,9 @@ impl webrtc_util::Conn for FramedTcp {
         self.send_to(buf, self.server).await
     }
     async fn send_to(&self, buf: &[u8], _: SocketAddr) -> webrtc_util::Result<usize> {
-        self.w.lock().await.write_all(buf).await?;
+        let mut w = self.w.lock().await;
+        w.write_all(buf).await?;
+        w.flush().await?;
         Ok(buf.len())
     }
     fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
@@ -421,31 +440,17 @@ async fn turn_client(
     client
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn turn_over_tcp_relays_udp_both_ways() {
+/// Allocates through `client` and relays one datagram out to a plain UDP peer and three back
+/// (the later ones over a channel binding); returns the relay, its address and the peer.
+async fn relay_both_ways(
+    client: &turn::client::Client,
+    label: &str,
+) -> (impl webrtc_util::Conn, SocketAddr, UdpSocket) {
     use webrtc_util::Conn as _;
-    init_tracing();
-    let started = Instant::now();
-    let server = TurnServer::start(&settings()).await.expect("TURN starts");
-    let tcp_addr = server.tcp_addr().expect("TCP listener");
-    let creds = server.credentials("carol", SystemTime::now());
-
-    let stream = TcpStream::connect(tcp_addr)
-        .await
-        .expect("connect TURN/TCP");
-    let local = stream.local_addr().expect("local addr");
-    let (r, w) = stream.into_split();
-    let conn = Arc::new(FramedTcp {
-        r: Mutex::new(r),
-        w: Mutex::new(w),
-        local,
-        server: tcp_addr,
-    });
-    let client = turn_client(conn.clone(), tcp_addr, &creds).await;
     let relay = timeout(STEP, client.allocate())
         .await
         .expect("allocation in time")
-        .expect("allocation over TCP");
+        .expect("allocation");
     let relayed = relay.local_addr().expect("relayed address");
     assert_eq!(relayed.ip(), LOCALHOST);
     assert!((EMBEDDED_RELAY_PORTS.min..=EMBEDDED_RELAY_PORTS.max).contains(&relayed.port()));
@@ -453,7 +458,7 @@ async fn turn_over_tcp_relays_udp_both_ways() {
     // A plain UDP peer on the far side of the relay.
     let peer = UdpSocket::bind(loopback(0)).await.expect("peer socket");
     let peer_addr = peer.local_addr().expect("peer addr");
-    timeout(STEP, relay.send_to(b"over tcp", peer_addr))
+    timeout(STEP, relay.send_to(label.as_bytes(), peer_addr))
         .await
         .expect("send in time")
         .expect("send through the relay");
@@ -462,7 +467,7 @@ async fn turn_over_tcp_relays_udp_both_ways() {
         .await
         .expect("peer receives in time")
         .expect("peer receives");
-    assert_eq!(&buf[..n], b"over tcp");
+    assert_eq!(&buf[..n], label.as_bytes());
     assert_eq!(from, relayed, "the peer sees the relayed address");
 
     // And back, several times: the second and later go over a channel binding.
@@ -478,6 +483,45 @@ async fn turn_over_tcp_relays_udp_both_ways() {
         assert_eq!(&buf[..n], msg.as_bytes());
         assert_eq!(from, peer_addr);
     }
+    (relay, relayed, peer)
+}
+
+/// Hangs up a stream client and waits until the server has released its allocation (RFC
+/// 8656 §3.1: allocations over a stream die with it).
+async fn hang_up(
+    server: &TurnServer,
+    client: &turn::client::Client,
+    conn: Arc<dyn webrtc_util::Conn + Send + Sync>,
+    local: SocketAddr,
+) {
+    client.close().await.expect("client close");
+    conn.close().await.expect("hang up");
+    timeout(STEP, async {
+        while server.allocations().await.iter().any(|a| a.client == local) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("allocation released when the connection closes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_over_tcp_relays_udp_both_ways() {
+    init_tracing();
+    let started = Instant::now();
+    let server = TurnServer::start(&settings()).await.expect("TURN starts");
+    let tcp_addr = server.tcp_addr().expect("TCP listener");
+    assert_eq!(server.tls_addr(), None, "no TLS listener unless asked for");
+    let creds = server.credentials("carol", SystemTime::now());
+
+    let stream = TcpStream::connect(tcp_addr)
+        .await
+        .expect("connect TURN/TCP");
+    let local = stream.local_addr().expect("local addr");
+    let (r, w) = stream.into_split();
+    let conn = FramedTcp::new(r, w, local, tcp_addr);
+    let client = turn_client(conn.clone(), tcp_addr, &creds).await;
+    let (_relay, relayed, _peer) = relay_both_ways(&client, "over tcp").await;
 
     let allocations = server.allocations().await;
     let mine = allocations
@@ -487,19 +531,124 @@ async fn turn_over_tcp_relays_udp_both_ways() {
     assert_eq!(mine.relay_addr, relayed);
     assert!(mine.relayed_bytes > 0, "{mine:?}");
 
-    // Hanging up the TCP connection releases its allocation (RFC 8656 §3.1).
-    client.close().await.expect("client close");
-    conn.close().await.expect("hang up");
-    timeout(STEP, async {
-        while server.allocations().await.iter().any(|a| a.client == local) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("allocation released when the TCP connection closes");
-
+    hang_up(&server, &client, conn, local).await;
     server.close().await;
     tracing::info!(elapsed = ?started.elapsed(), "TCP relay test");
+}
+
+// ── TURN over TLS, on the HTTPS certificate ───────────────────────────────────
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_over_tls_relays_on_the_nodes_certificate_and_takes_renewals() {
+    init_tracing();
+    let files = tempfile::tempdir().expect("dir");
+    let (first, renewed) = (
+        support::certs::issue("turn-first"),
+        support::certs::issue("turn-renewed"),
+    );
+    support::certs::install(files.path(), &first);
+    let reloader = neulbi::edge::tls::CertReloader::open(&neulbi::edge::tls::TlsSettings {
+        cert_file: Some(files.path().join("fullchain.pem")),
+        key_file: Some(files.path().join("privkey.pem")),
+        ..Default::default()
+    })
+    .expect("certificate loads");
+    let https = Arc::new(reloader.server_config().expect("rustls config"));
+
+    // Without a certificate the TLS listener is refused by name.
+    let tls_settings = TurnSettings {
+        listen_udp: None,
+        listen_tcp: None,
+        listen_tls: Some(loopback(0)),
+        tls_host: Some("localhost".into()),
+        ..settings()
+    };
+    let refused = match TurnServer::start(&tls_settings).await {
+        Ok(_) => panic!("TLS without a certificate must not start"),
+        Err(e) => e.to_string(),
+    };
+    assert!(refused.contains("NEULBI_TURN_LISTEN_TLS"), "{refused}");
+    assert!(refused.contains("NEULBI_TLS_CERT"), "{refused}");
+
+    let server = TurnServer::start_with_tls(&tls_settings, Some(https))
+        .await
+        .expect("TURN over TLS starts");
+    let tls_addr = server.tls_addr().expect("TLS listener");
+    assert_eq!(
+        server.urls(),
+        [format!("turns:localhost:{}?transport=tcp", tls_addr.port())],
+        "browsers get a turns: URL naming the certificate's host"
+    );
+    let creds = server.credentials("dana", SystemTime::now());
+
+    // A client offering the TURN ALPN id (RFC 7443) is served; it sees the node's certificate.
+    let connector =
+        support::certs::connector_with_alpn(&[&first.ca, &renewed.ca], vec![b"stun.turn".to_vec()]);
+    let stream = support::certs::connect(&connector, tls_addr).await;
+    assert_eq!(support::certs::shown(&stream), first.leaf);
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"stun.turn"[..]));
+    let local = stream.get_ref().0.local_addr().expect("local addr");
+    let (r, w) = tokio::io::split(stream);
+    let conn = FramedTcp::new(r, w, local, tls_addr);
+    let client = turn_client(conn.clone(), tls_addr, &creds).await;
+    let (relay, relayed, peer) = relay_both_ways(&client, "over tls").await;
+    assert!(
+        server
+            .allocations()
+            .await
+            .iter()
+            .any(|a| a.client == local && a.relay_addr == relayed),
+        "the TLS client's allocation is listed"
+    );
+
+    // Renewal: the files are swapped and reloaded; new handshakes get the new certificate
+    // while the open connection's allocation keeps relaying.
+    support::certs::install(files.path(), &renewed);
+    assert!(reloader.reload_if_changed(), "the renewal is picked up");
+    // A new client: a resumed session would not show the certificate again.
+    let connector =
+        support::certs::connector_with_alpn(&[&first.ca, &renewed.ca], vec![b"stun.turn".to_vec()]);
+    let fresh = support::certs::connect(&connector, tls_addr).await;
+    assert_eq!(support::certs::shown(&fresh), renewed.leaf);
+    drop(fresh);
+    peer.send_to(b"after renewal", relayed)
+        .await
+        .expect("peer sends");
+    let mut buf = [0u8; 1500];
+    let (n, _) = {
+        use webrtc_util::Conn as _;
+        timeout(STEP, relay.recv_from(&mut buf))
+            .await
+            .expect("old connection still relays")
+            .expect("receive")
+    };
+    assert_eq!(&buf[..n], b"after renewal");
+
+    // A client that connects and never says hello does not keep anyone else out; one that
+    // speaks plain TURN to the TLS port is dropped.
+    let silent = TcpStream::connect(tls_addr).await.expect("connect");
+    let mut plain = TcpStream::connect(tls_addr).await.expect("connect");
+    plain
+        .write_all(&[
+            0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ])
+        .await
+        .expect("write");
+    let mut end = [0u8; 64];
+    let n = timeout(STEP, plain.read(&mut end))
+        .await
+        .expect("plain TURN on the TLS port is answered in time");
+    assert!(
+        matches!(n, Ok(0) | Err(_)) || end[0] == 0x15,
+        "closed or a TLS alert, never a STUN answer: {n:?} {:?}",
+        &end[..4]
+    );
+    let third = support::certs::connect(&connector, tls_addr).await;
+    assert_eq!(support::certs::shown(&third), renewed.leaf);
+    drop((silent, third));
+
+    hang_up(&server, &client, conn, local).await;
+    server.close().await;
 }
 
 // ── Credentials on the wire ───────────────────────────────────────────────────

@@ -147,7 +147,19 @@ async fn joining_a_call_on_the_node_without_its_media_is_redirected() {
     let pg = support::pg::TempPostgres::start();
     let keys = tempfile::tempdir().expect("dir");
     let kek = shared_kek(keys.path());
-    let a = TestApp::start(shared_node(&pg.url(), &kek, "node-a")).await;
+    // Node A has a signaling URL of its own; it is recorded with the calls it holds.
+    let a_listen: std::net::SocketAddr = ([127, 0, 0, 1], support::free_port()).into();
+    let a_url = format!("ws://{a_listen}/rtc");
+    let node_a = shared_node(&pg.url(), &kek, "node-a");
+    let a = TestApp::start({
+        let a_url = a_url.clone();
+        move |c: &mut neulbi::config::Config| {
+            node_a(c);
+            c.listen = a_listen;
+            c.calls.node_url = Some(a_url);
+        }
+    })
+    .await;
     let b = TestApp::start(shared_node(&pg.url(), &kek, "node-b")).await;
     let client = a.client("call.two.nodes.client@example.com").await;
     let counselor = a.counselor("call.two.nodes.counselor@example.com").await;
@@ -185,6 +197,25 @@ async fn joining_a_call_on_the_node_without_its_media_is_redirected() {
         .await;
     let redirect = on_b.expect("redirect").await;
     assert_eq!(redirect["node"], "node-a", "{redirect}");
+    assert_eq!(redirect["url"], a_url.as_str(), "{redirect}");
+    let on_b_joins: Vec<String> = a
+        .call_events(&call)
+        .await
+        .into_iter()
+        .filter(|(t, _)| t == "ParticipantJoined")
+        .map(|(_, data)| data["user_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        on_b_joins,
+        vec![client.id.to_string()],
+        "nobody joined on node B"
+    );
+
+    // Following the redirect's URL, the counselor joins on node A, beside the client.
+    let url = redirect["url"].as_str().expect("url");
+    let mut followed = support::rtc::Rtc::connect_url(url, &counselor.token).await;
+    followed.join(&call).await;
+    followed.expect("offer").await;
     let joined: Vec<String> = a
         .call_events(&call)
         .await
@@ -194,8 +225,8 @@ async fn joining_a_call_on_the_node_without_its_media_is_redirected() {
         .collect();
     assert_eq!(
         joined,
-        vec![client.id.to_string()],
-        "only the join on node A"
+        vec![client.id.to_string(), counselor.id.to_string()],
+        "both joined on node A"
     );
     a.stop().await;
     b.stop().await;

@@ -330,6 +330,15 @@ export function setupCalls(app) {
     };
   }
 
+  function isOwnSocket(url) {
+    try {
+      const u = new URL(url);
+      return (u.protocol === 'wss:' || u.protocol === 'ws:') && u.host === location.host;
+    } catch {
+      return false;
+    }
+  }
+
   function send(m) {
     if (call.ws?.readyState === WebSocket.OPEN) call.ws.send(JSON.stringify(m));
   }
@@ -409,7 +418,9 @@ export function setupCalls(app) {
         if (app.state.room === call.roomId) showRoomCalls(call.roomId).catch(() => {});
         break;
       case 'redirect':
-        if (m.url) {
+        // Only a signaling URL on this page's origin: the CSP allows no other, and a URL
+        // from elsewhere would get the token.
+        if (m.url && isOwnSocket(m.url)) {
           call.ws = null;
           ws.close();
           openSocket(m.url);

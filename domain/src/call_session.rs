@@ -33,6 +33,9 @@ pub const MAX_PARTICIPANTS_LIMIT: u8 = 32;
 pub const CHAT_MAX_CHARS: usize = 2000;
 /// Longest media node name, in characters.
 pub const NODE_MAX_CHARS: usize = 128;
+
+/// Longest signaling URL a media node may record: a host, a port and a path, with room.
+pub const NODE_URL_MAX_CHARS: usize = 512;
 /// The reactions a participant may send over the video. A fixed palette keeps reactions
 /// readable for everyone and leaves nothing free-form (no personal data) in `EmojiSent`.
 pub const EMOJI: &[&str] = &["👍", "❤️", "😂", "😮", "😢", "👏", "🙏", "🎉"];
@@ -105,6 +108,10 @@ pub enum CallCommand {
     AssignMediaNode {
         /// The node's name as the cluster knows it.
         node: String,
+        /// Where browsers reach that node's signaling directly (`ws://` or `wss://`), so a
+        /// join that lands elsewhere can be sent there; `None` when the node has no URL of
+        /// its own.
+        url: Option<String>,
     },
     /// The acting participant's microphone, camera and screen share changed.
     SetMediaState {
@@ -206,6 +213,10 @@ pub enum CallEvent {
     MediaNodeAssigned {
         /// The node's name.
         node: String,
+        /// The node's own signaling URL, if it has one (absent in events from before it was
+        /// recorded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
         /// When it was assigned.
         at: DateTime<Utc>,
     },
@@ -369,6 +380,7 @@ pub struct CallState {
     participants: Vec<Participant>,
     first_joined_at: Option<DateTime<Utc>>,
     media_node: Option<String>,
+    media_url: Option<String>,
     ended: Option<Ending>,
 }
 
@@ -477,6 +489,11 @@ impl CallState {
     /// The node that holds the call's media, once assigned.
     pub fn media_node(&self) -> Option<&str> {
         self.media_node.as_deref()
+    }
+
+    /// Where browsers reach the media node's signaling, when it recorded a URL.
+    pub fn media_url(&self) -> Option<&str> {
+        self.media_url.as_deref()
     }
 
     /// When the first invitee accepted.
@@ -798,7 +815,7 @@ impl Decider for CallSessionDecider {
                 }
                 Ok(state.leave_events(user_id, REASON_DROPPED, now))
             }
-            CallCommand::AssignMediaNode { node } => {
+            CallCommand::AssignMediaNode { node, url } => {
                 let is_party = actor.user_id.is_some_and(|u| state.is_party(u));
                 if !(is_party || actor.is_privileged()) {
                     return Err(DomainError::Forbidden(
@@ -815,9 +832,21 @@ impl Decider for CallSessionDecider {
                         format!("must be 1..={NODE_MAX_CHARS} characters"),
                     ));
                 }
+                let url = url.as_deref().map(str::trim).filter(|u| !u.is_empty());
+                if let Some(url) = url
+                    && !is_signaling_url(url)
+                {
+                    return Err(DomainError::invalid(
+                        "url",
+                        format!(
+                            "must be a ws:// or wss:// URL of at most {NODE_URL_MAX_CHARS} characters, without spaces"
+                        ),
+                    ));
+                }
                 match state.media_node() {
                     None => Ok(vec![CallEvent::MediaNodeAssigned {
                         node: node.to_owned(),
+                        url: url.map(str::to_owned),
                         at: now,
                     }]),
                     Some(current) if current == node => Ok(vec![]),
@@ -973,8 +1002,9 @@ impl Decider for CallSessionDecider {
             CallEvent::ParticipantLeft { user_id, .. } => {
                 state.participants.retain(|p| p.user_id != *user_id);
             }
-            CallEvent::MediaNodeAssigned { node, .. } => {
+            CallEvent::MediaNodeAssigned { node, url, .. } => {
                 state.media_node = Some(node.clone());
+                state.media_url = url.clone();
             }
             CallEvent::MediaStateChanged {
                 user_id,
@@ -1021,6 +1051,17 @@ impl Decider for CallSessionDecider {
         }
         state
     }
+}
+
+/// A WebSocket URL a browser may be sent to: `ws://` or `wss://`, a host after it, bounded,
+/// and nothing a client would misread (spaces, control characters).
+fn is_signaling_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("wss://")
+        .or_else(|| url.strip_prefix("ws://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
+        && url.chars().count() <= NODE_URL_MAX_CHARS
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 fn set_presence(state: &mut CallState, user: UserId, presence: Presence) {
@@ -1724,21 +1765,43 @@ mod tests {
     fn the_first_media_node_assignment_wins() {
         let assigned = CallEvent::MediaNodeAssigned {
             node: "node-a".into(),
+            url: Some("wss://node-a.example.org/rtc".into()),
             at: at(20),
         };
         let state = Spec::<CallSessionDecider>::given(vec![requested(), accepted()])
             .when(
                 CallCommand::AssignMediaNode {
                     node: "node-a".into(),
+                    url: Some(" wss://node-a.example.org/rtc ".into()),
                 },
                 &system_ctx(at(20)),
             )
             .then(vec![assigned.clone()]);
         assert_eq!(state.media_node(), Some("node-a"));
+        assert_eq!(state.media_url(), Some("wss://node-a.example.org/rtc"));
+        // A URL browsers could not open, or that is not a WebSocket, is refused.
+        for bad in [
+            "https://node-a.example.org/rtc",
+            "javascript:alert(1)",
+            "wss://",
+            "wss:///rtc",
+            "wss://node a/rtc",
+        ] {
+            Spec::<CallSessionDecider>::given(vec![requested(), accepted()])
+                .when(
+                    CallCommand::AssignMediaNode {
+                        node: "node-a".into(),
+                        url: Some(bad.into()),
+                    },
+                    &system_ctx(at(20)),
+                )
+                .then_error_code("invalid");
+        }
         Spec::<CallSessionDecider>::given(vec![requested(), accepted(), assigned.clone()])
             .when(
                 CallCommand::AssignMediaNode {
                     node: "node-a".into(),
+                    url: None,
                 },
                 &caller(21),
             )
@@ -1747,6 +1810,7 @@ mod tests {
             .when(
                 CallCommand::AssignMediaNode {
                     node: "node-b".into(),
+                    url: None,
                 },
                 &caller(21),
             )
@@ -1755,13 +1819,17 @@ mod tests {
             .when(
                 CallCommand::AssignMediaNode {
                     node: "node-a".into(),
+                    url: None,
                 },
                 &stranger(21),
             )
             .then_error_code("forbidden");
         Spec::<CallSessionDecider>::given(vec![requested(), accepted()])
             .when(
-                CallCommand::AssignMediaNode { node: " ".into() },
+                CallCommand::AssignMediaNode {
+                    node: " ".into(),
+                    url: None,
+                },
                 &caller(21),
             )
             .then_error_code("invalid");
@@ -2003,6 +2071,19 @@ mod tests {
     }
 
     #[test]
+    fn a_media_node_assignment_recorded_before_urls_still_reads() {
+        let old =
+            r#"{"type":"MediaNodeAssigned","data":{"node":"node-a","at":"2026-01-01T00:00:00Z"}}"#;
+        let event: CallEvent = serde_json::from_str(old).expect("old event decodes");
+        assert!(
+            matches!(&event, CallEvent::MediaNodeAssigned { node, url: None, .. } if node == "node-a"),
+            "{event:?}"
+        );
+        let again = serde_json::to_string(&event).expect("encode");
+        assert!(!again.contains("url"), "{again}");
+    }
+
+    #[test]
     fn events_round_trip_through_json_adjacently_tagged() {
         let events = with(
             in_call(),
@@ -2010,6 +2091,12 @@ mod tests {
                 dropped(CALLEE, 40),
                 CallEvent::MediaNodeAssigned {
                     node: "n".into(),
+                    url: None,
+                    at: at(41),
+                },
+                CallEvent::MediaNodeAssigned {
+                    node: "m".into(),
+                    url: Some("wss://m.example.org/rtc".into()),
                     at: at(41),
                 },
                 CallEvent::EmojiSent {

@@ -22,6 +22,12 @@ pub struct CallSettings {
     pub stall_secs: u64,
     /// This node's name in `MediaNodeAssigned` (`NEULBI_NODE`).
     pub node: String,
+    /// Where browsers reach this node's signaling directly, e.g.
+    /// `wss://node-a.neulbi.example/rtc` (`NEULBI_NODE_URL`). Recorded with the calls whose
+    /// media this node holds, so a join that lands on another node is redirected here. Unset
+    /// (single node, or nodes only reachable through one balancer): the redirect names the
+    /// node but carries no URL.
+    pub node_url: Option<String>,
     /// Seconds a signaling connection may take to send `auth`.
     pub auth_timeout_secs: u64,
     /// Largest signaling message, in bytes (`NEULBI_SIGNALING_MAX_MESSAGE_BYTES`).
@@ -59,6 +65,10 @@ impl CallSettings {
         if let Some(v) = get("NEULBI_NODE").filter(|v| !v.trim().is_empty()) {
             self.node = v.trim().to_owned();
         }
+        if let Some(v) = get("NEULBI_NODE_URL") {
+            let v = v.trim();
+            self.node_url = (!v.is_empty()).then(|| v.to_owned());
+        }
         if let Some(v) = get("NEULBI_MEDIA_UDP") {
             self.media_udp = crate::env_value::env_list("NEULBI_MEDIA_UDP", &v, "IP:PORT")?;
         }
@@ -76,6 +86,40 @@ impl CallSettings {
         Ok(())
     }
 
+    /// Checks `node_url` before anything is bound, so a typo stops the start with the setting's
+    /// name instead of sending browsers to a URL they cannot open.
+    pub fn check_node_url(&self) -> Result<(), String> {
+        let Some(url) = &self.node_url else {
+            return Ok(());
+        };
+        let problem = match oauth2::url::Url::parse(url) {
+            Err(e) => Some(e.to_string()),
+            Ok(u) if !matches!(u.scheme(), "ws" | "wss") => {
+                Some("the scheme must be ws or wss".to_owned())
+            }
+            Ok(u) if u.host_str().is_none() => Some("no host".to_owned()),
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                Some("no credentials in the URL".to_owned())
+            }
+            Ok(u) if u.query().is_some() || u.fragment().is_some() => {
+                Some("no query or fragment (tokens never travel in URLs)".to_owned())
+            }
+            Ok(_) if url.chars().count() > neulbi_domain::call_session::NODE_URL_MAX_CHARS => {
+                Some(format!(
+                    "longer than {} characters",
+                    neulbi_domain::call_session::NODE_URL_MAX_CHARS
+                ))
+            }
+            Ok(_) => None,
+        };
+        match problem {
+            Some(p) => Err(format!(
+                "calls.node_url / NEULBI_NODE_URL {url:?} is not a signaling URL browsers can open: {p} (e.g. wss://node-a.example.org/rtc)"
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Where media binds: the configured addresses, or `listen`'s IP on any free port.
     pub fn media_addrs(&self, listen: SocketAddr) -> Vec<SocketAddr> {
         if self.media_udp.is_empty() {
@@ -83,5 +127,34 @@ impl CallSettings {
         } else {
             self.media_udp.clone()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_url_comes_from_the_env_and_must_be_a_websocket_url() {
+        let mut s = CallSettings::default();
+        assert_eq!(s.node_url, None);
+        assert!(s.check_node_url().is_ok());
+        s.apply_env(&|k| (k == "NEULBI_NODE_URL").then(|| " wss://node-a.example.org/rtc ".into()))
+            .expect("env");
+        assert_eq!(s.node_url.as_deref(), Some("wss://node-a.example.org/rtc"));
+        assert!(s.check_node_url().is_ok());
+        for bad in [
+            "https://node-a.example.org/rtc",
+            "wss://node-a.example.org/rtc?token=x",
+            "wss://user:pw@node-a.example.org/rtc",
+            "node-a:8080",
+        ] {
+            s.node_url = Some(bad.into());
+            let err = s.check_node_url().expect_err(bad);
+            assert!(err.contains("NEULBI_NODE_URL"), "{err}");
+        }
+        s.apply_env(&|k| (k == "NEULBI_NODE_URL").then(String::new))
+            .expect("env");
+        assert_eq!(s.node_url, None, "an empty value unsets it");
     }
 }

@@ -8,8 +8,10 @@
 //! own expiry and the password is an HMAC of the username under a secret shared with the
 //! signaling layer. No per-user state is stored and a leaked credential dies on its own.
 //!
-//! Client-to-server transports: UDP, and TCP (RFC 8656 §5, framed STUN and padded
-//! ChannelData on one stream) for networks that block UDP. Relayed transport is UDP only.
+//! Client-to-server transports: UDP, TCP (RFC 8656 §5, framed STUN and padded ChannelData on
+//! one stream) for networks that block UDP, and TLS over TCP (`turns:`, RFC 8656 §3.1 / RFC
+//! 7443) for networks that let only TLS on 443-like ports through. TLS uses the HTTPS
+//! listener's certificate and picks up its renewals. Relayed transport is UDP only.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -23,8 +25,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha1::Sha1;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Mutex, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -41,6 +42,8 @@ use webrtc_util::vnet::net::Net;
 mod names {
     pub const LISTEN_UDP: (&str, &str) = ("media.turn.listen_udp", "NEULBI_TURN_LISTEN_UDP");
     pub const LISTEN_TCP: (&str, &str) = ("media.turn.listen_tcp", "NEULBI_TURN_LISTEN_TCP");
+    pub const LISTEN_TLS: (&str, &str) = ("media.turn.listen_tls", "NEULBI_TURN_LISTEN_TLS");
+    pub const TLS_HOST: (&str, &str) = ("media.turn.tls_host", "NEULBI_TURN_TLS_HOST");
     pub const RELAY_IP: (&str, &str) = ("media.turn.relay_ip", "NEULBI_TURN_RELAY_IP");
     pub const RELAY_BIND: (&str, &str) = ("media.turn.relay_bind", "NEULBI_TURN_RELAY_BIND");
     pub const RELAY_PORTS: (&str, &str) = ("media.turn.relay_ports", "NEULBI_TURN_RELAY_PORTS");
@@ -58,6 +61,21 @@ mod names {
 
 /// The default TURN port (RFC 8656 §18), for both UDP and TCP.
 pub const DEFAULT_TURN_PORT: u16 = 3478;
+
+/// The default TURN-over-TLS port (RFC 8656 §18), as coturn and browsers expect it.
+pub const DEFAULT_TURNS_PORT: u16 = 5349;
+
+/// The ALPN id of STUN/TURN over TLS (RFC 7443). The HTTPS listener's configuration offers
+/// only `http/1.1`; a client that offers `stun.turn` must not be refused for it.
+const ALPN_TURN: &[u8] = b"stun.turn";
+
+/// How long a TLS client may take to finish its handshake before its connection is dropped,
+/// so half-open connections cannot pile up.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections one stream listener (TCP or TLS) serves at once; further ones are closed on
+/// accept. Each holds a task, a socket and possibly an allocation.
+const MAX_STREAM_CLIENTS: usize = 4096;
 
 /// Why the TURN server could not start, or a TURN setting is unusable. Every variant names
 /// the setting (config key and environment variable) so the operator knows what to change.
@@ -173,6 +191,12 @@ pub struct TurnSettings {
     pub listen_udp: Option<SocketAddr>,
     /// TCP listener (`NEULBI_TURN_LISTEN_TCP`); `None` disables TURN over TCP.
     pub listen_tcp: Option<SocketAddr>,
+    /// TLS listener (`NEULBI_TURN_LISTEN_TLS`, typically `0.0.0.0:5349`); `None` (the
+    /// default) disables TURN over TLS. Needs the node's TLS certificate (`[tls]`).
+    pub listen_tls: Option<SocketAddr>,
+    /// Host name in the `turns:` URLs browsers get (`NEULBI_TURN_TLS_HOST`); the certificate
+    /// must name it. Unset: the host of the node's public URL.
+    pub tls_host: Option<String>,
     /// Address advertised in relayed candidates and, for a wildcard listener, in the ICE
     /// server URLs (`NEULBI_TURN_RELAY_IP`).
     pub relay_ip: IpAddr,
@@ -199,6 +223,8 @@ impl Default for TurnSettings {
         TurnSettings {
             listen_udp: Some(any),
             listen_tcp: Some(any),
+            listen_tls: None,
+            tls_host: None,
             relay_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             relay_bind: None,
             relay_ports: PortRange::default(),
@@ -216,6 +242,8 @@ impl fmt::Debug for TurnSettings {
         f.debug_struct("TurnSettings")
             .field("listen_udp", &self.listen_udp)
             .field("listen_tcp", &self.listen_tcp)
+            .field("listen_tls", &self.listen_tls)
+            .field("tls_host", &self.tls_host)
             .field("relay_ip", &self.relay_ip)
             .field("relay_bind", &self.relay_bind)
             .field("relay_ports", &self.relay_ports)
@@ -278,6 +306,13 @@ impl TurnSettings {
         if let Some(v) = get(names::LISTEN_TCP.1) {
             self.listen_tcp = listener(names::LISTEN_TCP, v)?;
         }
+        if let Some(v) = get(names::LISTEN_TLS.1) {
+            self.listen_tls = listener(names::LISTEN_TLS, v)?;
+        }
+        if let Some(v) = get(names::TLS_HOST.1) {
+            let v = v.trim();
+            self.tls_host = (!v.is_empty()).then(|| v.to_owned());
+        }
         if let Some(v) = get(names::RELAY_IP.1) {
             self.relay_ip = parse(names::RELAY_IP, &v)?;
         }
@@ -328,10 +363,18 @@ impl TurnSettings {
     /// Checks what `TurnServer::start` needs before anything is bound, so a bad setting is
     /// reported by name rather than as a socket error.
     pub fn validate(&self) -> Result<(), TurnError> {
-        if self.listen_udp.is_none() && self.listen_tcp.is_none() {
+        if self.listen_udp.is_none() && self.listen_tcp.is_none() && self.listen_tls.is_none() {
             return Err(TurnError::invalid(
                 names::LISTEN_UDP,
-                "neither listen_udp nor listen_tcp is set; the embedded TURN server has nothing to listen on",
+                "none of listen_udp, listen_tcp and listen_tls is set; the embedded TURN server has nothing to listen on",
+            ));
+        }
+        if let Some(host) = &self.tls_host
+            && (host.is_empty() || host.contains(['/', '?', '#', '@', ' ']))
+        {
+            return Err(TurnError::invalid(
+                names::TLS_HOST,
+                format!("{host:?} is not a host name"),
             ));
         }
         if self.secret.is_empty() {
@@ -510,12 +553,13 @@ pub struct AllocationSummary {
     pub relayed_bytes: usize,
 }
 
-/// A running embedded TURN server: one UDP listener, one TCP listener (each optional), and
-/// the allocations they serve. Dropping it stops the listeners in the background; `close`
-/// waits until they are gone.
+/// A running embedded TURN server: one UDP, one TCP and one TLS listener (each optional),
+/// and the allocations they serve. Dropping it stops the listeners in the background;
+/// `close` waits until they are gone.
 pub struct TurnServer {
     udp: Option<UdpListener>,
     tcp: Option<TcpAcceptor>,
+    tls: Option<TcpAcceptor>,
     urls: Vec<String>,
     secret: String,
     credential_ttl: Duration,
@@ -534,13 +578,17 @@ struct TcpAcceptor {
     servers: Arc<std::sync::Mutex<HashMap<SocketAddr, Arc<Server>>>>,
 }
 
-/// What every TCP connection's server is built from.
+/// What every TCP or TLS connection's server is built from.
 struct TcpContext {
     local: SocketAddr,
     realm: String,
     auth: Arc<RestAuthHandler>,
     relay: RelayPlan,
     servers: Arc<std::sync::Mutex<HashMap<SocketAddr, Arc<Server>>>>,
+    /// `Some` on the TLS listener: each connection's handshake comes first.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Admits at most [`MAX_STREAM_CLIENTS`] connections at once.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// How relayed addresses are made, cloned into each listener's allocation manager.
@@ -570,12 +618,49 @@ impl RelayPlan {
 }
 
 impl TurnServer {
-    /// Binds the listeners and starts serving. A taken port is an error naming the address
-    /// and the setting, not a silent fallback: browsers are told this exact port.
+    /// Binds the UDP and TCP listeners and starts serving; a node without a certificate.
+    /// A TLS listener in `settings` is refused (see [`TurnServer::start_with_tls`]).
     pub async fn start(settings: &TurnSettings) -> Result<TurnServer, TurnError> {
+        Self::start_with_tls(settings, None).await
+    }
+
+    /// Binds the listeners and starts serving. A taken port is an error naming the address
+    /// and the setting, not a silent fallback: browsers are told this exact port. `tls` is
+    /// the node's certificate (the HTTPS listener's, so renewals reach TURN too); the TLS
+    /// listener needs it.
+    pub async fn start_with_tls(
+        settings: &TurnSettings,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<TurnServer, TurnError> {
         settings.validate()?;
-        let span =
-            info_span!("turn_server", udp = ?settings.listen_udp, tcp = ?settings.listen_tcp);
+        let tls = match (settings.listen_tls, tls) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(TurnError::invalid(
+                    names::LISTEN_TLS,
+                    "TURN over TLS needs the node's certificate: set tls.cert_file and tls.key_file (NEULBI_TLS_CERT, NEULBI_TLS_KEY)",
+                ));
+            }
+            (Some(_), Some(config)) => {
+                let Some(host) = settings.tls_host.clone() else {
+                    return Err(TurnError::invalid(
+                        names::TLS_HOST,
+                        "unset, and no public URL to take the host from; turns: URLs need the host name the certificate names",
+                    ));
+                };
+                // The HTTPS configuration offers only http/1.1; TURN clients may offer
+                // stun.turn (RFC 7443) or nothing.
+                let mut config = (*config).clone();
+                config.alpn_protocols = vec![ALPN_TURN.to_vec()];
+                Some((tokio_rustls::TlsAcceptor::from(Arc::new(config)), host))
+            }
+        };
+        let span = info_span!(
+            "turn_server",
+            udp = ?settings.listen_udp,
+            tcp = ?settings.listen_tcp,
+            tls = ?settings.listen_tls
+        );
         async move {
             let auth = Arc::new(RestAuthHandler {
                 secret: settings.secret.clone(),
@@ -585,13 +670,17 @@ impl TurnServer {
                 bind: settings.relay_bind.unwrap_or(settings.relay_ip),
                 ports: settings.relay_ports,
             };
-            // Bind both before serving either, so a taken TCP port leaves no UDP server behind.
+            // Bind all before serving any, so a taken TCP port leaves no UDP server behind.
             let udp_socket = match settings.listen_udp {
                 Some(addr) => Some(bind_udp(addr).await?),
                 None => None,
             };
             let tcp_listener = match settings.listen_tcp {
-                Some(addr) => Some(bind_tcp(addr).await?),
+                Some(addr) => Some(bind_stream(addr, "TCP", names::LISTEN_TCP).await?),
+                None => None,
+            };
+            let tls_listener = match settings.listen_tls {
+                Some(addr) => Some(bind_stream(addr, "TLS", names::LISTEN_TLS).await?),
                 None => None,
             };
 
@@ -630,44 +719,65 @@ impl TurnServer {
                 }
                 None => None,
             };
+            let stream = |listener: TcpListener,
+                          configured: Option<SocketAddr>,
+                          name: (&'static str, &'static str),
+                          tls: Option<tokio_rustls::TlsAcceptor>| {
+                let addr = listener.local_addr().map_err(|source| TurnError::Bind {
+                    proto: if tls.is_some() { "TLS" } else { "TCP" },
+                    addr: configured.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                    setting: name.0,
+                    env: name.1,
+                    source,
+                })?;
+                let servers = Arc::new(std::sync::Mutex::new(HashMap::new()));
+                let ctx = Arc::new(TcpContext {
+                    local: addr,
+                    realm: settings.realm.clone(),
+                    auth: auth.clone(),
+                    relay: relay.clone(),
+                    servers: servers.clone(),
+                    tls,
+                    slots: Arc::new(tokio::sync::Semaphore::new(MAX_STREAM_CLIENTS)),
+                });
+                let (shutdown, shutdown_rx) = watch::channel(false);
+                let task = tokio::spawn(
+                    accept_loop(listener, ctx, shutdown_rx).instrument(tracing::Span::current()),
+                );
+                Ok::<_, TurnError>(TcpAcceptor {
+                    addr,
+                    shutdown,
+                    task,
+                    servers,
+                })
+            };
             let tcp = match tcp_listener {
                 Some(listener) => {
-                    let addr = listener.local_addr().map_err(|source| TurnError::Bind {
-                        proto: "TCP",
-                        addr: settings
-                            .listen_tcp
-                            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
-                        setting: names::LISTEN_TCP.0,
-                        env: names::LISTEN_TCP.1,
-                        source,
-                    })?;
-                    let servers = Arc::new(std::sync::Mutex::new(HashMap::new()));
-                    let ctx = Arc::new(TcpContext {
-                        local: addr,
-                        realm: settings.realm.clone(),
-                        auth: auth.clone(),
-                        relay: relay.clone(),
-                        servers: servers.clone(),
-                    });
-                    let (shutdown, shutdown_rx) = watch::channel(false);
-                    let task = tokio::spawn(
-                        accept_loop(listener, ctx, shutdown_rx)
-                            .instrument(tracing::Span::current()),
-                    );
-                    urls.push(turn_url(addr, settings.relay_ip, "tcp"));
-                    info!(%addr, "TURN listening on TCP");
-                    Some(TcpAcceptor {
-                        addr,
-                        shutdown,
-                        task,
-                        servers,
-                    })
+                    let acceptor = stream(listener, settings.listen_tcp, names::LISTEN_TCP, None)?;
+                    urls.push(turn_url(acceptor.addr, settings.relay_ip, "tcp"));
+                    info!(addr = %acceptor.addr, "TURN listening on TCP");
+                    Some(acceptor)
                 }
                 None => None,
+            };
+            let tls = match (tls_listener, tls) {
+                (Some(listener), Some((acceptor, host))) => {
+                    let acceptor = stream(
+                        listener,
+                        settings.listen_tls,
+                        names::LISTEN_TLS,
+                        Some(acceptor),
+                    )?;
+                    urls.push(turns_url(&host, acceptor.addr.port()));
+                    info!(addr = %acceptor.addr, %host, "TURN listening on TLS");
+                    Some(acceptor)
+                }
+                _ => None,
             };
             Ok(TurnServer {
                 udp,
                 tcp,
+                tls,
                 urls,
                 secret: settings.secret.clone(),
                 credential_ttl: settings.credential_ttl,
@@ -687,7 +797,13 @@ impl TurnServer {
         self.tcp.as_ref().map(|t| t.addr)
     }
 
-    /// The ICE server URLs of this server, UDP first: what browsers are told.
+    /// The bound TLS address (the real port when the setting asked for port 0).
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().map(|t| t.addr)
+    }
+
+    /// The ICE server URLs of this server, UDP first, then TCP, then TLS: what browsers are
+    /// told.
     pub fn urls(&self) -> &[String] {
         &self.urls
     }
@@ -700,10 +816,10 @@ impl TurnServer {
     /// The live allocations on every listener, for health checks and metrics.
     pub async fn allocations(&self) -> Vec<AllocationSummary> {
         let mut servers: Vec<Arc<Server>> = Vec::new();
-        if let Some(tcp) = &self.tcp
-            && let Ok(map) = tcp.servers.lock()
-        {
-            servers.extend(map.values().cloned());
+        for stream in self.tcp.iter().chain(&self.tls) {
+            if let Ok(map) = stream.servers.lock() {
+                servers.extend(map.values().cloned());
+            }
         }
         let mut out = Vec::new();
         let udp = self.udp.as_ref().map(|u| &u.server);
@@ -724,12 +840,17 @@ impl TurnServer {
     /// Stops both listeners, releases every allocation and waits until the sockets are
     /// closed, so the ports can be bound again when this returns.
     pub async fn close(self) {
-        let span = info_span!("turn_server_close", udp = ?self.udp_addr(), tcp = ?self.tcp_addr());
+        let span = info_span!(
+            "turn_server_close",
+            udp = ?self.udp_addr(),
+            tcp = ?self.tcp_addr(),
+            tls = ?self.tls_addr()
+        );
         async move {
-            if let Some(tcp) = self.tcp {
-                tcp.shutdown.send_replace(true);
-                if let Err(e) = tcp.task.await {
-                    warn!(error = %e, "TURN TCP acceptor ended abnormally");
+            for stream in self.tcp.into_iter().chain(self.tls) {
+                stream.shutdown.send_replace(true);
+                if let Err(e) = stream.task.await {
+                    warn!(error = %e, "TURN stream acceptor ended abnormally");
                 }
             }
             if let Some(mut udp) = self.udp {
@@ -767,16 +888,25 @@ fn turn_url(addr: SocketAddr, relay_ip: IpAddr, transport: &str) -> String {
     format!("turn:{host}:{}?transport={transport}", addr.port())
 }
 
+/// `turns:HOST:PORT?transport=tcp`: browsers check the certificate against `HOST`.
+fn turns_url(host: &str, port: u16) -> String {
+    format!("turns:{host}:{port}?transport=tcp")
+}
+
 async fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, TurnError> {
     UdpSocket::bind(addr)
         .await
         .map_err(|source| bind_error("UDP", addr, names::LISTEN_UDP, source))
 }
 
-async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, TurnError> {
+async fn bind_stream(
+    addr: SocketAddr,
+    proto: &'static str,
+    name: (&'static str, &'static str),
+) -> Result<TcpListener, TurnError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| bind_error("TCP", addr, names::LISTEN_TCP, source))
+        .map_err(|source| bind_error(proto, addr, name, source))
 }
 
 fn bind_error(
@@ -871,8 +1001,8 @@ impl Conn for UdpConn {
     }
 }
 
-/// Accepts TURN-over-TCP clients until shutdown; each connection gets its own `turn`
-/// server (the crate serves datagram sockets only), so its allocations die with the
+/// Accepts TURN-over-TCP (or TLS) clients until shutdown; each connection gets its own
+/// `turn` server (the crate serves datagram sockets only), so its allocations die with the
 /// connection, as RFC 8656 §3.1 wants.
 async fn accept_loop(
     listener: TcpListener,
@@ -886,14 +1016,23 @@ async fn accept_loop(
             () = stopped(&mut shutdown) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let span = info_span!("turn_tcp_conn", %peer);
+                    let Ok(slot) = ctx.slots.clone().try_acquire_owned() else {
+                        warn!(%peer, limit = MAX_STREAM_CLIENTS, "TURN stream client refused: too many connections");
+                        continue;
+                    };
+                    let span = info_span!("turn_stream_conn", %peer, tls = ctx.tls.is_some());
+                    let (ctx, shutdown) = (ctx.clone(), for_conns.clone());
                     conns.spawn(
-                        serve_tcp(stream, peer, ctx.clone(), for_conns.clone()).instrument(span),
+                        async move {
+                            serve_stream(stream, peer, ctx, shutdown).await;
+                            drop(slot);
+                        }
+                        .instrument(span),
                     );
                 }
                 Err(e) => {
                     // Out of descriptors and the like: back off rather than spin.
-                    warn!(error = %e, "TURN TCP accept failed");
+                    warn!(error = %e, "TURN stream accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
@@ -909,17 +1048,47 @@ async fn stopped(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|set| *set).await;
 }
 
-async fn serve_tcp(
+/// One stream client: the TLS handshake first on the TLS listener (bounded, so a silent
+/// client cannot hold a slot), then the framed TURN exchange.
+async fn serve_stream(
     stream: TcpStream,
     peer: SocketAddr,
     ctx: Arc<TcpContext>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     // Media rides on this stream; Nagle would hold small packets back.
     if let Err(e) = stream.set_nodelay(true) {
         debug!(error = %e, "TCP_NODELAY not set");
     }
-    let (conn, mut closed) = TcpFramedConn::new(stream, ctx.local, peer);
+    match &ctx.tls {
+        None => {
+            let (reader, writer) = stream.into_split();
+            serve_framed(reader, writer, peer, &ctx, shutdown).await;
+        }
+        Some(acceptor) => {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let (reader, writer) = tokio::io::split(tls);
+                    serve_framed(reader, writer, peer, &ctx, shutdown).await;
+                }
+                Ok(Err(e)) => debug!(error = %e, "TURN TLS handshake failed"),
+                Err(_) => debug!("TURN TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn serve_framed<R, W>(
+    reader: R,
+    writer: W,
+    peer: SocketAddr,
+    ctx: &TcpContext,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (conn, mut closed) = FramedConn::new(reader, writer, ctx.local, peer);
     let conn = Arc::new(conn);
     let server = match Server::new(ServerConfig {
         conn_configs: vec![ConnConfig {
@@ -935,14 +1104,14 @@ async fn serve_tcp(
     {
         Ok(server) => Arc::new(server),
         Err(e) => {
-            warn!(error = %e, "TURN TCP connection not served");
+            warn!(error = %e, "TURN stream connection not served");
             return;
         }
     };
     if let Ok(mut map) = ctx.servers.lock() {
         map.insert(peer, server.clone());
     }
-    debug!("TURN TCP client connected");
+    debug!("TURN stream client connected");
     tokio::select! {
         () = stopped(&mut closed) => {}
         () = stopped(&mut shutdown) => {}
@@ -951,33 +1120,33 @@ async fn serve_tcp(
         map.remove(&peer);
     }
     if let Err(e) = server.close().await {
-        debug!(error = %e, "TURN TCP server close failed");
+        debug!(error = %e, "TURN stream server close failed");
     }
     let _ = conn.close().await;
-    debug!("TURN TCP client gone");
+    debug!("TURN stream client gone");
 }
 
-/// One TURN-over-TCP connection as a datagram `Conn`: each `recv_from` yields one whole STUN
-/// message or ChannelData frame (RFC 8656 §12.5: padded to 4 bytes on streams), each
-/// `send_to` writes one.
-struct TcpFramedConn {
-    reader: Mutex<OwnedReadHalf>,
-    writer: Mutex<OwnedWriteHalf>,
+/// One TURN-over-TCP (or TLS) connection as a datagram `Conn`: each `recv_from` yields one
+/// whole STUN message or ChannelData frame (RFC 8656 §12.5: padded to 4 bytes on streams),
+/// each `send_to` writes one.
+struct FramedConn<R, W> {
+    reader: Mutex<R>,
+    writer: Mutex<W>,
     local: SocketAddr,
     peer: SocketAddr,
     closed: watch::Sender<bool>,
 }
 
-impl TcpFramedConn {
+impl<R, W> FramedConn<R, W> {
     fn new(
-        stream: TcpStream,
+        reader: R,
+        writer: W,
         local: SocketAddr,
         peer: SocketAddr,
     ) -> (Self, watch::Receiver<bool>) {
-        let (reader, writer) = stream.into_split();
         let (closed, rx) = watch::channel(false);
         (
-            TcpFramedConn {
+            FramedConn {
                 reader: Mutex::new(reader),
                 writer: Mutex::new(writer),
                 local,
@@ -991,7 +1160,7 @@ impl TcpFramedConn {
 
 /// Reads one STUN message (first two bits 00; 20-byte header + length) or ChannelData
 /// frame (bits 01; 4-byte header + length padded to 4).
-async fn read_frame(reader: &mut OwnedReadHalf) -> std::io::Result<Vec<u8>> {
+async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> std::io::Result<Vec<u8>> {
     let mut head = [0u8; 4];
     reader.read_exact(&mut head).await?;
     let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
@@ -1001,7 +1170,7 @@ async fn read_frame(reader: &mut OwnedReadHalf) -> std::io::Result<Vec<u8>> {
         _ => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                "neither STUN nor ChannelData on a TURN TCP stream",
+                "neither STUN nor ChannelData on a TURN stream",
             ));
         }
     };
@@ -1012,7 +1181,11 @@ async fn read_frame(reader: &mut OwnedReadHalf) -> std::io::Result<Vec<u8>> {
 }
 
 #[async_trait::async_trait]
-impl Conn for TcpFramedConn {
+impl<R, W> Conn for FramedConn<R, W>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
         Ok(())
     }
@@ -1024,13 +1197,13 @@ impl Conn for TcpFramedConn {
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
         let mut reader = self.reader.lock().await;
         loop {
-            match read_frame(&mut reader).await {
+            match read_frame(&mut *reader).await {
                 Ok(frame) if frame.len() <= buf.len() => {
                     buf[..frame.len()].copy_from_slice(&frame);
                     return Ok((frame.len(), self.peer));
                 }
                 Ok(frame) => {
-                    debug!(len = frame.len(), "oversized TURN TCP frame dropped");
+                    debug!(len = frame.len(), "oversized TURN stream frame dropped");
                 }
                 Err(e) => {
                     self.closed.send_replace(true);
@@ -1054,6 +1227,8 @@ impl Conn for TcpFramedConn {
             if pad > 0 && buf.first().is_some_and(|b| b >> 6 == 0b01) {
                 writer.write_all(&[0u8; 3][..pad]).await?;
             }
+            // A TLS writer holds records back until flushed.
+            writer.flush().await?;
             Ok::<_, std::io::Error>(buf.len())
         }
         .await;
@@ -1237,6 +1412,43 @@ mod tests {
 
         let err = TurnSettings::default().validate().expect_err("no secret");
         assert!(err.to_string().contains("media.turn.secret"), "{err}");
+
+        // TLS is off by default; the env turns it on and names the certificate's host.
+        let mut s = TurnSettings {
+            secret: "x".into(),
+            ..TurnSettings::default()
+        };
+        assert_eq!(s.listen_tls, None);
+        let env: HashMap<&str, &str> = [
+            ("NEULBI_TURN_LISTEN_TLS", "0.0.0.0:5349"),
+            ("NEULBI_TURN_TLS_HOST", " turn.example.org "),
+        ]
+        .into_iter()
+        .collect();
+        s.apply_env(|k| env.get(k).map(|v| v.to_string()))
+            .expect("valid env");
+        assert_eq!(s.listen_tls, Some("0.0.0.0:5349".parse().expect("addr")));
+        assert_eq!(s.tls_host.as_deref(), Some("turn.example.org"));
+        assert!(s.validate().is_ok());
+        for bad in ["turn.example.org/x", "user@host", "a b"] {
+            s.tls_host = Some(bad.into());
+            let err = s.validate().expect_err("not a host");
+            assert!(err.to_string().contains("NEULBI_TURN_TLS_HOST"), "{err}");
+        }
+        // TLS alone is enough to listen on.
+        let only_tls = TurnSettings {
+            listen_udp: None,
+            listen_tcp: None,
+            listen_tls: Some("127.0.0.1:5349".parse().expect("addr")),
+            secret: "x".into(),
+            ..TurnSettings::default()
+        };
+        assert!(only_tls.validate().is_ok());
+        let none = TurnSettings {
+            listen_tls: None,
+            ..only_tls
+        };
+        assert!(none.validate().is_err());
     }
 
     #[test]
@@ -1249,6 +1461,10 @@ mod tests {
         assert_eq!(
             turn_url("127.0.0.1:5000".parse().expect("addr"), relay, "tcp"),
             "turn:127.0.0.1:5000?transport=tcp"
+        );
+        assert_eq!(
+            turns_url("turn.example.org", DEFAULT_TURNS_PORT),
+            "turns:turn.example.org:5349?transport=tcp"
         );
     }
 }

@@ -40,7 +40,28 @@ pub fn issue(name: &str) -> Issued {
     }
 }
 
+/// Writes the chain and key the way a renewal does (certbot's `fullchain.pem` and
+/// `privkey.pem`): new files, then renamed over the old ones.
+pub fn install(dir: &std::path::Path, issued: &Issued) {
+    for (name, text) in [
+        ("fullchain.pem", &issued.chain_pem),
+        ("privkey.pem", &issued.key_pem),
+    ] {
+        let tmp = dir.join(format!("{name}.new"));
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, dir.join(name)).expect("rename");
+    }
+}
+
 pub fn connector(trusted: &[&CertificateDer<'static>]) -> TlsConnector {
+    connector_with_alpn(trusted, Vec::new())
+}
+
+/// A client that trusts `trusted` and offers the ALPN protocols `alpn`.
+pub fn connector_with_alpn(
+    trusted: &[&CertificateDer<'static>],
+    alpn: Vec<Vec<u8>>,
+) -> TlsConnector {
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
     for ca in trusted {
         roots.add((*ca).clone()).expect("trust anchor");
@@ -52,6 +73,8 @@ pub fn connector(trusted: &[&CertificateDer<'static>]) -> TlsConnector {
     .expect("versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
+    let mut config = config;
+    config.alpn_protocols = alpn;
     TlsConnector::from(Arc::new(config))
 }
 

@@ -23,6 +23,10 @@ use neulbi::store::{self, SharedStore, Storage, StoreLimits};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// A TCP port on 127.0.0.1 nobody listens on right now; defined in `pg.rs`, which the
+/// benches include on its own.
+pub use pg::free_port;
+
 /// A store backend under test, with what is needed to open a second instance on the same
 /// database (a restart, or a second node) and to tamper with rows.
 pub struct Backend {

@@ -3,7 +3,6 @@
 //! `npm ci` in tests/e2e is a test failure with instructions, never a skip.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,13 +13,6 @@ pub struct OidcProvider {
     pub issuer: String,
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 impl OidcProvider {
     /// Starts the provider on `port` with one client whose redirect URI is `redirect_uri`.
     pub fn start(port: u16, redirect_uri: &str, client_id: &str, client_secret: &str) -> Self {
@@ -29,7 +21,7 @@ impl OidcProvider {
     }
 
     /// Like [`OidcProvider::start`], but an early exit (the port was taken between
-    /// [`free_port`] and node binding it, by a test running in parallel) is an error the
+    /// [`super::free_port`] and node binding it, by a test running in parallel) is an error the
     /// caller may retry with another port.
     pub fn try_start(
         port: u16,

@@ -4,7 +4,6 @@
 //!
 //! A missing PostgreSQL installation is a test failure with instructions, never a skip.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -49,11 +48,13 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+/// A TCP port on 127.0.0.1 nobody listens on right now (the OS's pick), for a component
+/// that must be told its port before it starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("free port")
+        .expect("a free port")
 }
 
 impl TempPostgres {

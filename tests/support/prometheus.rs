@@ -23,16 +23,9 @@ impl Drop for Prometheus {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// Starts Prometheus scraping `target` (job `neulbi`) every `interval`, with `rules` loaded.
 pub async fn start(dir: &Path, target: SocketAddr, interval: Duration, rules: &Path) -> Prometheus {
-    let port = free_port();
+    let port = super::free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let secs = interval.as_secs().max(1);
     let config = format!(

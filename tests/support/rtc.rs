@@ -22,7 +22,12 @@ pub struct Rtc {
 impl Rtc {
     /// Opens `/rtc` without signing in.
     pub async fn open(addr: SocketAddr) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/rtc"))
+        Self::open_url(&format!("ws://{addr}/rtc")).await
+    }
+
+    /// Opens a signaling URL as given (a redirect's `url`) without signing in.
+    pub async fn open_url(url: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("websocket");
         Self {
@@ -31,13 +36,18 @@ impl Rtc {
         }
     }
 
-    /// Opens `/rtc` and signs in with `token`; panics unless `welcome` comes back.
-    pub async fn connect(addr: SocketAddr, token: &str) -> Self {
-        let mut rtc = Self::open(addr).await;
+    /// Opens a signaling URL and signs in with `token`; panics unless `welcome` comes back.
+    pub async fn connect_url(url: &str, token: &str) -> Self {
+        let mut rtc = Self::open_url(url).await;
         rtc.send(json!({"v": 1, "type": "auth", "token": token}))
             .await;
         rtc.expect("welcome").await;
         rtc
+    }
+
+    /// Opens `/rtc` and signs in with `token`; panics unless `welcome` comes back.
+    pub async fn connect(addr: SocketAddr, token: &str) -> Self {
+        Self::connect_url(&format!("ws://{addr}/rtc"), token).await
     }
 
     /// Sends one message.

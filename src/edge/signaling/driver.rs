@@ -240,8 +240,8 @@ impl Connection {
             // Not a party, or no such call: the same answer, so ids cannot be probed.
             return Err(error("not_found", "no such call".into(), "join"));
         }
-        if let Some(other) = current.media_node().filter(|n| *n != node) {
-            return Err(redirect(other));
+        if current.media_node().is_some_and(|n| n != node) {
+            return Err(redirect(&current));
         }
         let outcome = calls
             .execute(call, CallCommand::Join, ctx, metadata.clone())
@@ -252,7 +252,15 @@ impl Connection {
             .iter()
             .any(|e| matches!(e, CallEvent::ParticipantRejoined { .. }));
         match calls
-            .execute(call, CallCommand::AssignMediaNode { node }, ctx, metadata)
+            .execute(
+                call,
+                CallCommand::AssignMediaNode {
+                    node,
+                    url: self.signaling.settings.node_url.clone(),
+                },
+                ctx,
+                metadata,
+            )
             .await
         {
             Ok(_) => {}
@@ -261,8 +269,8 @@ impl Connection {
                     .state(call)
                     .await
                     .map_err(|e| actor_error(e, "join"))?;
-                if let Some(other) = state.media_node() {
-                    return Err(redirect(other));
+                if state.media_node().is_some() {
+                    return Err(redirect(&state));
                 }
             }
             Err(e) => return Err(actor_error(e, "join")),
@@ -647,10 +655,12 @@ fn participant(event: &'static str, user: UserId) -> ServerMessage {
     }
 }
 
-fn redirect(node: &str) -> ServerMessage {
+/// Sends the client to the node that holds the call's media: its name, and its own
+/// signaling URL when it recorded one with the assignment.
+fn redirect(call: &CallState) -> ServerMessage {
     ServerMessage::Redirect {
-        node: node.to_owned(),
-        url: None,
+        node: call.media_node().unwrap_or_default().to_owned(),
+        url: call.media_url().map(str::to_owned),
     }
 }
 

@@ -17,6 +17,7 @@ impl Default for CallSettings {
             grace_secs: policy.grace_secs,
             stall_secs: 3,
             node: "local".into(),
+            node_url: None,
             auth_timeout_secs: session.auth_timeout.as_secs(),
             max_message_bytes: session.max_message_bytes,
             messages_per_sec: session.rate_per_sec,
