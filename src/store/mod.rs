@@ -12,6 +12,7 @@ pub mod group_commit;
 pub mod kurrent;
 pub mod model;
 pub mod postgres;
+mod sql_read;
 pub mod sqlite;
 pub mod subscription;
 

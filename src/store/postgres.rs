@@ -10,14 +10,13 @@
 
 use super::group_commit::{self, AppendRequest, Committer, GroupCommit, Plan, StoredId};
 use super::model::RawRow;
-use super::subscription::{self, ReadPage};
+use super::sql_read::{SqlBackend, SqlReader, clamp, select_events};
 use super::{
     AppendResult, Direction, EventData, EventStore, ExpectedVersion, RecordedEvent, StoreError,
     StoreLimits,
 };
 use async_trait::async_trait;
 use chrono::Utc;
-use futures::FutureExt;
 use futures::stream::BoxStream;
 use neulbi_domain::StreamName;
 use sqlx::Row;
@@ -37,11 +36,40 @@ const APPEND_LOCK: i64 = 0x6e65_756c_6269;
 /// The channel on which commits are announced; the payload is the new head position.
 const CHANNEL: &str = "neulbi_events";
 
-/// Builds a static `SELECT` of every event column; sqlx only accepts audited static SQL.
-macro_rules! select_events {
-    ($tail:literal) => {
-        concat!("SELECT position, event_id::text, stream, version, event_type, schema_version, data, metadata, recorded_at FROM events ", $tail)
-    };
+impl SqlBackend for sqlx::Postgres {
+    const READ_ALL: &'static str = select_events!(
+        "event_id::text",
+        "WHERE position >= $1 ORDER BY position LIMIT $2"
+    );
+    const READ_FORWARD: &'static str = select_events!(
+        "event_id::text",
+        "WHERE stream = $1 AND version >= $2 ORDER BY version LIMIT $3"
+    );
+    const READ_BACKWARD: &'static str = select_events!(
+        "event_id::text",
+        "WHERE stream = $1 AND version <= $2 ORDER BY version DESC LIMIT $3"
+    );
+    // Commits are announced with NOTIFY; polling covers a lost LISTEN connection.
+    const POLL: Duration = Duration::from_secs(1);
+
+    fn raw(row: &PgRow) -> Result<RawRow, StoreError> {
+        let schema_version: i32 = row.try_get(5)?;
+        Ok(RawRow {
+            position: row.try_get(0)?,
+            event_id: row.try_get(1)?,
+            stream: row.try_get(2)?,
+            version: row.try_get(3)?,
+            event_type: row.try_get(4)?,
+            schema_version: i64::from(schema_version),
+            data: row.try_get(6)?,
+            metadata: row.try_get(7)?,
+            recorded_at: row.try_get(8)?,
+        })
+    }
+
+    fn head(row: &PgRow) -> Result<Option<i64>, StoreError> {
+        Ok(row.try_get(0)?)
+    }
 }
 
 /// The PostgreSQL event store. Cheap to clone; all clones share one writer.
@@ -51,9 +79,9 @@ pub struct PostgresStore {
 }
 
 struct Inner {
-    pool: PgPool,
+    /// The pool and the head announcements.
+    reader: SqlReader<sqlx::Postgres>,
     writer: GroupCommit,
-    head: watch::Sender<Option<u64>>,
     listener: JoinHandle<()>,
 }
 
@@ -93,9 +121,8 @@ impl PostgresStore {
         );
         Ok(Self {
             inner: Arc::new(Inner {
-                pool,
+                reader: SqlReader::new(pool, head_tx),
                 writer,
-                head: head_tx,
                 listener,
             }),
         })
@@ -103,21 +130,7 @@ impl PostgresStore {
 
     /// The connection pool, for read models that live in the same database.
     pub fn pool(&self) -> &PgPool {
-        &self.inner.pool
-    }
-
-    async fn read_all_inner(
-        pool: &PgPool,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let sql = select_events!("WHERE position >= $1 ORDER BY position LIMIT $2");
-        let rows = sqlx::query(sql)
-            .bind(clamp(from))
-            .bind(clamp(limit as u64))
-            .fetch_all(pool)
-            .await?;
-        rows.into_iter().map(|r| raw(&r)?.decode()).collect()
+        self.inner.reader.pool()
     }
 }
 
@@ -137,25 +150,6 @@ async fn listen(mut listener: PgListener, head: watch::Sender<Option<u64>>) {
             }
         }
     }
-}
-
-fn clamp(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn raw(row: &PgRow) -> Result<RawRow, StoreError> {
-    let schema_version: i32 = row.try_get(5)?;
-    Ok(RawRow {
-        position: row.try_get(0)?,
-        event_id: row.try_get(1)?,
-        stream: row.try_get(2)?,
-        version: row.try_get(3)?,
-        event_type: row.try_get(4)?,
-        schema_version: i64::from(schema_version),
-        data: row.try_get(6)?,
-        metadata: row.try_get(7)?,
-        recorded_at: row.try_get(8)?,
-    })
 }
 
 #[async_trait]
@@ -179,21 +173,10 @@ impl EventStore for PostgresStore {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let sql = match direction {
-            Direction::Forward => {
-                select_events!("WHERE stream = $1 AND version >= $2 ORDER BY version LIMIT $3")
-            }
-            Direction::Backward => {
-                select_events!("WHERE stream = $1 AND version <= $2 ORDER BY version DESC LIMIT $3")
-            }
-        };
-        let rows = sqlx::query(sql)
-            .bind(stream.to_string())
-            .bind(clamp(from_version))
-            .bind(clamp(limit as u64))
-            .fetch_all(&self.inner.pool)
-            .await?;
-        rows.into_iter().map(|r| raw(&r)?.decode()).collect()
+        self.inner
+            .reader
+            .read_stream(stream, from_version, direction, limit)
+            .await
     }
 
     async fn read_all(
@@ -201,40 +184,26 @@ impl EventStore for PostgresStore {
         from_position: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        Self::read_all_inner(&self.inner.pool, from_position, limit).await
+        self.inner.reader.read_all(from_position, limit).await
     }
 
     async fn head_position(&self) -> Result<Option<u64>, StoreError> {
-        let head: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
-            .fetch_one(&self.inner.pool)
-            .await?;
-        Ok(head.and_then(|h| u64::try_from(h).ok()))
+        self.inner.reader.head_position().await
     }
 
     fn head_changes(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
-        self.inner.head.subscribe()
+        self.inner.reader.head_changes()
     }
 
     fn subscribe_all(
         &self,
         from_position: u64,
     ) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
-        let pool = self.inner.pool.clone();
-        let read: ReadPage = Arc::new(move |from, limit| {
-            let pool = pool.clone();
-            async move { Self::read_all_inner(&pool, from, limit).await }.boxed()
-        });
-        subscription::follow(
-            read,
-            self.inner.head.subscribe(),
-            from_position,
-            Duration::from_secs(1),
-        )
+        self.inner.reader.subscribe_all(from_position)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.inner.pool).await?;
-        Ok(())
+        self.inner.reader.ping().await
     }
 
     async fn close(&self) {

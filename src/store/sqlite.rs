@@ -4,14 +4,13 @@
 
 use super::group_commit::{self, AppendRequest, Committer, GroupCommit, Plan, StoredId};
 use super::model::RawRow;
-use super::subscription::{self, ReadPage};
+use super::sql_read::{SqlBackend, SqlReader, clamp, select_events};
 use super::{
     AppendResult, Direction, EventData, EventStore, ExpectedVersion, RecordedEvent, StoreError,
     StoreLimits,
 };
 use async_trait::async_trait;
 use chrono::Utc;
-use futures::FutureExt;
 use futures::stream::BoxStream;
 use neulbi_domain::StreamName;
 use sqlx::sqlite::{
@@ -28,11 +27,37 @@ use tokio::sync::watch;
 /// Embedded migrations for SQLite.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// Builds a static `SELECT` of every event column; sqlx only accepts audited static SQL.
-macro_rules! select_events {
-    ($tail:literal) => {
-        concat!("SELECT position, event_id, stream, version, event_type, schema_version, data, metadata, recorded_at FROM events ", $tail)
-    };
+impl SqlBackend for sqlx::Sqlite {
+    const READ_ALL: &'static str =
+        select_events!("event_id", "WHERE position >= ? ORDER BY position LIMIT ?");
+    const READ_FORWARD: &'static str = select_events!(
+        "event_id",
+        "WHERE stream = ? AND version >= ? ORDER BY version LIMIT ?"
+    );
+    const READ_BACKWARD: &'static str = select_events!(
+        "event_id",
+        "WHERE stream = ? AND version <= ? ORDER BY version DESC LIMIT ?"
+    );
+    // Another process (a CLI, a second server) may write the same file; poll to see it.
+    const POLL: Duration = Duration::from_millis(500);
+
+    fn raw(row: &sqlx::sqlite::SqliteRow) -> Result<RawRow, StoreError> {
+        Ok(RawRow {
+            position: row.try_get(0)?,
+            event_id: row.try_get(1)?,
+            stream: row.try_get(2)?,
+            version: row.try_get(3)?,
+            event_type: row.try_get(4)?,
+            schema_version: row.try_get(5)?,
+            data: row.try_get(6)?,
+            metadata: row.try_get(7)?,
+            recorded_at: row.try_get(8)?,
+        })
+    }
+
+    fn head(row: &sqlx::sqlite::SqliteRow) -> Result<Option<i64>, StoreError> {
+        Ok(row.try_get(0)?)
+    }
 }
 
 /// The SQLite event store. Cheap to clone; all clones share one writer.
@@ -42,9 +67,9 @@ pub struct SqliteStore {
 }
 
 struct Inner {
-    readers: SqlitePool,
+    /// The reader pool and the head announcements.
+    readers: SqlReader<sqlx::Sqlite>,
     writer: GroupCommit,
-    head: watch::Sender<Option<u64>>,
     checkpointer: tokio::task::JoinHandle<()>,
 }
 
@@ -114,9 +139,8 @@ impl SqliteStore {
         let checkpointer = tokio::spawn(checkpoint_loop(readers.clone()));
         Ok(Self {
             inner: Arc::new(Inner {
-                readers,
+                readers: SqlReader::new(readers, head_tx),
                 writer,
-                head: head_tx,
                 checkpointer,
             }),
         })
@@ -124,40 +148,8 @@ impl SqliteStore {
 
     /// The reader pool, for read models and tools that share the database file.
     pub fn pool(&self) -> &SqlitePool {
-        &self.inner.readers
+        self.inner.readers.pool()
     }
-
-    async fn read_all_inner(
-        pool: &SqlitePool,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let sql = select_events!("WHERE position >= ? ORDER BY position LIMIT ?");
-        let rows = sqlx::query(sql)
-            .bind(clamp(from))
-            .bind(clamp(limit as u64))
-            .fetch_all(pool)
-            .await?;
-        rows.into_iter().map(|r| raw(&r)?.decode()).collect()
-    }
-}
-
-fn clamp(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn raw(row: &sqlx::sqlite::SqliteRow) -> Result<RawRow, StoreError> {
-    Ok(RawRow {
-        position: row.try_get(0)?,
-        event_id: row.try_get(1)?,
-        stream: row.try_get(2)?,
-        version: row.try_get(3)?,
-        event_type: row.try_get(4)?,
-        schema_version: row.try_get(5)?,
-        data: row.try_get(6)?,
-        metadata: row.try_get(7)?,
-        recorded_at: row.try_get(8)?,
-    })
 }
 
 #[async_trait]
@@ -181,21 +173,10 @@ impl EventStore for SqliteStore {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let sql = match direction {
-            Direction::Forward => {
-                select_events!("WHERE stream = ? AND version >= ? ORDER BY version LIMIT ?")
-            }
-            Direction::Backward => {
-                select_events!("WHERE stream = ? AND version <= ? ORDER BY version DESC LIMIT ?")
-            }
-        };
-        let rows = sqlx::query(sql)
-            .bind(stream.to_string())
-            .bind(clamp(from_version))
-            .bind(clamp(limit as u64))
-            .fetch_all(&self.inner.readers)
-            .await?;
-        rows.into_iter().map(|r| raw(&r)?.decode()).collect()
+        self.inner
+            .readers
+            .read_stream(stream, from_version, direction, limit)
+            .await
     }
 
     async fn read_all(
@@ -203,41 +184,26 @@ impl EventStore for SqliteStore {
         from_position: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        Self::read_all_inner(&self.inner.readers, from_position, limit).await
+        self.inner.readers.read_all(from_position, limit).await
     }
 
     async fn head_position(&self) -> Result<Option<u64>, StoreError> {
-        let head: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
-            .fetch_one(&self.inner.readers)
-            .await?;
-        Ok(head.and_then(|h| u64::try_from(h).ok()))
+        self.inner.readers.head_position().await
     }
 
     fn head_changes(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
-        self.inner.head.subscribe()
+        self.inner.readers.head_changes()
     }
 
     fn subscribe_all(
         &self,
         from_position: u64,
     ) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
-        let pool = self.inner.readers.clone();
-        let read: ReadPage = Arc::new(move |from, limit| {
-            let pool = pool.clone();
-            async move { Self::read_all_inner(&pool, from, limit).await }.boxed()
-        });
-        // Another process (a CLI, a second server) may write the same file; poll to see it.
-        subscription::follow(
-            read,
-            self.inner.head.subscribe(),
-            from_position,
-            Duration::from_millis(500),
-        )
+        self.inner.readers.subscribe_all(from_position)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.inner.readers).await?;
-        Ok(())
+        self.inner.readers.ping().await
     }
 
     async fn close(&self) {

@@ -1,0 +1,145 @@
+//! The read side both SQL backends share: a stream's page, a page of the whole log, the head,
+//! and the live `subscribe_all` feed. Only the SQL text (placeholders), how a row's columns
+//! decode, and how often a subscriber polls differ; [`SqlBackend`] names those, and
+//! [`SqlReader`] is the one body that serves SQLite and PostgreSQL.
+
+use super::model::RawRow;
+use super::subscription::{self, ReadPage};
+use super::{Direction, RecordedEvent, StoreError};
+use futures::FutureExt;
+use futures::stream::BoxStream;
+use neulbi_domain::StreamName;
+use sqlx::{Database, Executor, Pool};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Builds a static `SELECT` of every event column (`$id`: the event id as text); sqlx only
+/// accepts audited static SQL.
+macro_rules! select_events {
+    ($id:literal, $tail:literal) => {
+        concat!(
+            "SELECT position, ",
+            $id,
+            ", stream, version, event_type, schema_version, data, metadata, recorded_at FROM events ",
+            $tail
+        )
+    };
+}
+pub(super) use select_events;
+
+/// What a SQL backend's read path is made of: its statements (placeholders differ), how it
+/// decodes an event row, and how often a subscriber polls for commits it was not told of.
+pub(super) trait SqlBackend: Database {
+    /// Events from a position on, in log order: binds `from`, `limit`.
+    const READ_ALL: &'static str;
+    /// A stream's events from a version on: binds `stream`, `from`, `limit`.
+    const READ_FORWARD: &'static str;
+    /// A stream's events up to a version, newest first: binds `stream`, `from`, `limit`.
+    const READ_BACKWARD: &'static str;
+    /// How often a subscriber looks for commits made by another process it heard nothing of.
+    const POLL: Duration;
+
+    /// The columns of one `select_events!` row.
+    fn raw(row: &Self::Row) -> Result<RawRow, StoreError>;
+
+    /// The single `MAX(position)` column of a head query.
+    fn head(row: &Self::Row) -> Result<Option<i64>, StoreError>;
+}
+
+/// The read half of a SQL event store: a pool and the head announcements.
+pub(super) struct SqlReader<DB: SqlBackend> {
+    pool: Pool<DB>,
+    head: watch::Sender<Option<u64>>,
+}
+
+/// A position, version or count as SQL's signed 64-bit integer (saturating).
+pub(super) fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl<DB> SqlReader<DB>
+where
+    DB: SqlBackend,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    pub(super) fn new(pool: Pool<DB>, head: watch::Sender<Option<u64>>) -> Self {
+        Self { pool, head }
+    }
+
+    pub(super) fn pool(&self) -> &Pool<DB> {
+        &self.pool
+    }
+
+    async fn page(
+        pool: &Pool<DB>,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query::<DB>(DB::READ_ALL)
+            .bind(clamp(from))
+            .bind(clamp(limit as u64))
+            .fetch_all(pool)
+            .await?;
+        rows.iter().map(|r| DB::raw(r)?.decode()).collect()
+    }
+
+    pub(super) async fn read_all(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        Self::page(&self.pool, from, limit).await
+    }
+
+    pub(super) async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from_version: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = match direction {
+            Direction::Forward => DB::READ_FORWARD,
+            Direction::Backward => DB::READ_BACKWARD,
+        };
+        let rows = sqlx::query::<DB>(sql)
+            .bind(stream.to_string())
+            .bind(clamp(from_version))
+            .bind(clamp(limit as u64))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| DB::raw(r)?.decode()).collect()
+    }
+
+    pub(super) async fn head_position(&self) -> Result<Option<u64>, StoreError> {
+        let row = sqlx::query::<DB>("SELECT MAX(position) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(DB::head(&row)?.and_then(|h| u64::try_from(h).ok()))
+    }
+
+    pub(super) fn head_changes(&self) -> watch::Receiver<Option<u64>> {
+        self.head.subscribe()
+    }
+
+    pub(super) fn subscribe_all(
+        &self,
+        from_position: u64,
+    ) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
+        let pool = self.pool.clone();
+        let read: ReadPage = Arc::new(move |from, limit| {
+            let pool = pool.clone();
+            async move { Self::page(&pool, from, limit).await }.boxed()
+        });
+        subscription::follow(read, self.head.subscribe(), from_position, DB::POLL)
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query::<DB>("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
