@@ -231,7 +231,15 @@ impl Application {
                 .await
                 .context("opening the image store")?,
         );
-        images.clone().into_inner().spawn_sweeper();
+        // The sweeper reads what is referenced from the `images` read model, so it needs the
+        // read models with their keys, not just the log.
+        Arc::new(crate::blob::Sweeper::new(
+            images.blobs().clone(),
+            store.clone(),
+            state.read.clone(),
+            &config.images,
+        ))
+        .spawn();
         let auth = web::Data::new(
             crate::auth::AuthService::open(&config.auth, &storage, &public_url)
                 .await

@@ -1,19 +1,36 @@
 //! Profile images over HTTP, black-box: upload, replace, remove and serve on the filesystem
 //! backend and on S3 (moto), every kind of bad input, concurrent uploads, the sweeper, and
-//! erasure deleting the blobs.
+//! erasure deleting the blobs. The sweeper is also driven directly on both log backends,
+//! with the `images` projector run by hand: it follows the read model (and reads no
+//! events), and never trusts a read model that trails the log.
 
 mod support;
 
+use futures::stream::BoxStream;
+use neulbi::actors::{Registry, RegistryConfig};
+use neulbi::blob::fs::FsBlobStore;
+use neulbi::blob::{ImageSettings, SharedBlobStore, SweepError, Sweeper};
 use neulbi::config::Config;
+use neulbi::privacy::erasure::erase_user;
+use neulbi::projections::db::read_model_url;
+use neulbi::projections::{ProjectionError, ReadDb, runtime};
 use neulbi::startup::Application;
-use neulbi::store::Direction;
-use neulbi_domain::{StreamKind, StreamName, UserId};
+use neulbi::store::{
+    AppendResult, Direction, EventData, EventStore, ExpectedVersion, Metadata, Positions,
+    RecordedEvent, SharedStore, Storage, StoreError,
+};
+use neulbi_domain::user::{UserCommand, UserDecider};
+use neulbi_domain::{Role, StreamKind, StreamName, UserId};
 use serde_json::json;
 use std::io::Cursor;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
+use support::Backend;
 use support::http::{post_json, request};
 use support::raw::{self, RawResponse, multipart};
+use support::scenario::{as_user, system};
 use uuid::Uuid;
 
 struct App {
@@ -38,6 +55,16 @@ impl App {
             .unwrap_or_default();
         names.sort();
         names
+    }
+
+    /// A sweeper over this node's blobs and read models, as `serve` runs it.
+    fn sweeper(&self) -> Sweeper {
+        Sweeper::new(
+            self.app_images.blobs().clone(),
+            self.state.store.clone(),
+            self.state.read.clone(),
+            self.app_images.settings(),
+        )
     }
 
     async fn image_events(&self, user: UserId) -> usize {
@@ -403,18 +430,14 @@ async fn sweeper_deletes_only_old_unreferenced_blobs() {
         .put("orphan.jpg", b"left behind".to_vec(), "image/jpeg")
         .await
         .expect("put");
-    let report = app
-        .app_images
-        .sweep(SystemTime::now())
-        .await
-        .expect("sweep");
+    let report = app.sweeper().sweep(SystemTime::now()).await.expect("sweep");
     assert_eq!(
         (report.referenced, report.deleted, report.spared),
         (2, 0, 1)
     );
     let later =
         SystemTime::now() + Duration::from_secs(app.app_images.settings().sweep_grace_secs + 1);
-    let report = app.app_images.sweep(later).await.expect("sweep");
+    let report = app.sweeper().sweep(later).await.expect("sweep");
     assert_eq!(
         (report.referenced, report.deleted, report.spared),
         (2, 1, 0)
@@ -447,7 +470,7 @@ async fn erasure_deletes_the_users_images() {
     assert!(me(app.addr, &other_token).await["image"].is_object());
     // The sweep agrees: the erased user references nothing, the other user keeps theirs.
     let far = SystemTime::now() + Duration::from_secs(10 * 86_400);
-    let report = app.app_images.sweep(far).await.expect("sweep");
+    let report = app.sweeper().sweep(far).await.expect("sweep");
     assert_eq!((report.referenced, report.deleted), (2, 0));
     app.handle.stop(true).await;
 }
@@ -622,3 +645,337 @@ async fn a_stalled_s3_bounds_the_upload_with_a_503_and_records_nothing() {
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     app.handle.stop(true).await;
 }
+
+/// The log as a sweeper sees it, counting every read of events: a sweep needs the head's
+/// position and nothing else from the log.
+struct CountingStore {
+    inner: SharedStore,
+    event_reads: AtomicUsize,
+}
+
+impl CountingStore {
+    fn new(inner: SharedStore) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            event_reads: AtomicUsize::new(0),
+        })
+    }
+
+    fn read(&self) {
+        self.event_reads.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn event_reads(&self) -> usize {
+        self.event_reads.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl EventStore for CountingStore {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult, StoreError> {
+        self.inner.append(stream, expected, events).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from_version: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read();
+        self.inner
+            .read_stream(stream, from_version, direction, limit)
+            .await
+    }
+
+    async fn read_all(&self, from: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read();
+        self.inner.read_all(from, limit).await
+    }
+
+    async fn read_all_backward(
+        &self,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read();
+        self.inner.read_all_backward(before, limit).await
+    }
+
+    async fn read_all_sealed(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read();
+        self.inner.read_all_sealed(from, limit).await
+    }
+
+    fn data_keys(&self) -> Option<Arc<neulbi::privacy::KeyStore>> {
+        self.inner.data_keys()
+    }
+
+    fn positions(&self) -> Positions {
+        self.inner.positions()
+    }
+
+    async fn head_position(&self) -> Result<Option<u64>, StoreError> {
+        self.inner.head_position().await
+    }
+
+    fn subscribe_all(&self, from: u64) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
+        self.read();
+        self.inner.subscribe_all(from)
+    }
+
+    fn head_changes(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+        self.inner.head_changes()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+/// A log, its read models and a blob directory, with no projector running: each test
+/// projects by hand ([`runtime::catch_up`]), so it decides how far the read model trails.
+struct Direct {
+    storage: Storage,
+    read: ReadDb,
+    users: Registry<UserDecider>,
+    blobs: SharedBlobStore,
+    _dir: tempfile::TempDir,
+    _backend: Backend,
+}
+
+async fn direct(b: Backend) -> Direct {
+    let storage = b.storage(false).await;
+    let read = ReadDb::connect(&read_model_url(&b.url))
+        .await
+        .expect("read db")
+        .with_keys(Some(storage.keys.clone()));
+    runtime::prepare(&read).await.expect("read-model tables");
+    let users = Registry::new(storage.events.clone(), RegistryConfig::default());
+    let dir = tempfile::tempdir().expect("dir");
+    let blobs: SharedBlobStore = Arc::new(
+        FsBlobStore::open(dir.path().join("images"), "http://node.test").expect("blob dir"),
+    );
+    Direct {
+        storage,
+        read,
+        users,
+        blobs,
+        _dir: dir,
+        _backend: b,
+    }
+}
+
+impl Direct {
+    async fn register(&self) -> UserId {
+        let id = UserId(Uuid::now_v7());
+        let email = format!("{id}@example.com");
+        let register = UserCommand::Register {
+            user_id: id,
+            provider: "local".into(),
+            subject: email.clone(),
+            email,
+            nickname: "pic".into(),
+            role: Role::Client,
+        };
+        self.users
+            .execute(id.0, register, system(), Metadata::default())
+            .await
+            .expect("register");
+        id
+    }
+
+    async fn run(&self, user: UserId, command: UserCommand) {
+        self.users
+            .execute(
+                user.0,
+                command,
+                as_user(user, Role::Client),
+                Metadata::default(),
+            )
+            .await
+            .expect("command");
+    }
+
+    /// Stores `{name}.jpg` and `{name}-t.jpg` and records them as `user`'s image, like an
+    /// upload, but deletes nothing it replaces: here only the sweeper deletes.
+    async fn set_image(&self, user: UserId, name: &str) {
+        let (image, thumbnail) = (format!("{name}.jpg"), format!("{name}-t.jpg"));
+        for key in [&image, &thumbnail] {
+            self.blobs
+                .put(key, b"jpeg".to_vec(), "image/jpeg")
+                .await
+                .expect("put");
+        }
+        self.run(
+            user,
+            UserCommand::ChangeProfileImage {
+                image_key: image,
+                thumbnail_key: thumbnail,
+            },
+        )
+        .await;
+    }
+
+    async fn project(&self) {
+        runtime::catch_up(&self.storage.events, &self.read)
+            .await
+            .expect("project");
+    }
+
+    fn sweeper(&self, store: SharedStore, read: ReadDb, wait_secs: u64) -> Sweeper {
+        let settings = ImageSettings {
+            sweep_wait_secs: wait_secs,
+            ..ImageSettings::default()
+        };
+        Sweeper::new(self.blobs.clone(), store, read, &settings)
+    }
+
+    async fn blob_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .blobs
+            .list()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|b| b.key)
+            .collect();
+        keys.sort();
+        keys
+    }
+}
+
+/// Past every grace period.
+fn far() -> SystemTime {
+    SystemTime::now() + Duration::from_secs(10 * 86_400)
+}
+
+async fn sweep_follows_the_read_model_not_the_log(b: Backend) {
+    let w = direct(b).await;
+    let [replaced, removed, deactivated, erased, kept] = [
+        w.register().await,
+        w.register().await,
+        w.register().await,
+        w.register().await,
+        w.register().await,
+    ];
+    w.set_image(replaced, "a1").await;
+    w.set_image(replaced, "a2").await;
+    w.set_image(removed, "b1").await;
+    w.run(removed, UserCommand::RemoveProfileImage).await;
+    w.set_image(deactivated, "c1").await;
+    w.run(deactivated, UserCommand::Deactivate).await;
+    w.set_image(erased, "d1").await;
+    erase_user(
+        &w.users,
+        &w.storage.keys,
+        &w.storage.database,
+        erased,
+        as_user(erased, Role::Client),
+        Metadata::default(),
+    )
+    .await
+    .expect("erase");
+    w.set_image(kept, "e1").await;
+    w.blobs
+        .put("orphan.jpg", b"left behind".to_vec(), "image/jpeg")
+        .await
+        .expect("put");
+    w.project().await;
+
+    let log = CountingStore::new(w.storage.events.clone());
+    let sweeper = w.sweeper(log.clone(), w.read.clone(), 5);
+    let report = sweeper.sweep(SystemTime::now()).await.expect("sweep");
+    assert_eq!(
+        (report.referenced, report.deleted, report.spared),
+        (4, 0, 9),
+        "within the grace period nothing goes"
+    );
+    let report = sweeper.sweep(far()).await.expect("sweep");
+    assert_eq!(
+        (report.referenced, report.deleted, report.spared),
+        (4, 9, 0)
+    );
+    assert_eq!(
+        w.blob_keys().await,
+        ["a2-t.jpg", "a2.jpg", "e1-t.jpg", "e1.jpg"],
+        "only the current images of active users remain"
+    );
+    assert_eq!(
+        log.event_reads(),
+        0,
+        "a sweep reads the read model, not the log"
+    );
+
+    // Without data keys every stored key would read as erased, i.e. unreferenced: the sweep
+    // refuses instead of deleting everything.
+    let keyless = w.sweeper(log.clone(), w.read.clone().with_keys(None), 5);
+    let refused = keyless.sweep(far()).await;
+    assert!(
+        matches!(
+            refused,
+            Err(SweepError::ReadModel(ProjectionError::Keyless))
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(w.blob_keys().await.len(), 4);
+}
+
+async fn sweep_never_trusts_a_trailing_read_model(b: Backend) {
+    let w = direct(b).await;
+    let user = w.register().await;
+    w.set_image(user, "a1").await;
+    w.project().await;
+    // Recorded but not projected: the read model still names a1 only.
+    w.set_image(user, "a2").await;
+    w.blobs
+        .put("orphan.jpg", b"left behind".to_vec(), "image/jpeg")
+        .await
+        .expect("put");
+    let all = ["a1-t.jpg", "a1.jpg", "a2-t.jpg", "a2.jpg", "orphan.jpg"];
+
+    let impatient = w.sweeper(w.storage.events.clone(), w.read.clone(), 0);
+    match impatient.sweep(far()).await {
+        Err(SweepError::Behind { position, needed }) => {
+            assert!(position < needed, "{position} < {needed}");
+        }
+        other => panic!("a trailing read model must stop the sweep: {other:?}"),
+    }
+    assert_eq!(w.blob_keys().await, all, "nothing deleted");
+
+    // A sweep that may wait sees the projector catch up, then trusts the read model.
+    let patient = w.sweeper(w.storage.events.clone(), w.read.clone(), 30);
+    let (report, ()) = tokio::join!(patient.sweep(far()), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        w.project().await;
+    });
+    let report = report.expect("sweep after catching up");
+    assert_eq!((report.referenced, report.deleted), (2, 3));
+    assert_eq!(w.blob_keys().await, ["a2-t.jpg", "a2.jpg"]);
+}
+
+macro_rules! both {
+    ($($case:ident),*) => {
+        mod sqlite { $( #[actix_rt::test] async fn $case() { super::$case(crate::support::Backend::sqlite().await).await; } )* }
+        mod postgres { $( #[actix_rt::test] async fn $case() { super::$case(crate::support::Backend::postgres().await).await; } )* }
+    };
+}
+
+both!(
+    sweep_follows_the_read_model_not_the_log,
+    sweep_never_trusts_a_trailing_read_model
+);

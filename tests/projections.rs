@@ -174,6 +174,18 @@ async fn read_models_answer_the_scenario(b: Backend) {
         listed[0].thumbnail_key.as_deref(),
         Some("images/photo-thumb.webp")
     );
+    // The sweeper's read model holds both keys of the photo (sealed), as of the log's head.
+    let referenced = queries::image_keys(&w.db).await.expect("image keys");
+    let head =
+        w.b.store
+            .head_position()
+            .await
+            .expect("head")
+            .map(|h| h + 1);
+    assert_eq!(Some(referenced.position), head);
+    let mut keys: Vec<String> = referenced.keys.into_iter().collect();
+    keys.sort();
+    assert_eq!(keys, ["images/photo-full.webp", "images/photo-thumb.webp"]);
     // A search opens the sealed fields and matches every word, in any case.
     for (search, hits) in [
         ("청소년", 1),
@@ -193,7 +205,8 @@ async fn read_models_answer_the_scenario(b: Backend) {
         "SELECT coalesce(nickname, '') || coalesce(headline, '') || coalesce(bio, '') FROM rm_counselors \
          UNION ALL SELECT coalesce(nickname, '') || coalesce(email, '') || coalesce(thumbnail, '') FROM rm_users \
          UNION ALL SELECT coalesce(body, '') FROM rm_messages \
-         UNION ALL SELECT coalesce(last_message_preview, '') FROM rm_rooms",
+         UNION ALL SELECT coalesce(last_message_preview, '') FROM rm_rooms \
+         UNION ALL SELECT image || thumbnail FROM rm_images",
     )
     .fetch_all(&w.db.pool)
     .await
@@ -205,6 +218,7 @@ async fn read_models_answer_the_scenario(b: Backend) {
         "청소년",
         "10 years",
         "photo-thumb",
+        "photo-full",
         SECRETS[0],
         SECRETS[1],
         COUNSELOR_TEXT,

@@ -1,9 +1,10 @@
-//! The profile-image service: upload, replace, remove, URLs, erasure and the sweeper.
+//! The profile-image service: upload, replace, remove, URLs and erasure.
 //!
 //! Order of work on upload: store both blobs, append `ProfileImageChanged`, then delete the
 //! blobs of the image it replaced (found in the stream just before the new event, so two
 //! concurrent uploads each delete exactly what they replaced). A crash between the steps
-//! leaves only blobs no event references, which the sweeper deletes after a grace period.
+//! leaves only blobs no event references, which the sweeper ([`super::sweeper`]) deletes
+//! after a grace period.
 
 use super::picture::{OUTPUT_CONTENT_TYPE, OUTPUT_EXTENSION, PictureLimits, Processed};
 use super::{BlobBackend, BlobError, ImageSettings, SharedBlobStore};
@@ -11,10 +12,8 @@ use crate::actors::{ActorError, Registry, codec};
 use crate::store::{Direction, Metadata, SharedStore, StoreError};
 use neulbi_domain::user::{UserCommand, UserDecider, UserEvent, UserState};
 use neulbi_domain::{Actor, Context, Role, StreamKind, StreamName, UserId};
-use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 use thiserror::Error;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -31,17 +30,6 @@ pub enum ImagesError {
     /// Reading the log failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// What one sweep did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SweepReport {
-    /// Blobs the current state of some user references.
-    pub referenced: usize,
-    /// Unreferenced blobs deleted.
-    pub deleted: usize,
-    /// Unreferenced blobs spared because they are younger than the grace period.
-    pub spared: usize,
 }
 
 /// Profile images over one blob store and the event log.
@@ -229,85 +217,6 @@ impl Images {
     pub async fn delete_keys(&self, keys: &[String]) {
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         self.delete_quietly(&refs).await;
-    }
-
-    /// Deletes every blob that no user's current state references and that is older than
-    /// the grace period (as of `now`). Erased and deactivated users reference nothing.
-    pub async fn sweep(&self, now: SystemTime) -> Result<SweepReport, ImagesError> {
-        let referenced = self.referenced_keys().await?;
-        let grace = Duration::from_secs(self.settings.sweep_grace_secs);
-        let mut report = SweepReport::default();
-        for blob in self.blobs.list().await? {
-            if referenced.contains(&blob.key) {
-                report.referenced += 1;
-                continue;
-            }
-            let age = now.duration_since(blob.modified).unwrap_or_default();
-            if age < grace {
-                report.spared += 1;
-                continue;
-            }
-            self.blobs.delete(&blob.key).await?;
-            report.deleted += 1;
-        }
-        if report.deleted > 0 {
-            tracing::info!(deleted = report.deleted, "swept unreferenced image blobs");
-        }
-        Ok(report)
-    }
-
-    /// Runs [`Images::sweep`] every `sweep_interval_secs` (not at all when 0) on the current
-    /// runtime, for the life of the process.
-    pub fn spawn_sweeper(self: Arc<Self>) {
-        let interval = self.settings.sweep_interval_secs;
-        if interval == 0 {
-            return;
-        }
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(interval));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                if let Err(e) = self.sweep(SystemTime::now()).await {
-                    tracing::warn!(error = %e, "image sweep failed");
-                }
-            }
-        });
-    }
-
-    /// The keys current user states reference, folded from the whole log.
-    async fn referenced_keys(&self) -> Result<HashSet<String>, ImagesError> {
-        let mut current: HashMap<Uuid, [String; 2]> = HashMap::new();
-        let mut from = 0;
-        loop {
-            let page = self.store.read_all(from, 1000).await?;
-            let Some(last) = page.last() else { break };
-            from = last.position + 1;
-            for recorded in page.iter().filter(|r| r.stream.kind() == StreamKind::User) {
-                let owner = recorded.stream.id();
-                match codec::decode::<UserEvent>(recorded) {
-                    Ok(UserEvent::ProfileImageChanged {
-                        image, thumbnail, ..
-                    }) => match (image.value(), thumbnail.value()) {
-                        (Some(i), Some(t)) => {
-                            current.insert(owner, [i.clone(), t.clone()]);
-                        }
-                        _ => {
-                            current.remove(&owner);
-                        }
-                    },
-                    Ok(
-                        UserEvent::ProfileImageRemoved { .. }
-                        | UserEvent::Deactivated { .. }
-                        | UserEvent::Erased { .. },
-                    ) => {
-                        current.remove(&owner);
-                    }
-                    _ => {}
-                }
-            }
-        }
-        Ok(current.into_values().flatten().collect())
     }
 
     async fn put_both(

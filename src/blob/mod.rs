@@ -1,21 +1,23 @@
 //! Profile-image blobs: where image bytes live, behind one [`BlobStore`] trait with a local
 //! filesystem backend (the embedded default) and an S3 backend, plus the image pipeline
-//! ([`picture`]), the upload/replace/remove service ([`images`]) and the sweeper that removes
-//! blobs no event references.
+//! ([`picture`]), the upload/replace/remove service ([`images`]) and the [`sweeper`] that
+//! removes blobs no user's current image references.
 
 pub mod fs;
 pub mod images;
 pub mod picture;
 pub mod s3;
 pub mod settings;
+pub mod sweeper;
 
 use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::SystemTime;
 use thiserror::Error;
 
-pub use images::{Images, SweepReport};
+pub use images::Images;
 pub use settings::{BlobBackend, ImageSettings, S3Settings};
+pub use sweeper::{SweepError, SweepReport, Sweeper};
 
 /// Why a blob operation failed.
 #[derive(Debug, Error)]

@@ -86,6 +86,9 @@ pub struct ImageSettings {
     pub sweep_interval_secs: u64,
     /// Age in seconds below which an unreferenced blob is spared (an upload in flight).
     pub sweep_grace_secs: u64,
+    /// Longest a sweep waits for the `images` read model to catch up with the log before it
+    /// gives up for this round (deleting nothing).
+    pub sweep_wait_secs: u64,
     /// The S3 backend, when selected.
     pub s3: S3Settings,
 }
@@ -100,6 +103,7 @@ impl Default for ImageSettings {
             thumbnail_side: 256,
             sweep_interval_secs: 3600,
             sweep_grace_secs: 3600,
+            sweep_wait_secs: 60,
             s3: S3Settings::default(),
         }
     }

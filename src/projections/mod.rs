@@ -10,6 +10,7 @@ pub mod audit;
 pub mod calls;
 pub mod db;
 pub mod faults;
+pub mod images;
 pub mod queries;
 pub mod rebuild;
 pub mod rooms;
@@ -48,6 +49,11 @@ pub enum ProjectionError {
     /// (tampered, or copied from another row).
     #[error("sealed read-model value: {0}")]
     Sealed(#[from] crate::privacy::cipher::CipherError),
+    /// Sealed values had to be read but the read models were opened without data keys
+    /// ([`ReadDb::with_keys`]); treating every value as erased would be wrong (the image
+    /// sweeper would delete every blob).
+    #[error("read models opened without data keys; sealed values cannot be read")]
+    Keyless,
     /// No projector has that name.
     #[error("no projector named {0:?} (known: {1})")]
     Unknown(String, String),
@@ -189,7 +195,13 @@ impl Names {
 
 /// Every projector, in the order `serve` starts them.
 pub fn all() -> Vec<&'static ProjectorDef> {
-    vec![&users::DEF, &rooms::DEF, &calls::DEF, &audit::DEF]
+    vec![
+        &users::DEF,
+        &rooms::DEF,
+        &calls::DEF,
+        &audit::DEF,
+        &images::DEF,
+    ]
 }
 
 /// Looks a projector up by name.

@@ -11,6 +11,7 @@ use crate::privacy::sealed::PageKeys;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::Row;
+use std::collections::HashSet;
 use tracing::Instrument;
 
 /// The keys to open a page of sealed values, one lookup per owner (through the key cache).
@@ -566,4 +567,51 @@ async fn audit_where(
         .fetch_all(&db.pool)
         .await?;
     rows.iter().map(audit_entry).collect()
+}
+
+/// The blob keys current profile images reference, with how much of the log they reflect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageKeys {
+    /// The `images` projector's checkpoint (the next log position it will apply) as of the
+    /// same snapshot as `keys`; 0 if it never ran.
+    pub position: u64,
+    /// Every image and thumbnail key a user's current state references, opened. The keys
+    /// of an owner erased in the meantime are left out: they reference nothing any more.
+    pub keys: HashSet<String>,
+}
+
+/// Every blob key current profile images reference (the image sweeper's question). Fails
+/// without data keys rather than reading every key as erased, which would tell the sweeper
+/// that nothing is referenced.
+pub async fn image_keys(db: &ReadDb) -> Result<ImageKeys, ProjectionError> {
+    if db.keys.is_none() {
+        return Err(ProjectionError::Keyless);
+    }
+    // One statement, so one snapshot: the checkpoint moves in the same transaction as the
+    // rows, so these rows are exactly the log's state up to `position`, even when a rebuild
+    // swaps the table or a version change empties it between two statements.
+    let rows = sqlx::query(
+        "SELECT c.position, i.image, i.thumbnail FROM projection_checkpoints c \
+         LEFT JOIN rm_images i ON 1 = 1 WHERE c.name = $1",
+    )
+    .bind(super::images::DEF.name)
+    .fetch_all(&db.pool)
+    .await?;
+    let mut position = 0;
+    let mut sealed = Vec::with_capacity(rows.len() * 2);
+    for r in &rows {
+        position = u64::try_from(r.try_get::<i64, _>(0)?).unwrap_or(0);
+        for column in [1, 2] {
+            sealed.extend(r.try_get::<Option<String>, _>(column)?);
+        }
+    }
+    let keys = page_keys(db, sealed.iter().map(String::as_str)).await?;
+    let mut opened = HashSet::with_capacity(sealed.len());
+    for token in &sealed {
+        opened.extend(keys.open(Some(token))?);
+    }
+    Ok(ImageKeys {
+        position,
+        keys: opened,
+    })
 }
