@@ -198,13 +198,7 @@ async fn joining_a_call_on_the_node_without_its_media_is_redirected() {
     let redirect = on_b.expect("redirect").await;
     assert_eq!(redirect["node"], "node-a", "{redirect}");
     assert_eq!(redirect["url"], a_url.as_str(), "{redirect}");
-    let on_b_joins: Vec<String> = a
-        .call_events(&call)
-        .await
-        .into_iter()
-        .filter(|(t, _)| t == "ParticipantJoined")
-        .map(|(_, data)| data["user_id"].as_str().unwrap_or_default().to_owned())
-        .collect();
+    let on_b_joins = joined_on(&a, &call).await;
     assert_eq!(
         on_b_joins,
         vec![client.id.to_string()],
@@ -216,13 +210,7 @@ async fn joining_a_call_on_the_node_without_its_media_is_redirected() {
     let mut followed = support::rtc::Rtc::connect_url(url, &counselor.token).await;
     followed.join(&call).await;
     followed.expect("offer").await;
-    let joined: Vec<String> = a
-        .call_events(&call)
-        .await
-        .into_iter()
-        .filter(|(t, _)| t == "ParticipantJoined")
-        .map(|(_, data)| data["user_id"].as_str().unwrap_or_default().to_owned())
-        .collect();
+    let joined = joined_on(&a, &call).await;
     assert_eq!(
         joined,
         vec![client.id.to_string(), counselor.id.to_string()],
@@ -230,6 +218,16 @@ async fn joining_a_call_on_the_node_without_its_media_is_redirected() {
     );
     a.stop().await;
     b.stop().await;
+}
+
+/// Who joined `call`'s media, in order, as its events on `app`'s log say.
+async fn joined_on(app: &TestApp, call: &str) -> Vec<String> {
+    app.call_events(call)
+        .await
+        .into_iter()
+        .filter(|(t, _)| t == "ParticipantJoined")
+        .map(|(_, data)| data["user_id"].as_str().unwrap_or_default().to_owned())
+        .collect()
 }
 
 /// The variables as `serve` takes them.
