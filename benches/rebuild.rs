@@ -1,8 +1,12 @@
 //! `rebuild` benchmark: `projections rebuild` of the message-history and my-rooms read model
 //! (`rooms`) over a seeded log, on SQLite and PostgreSQL.
 //!
-//! Full run:   cargo bench --bench rebuild   (1,000,000 events; `-- --events N --backends sqlite,postgres`)
+//! Full run:   cargo bench --bench rebuild   (1,000,000 then 10,000,000 events;
+//!             `-- --events N[,M...] --backends sqlite,postgres`)
 //! Smoke run:  cargo test --bench rebuild    (a few thousand events; used by .ci/run)
+//!
+//! With more than one size, each backend's rebuild times are compared at the end: a linear
+//! rebuild takes (size ratio) × the time, and the table says how far from that each is.
 
 #[allow(dead_code)]
 #[path = "../tests/support/pg.rs"]
@@ -24,9 +28,21 @@ fn arg(args: &[String], flag: &str) -> Option<String> {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let full = args.iter().any(|a| a == "--bench");
-    let events: usize = arg(&args, "--events")
-        .map(|v| v.parse().expect("--events takes a number"))
-        .unwrap_or(if full { 1_000_000 } else { 3_000 });
+    let sizes: Vec<usize> = arg(&args, "--events")
+        .map(|v| {
+            v.split(',')
+                .map(|n| {
+                    n.trim()
+                        .parse()
+                        .expect("--events takes numbers, comma separated")
+                })
+                .collect()
+        })
+        .unwrap_or(if full {
+            vec![1_000_000, 10_000_000]
+        } else {
+            vec![1_500, 3_000]
+        });
     let backends: Vec<String> = arg(&args, "--backends")
         .map(|v| v.split(',').map(str::to_owned).collect())
         .unwrap_or_else(|| vec!["sqlite".into(), "postgres".into()]);
@@ -38,7 +54,10 @@ fn main() {
     let mut rows = Vec::new();
     let mut read_rates: Vec<f64> = Vec::new();
     rt.block_on(async {
-        for backend in &backends {
+        for (backend, events) in backends
+            .iter()
+            .flat_map(|b| sizes.iter().map(move |n| (b, *n)))
+        {
             let dir = tempfile::tempdir().expect("dir");
             let server;
             let url = match backend.as_str() {
@@ -105,6 +124,33 @@ fn main() {
             r.secs,
             r.events as f64 / r.secs.max(1e-9)
         );
+    }
+    // Linearity: each size against the smallest of the same backend.
+    if sizes.len() > 1 {
+        println!("\nlinearity (rebuild time ratio against size ratio; 1.00 = linear)");
+        println!(
+            "{:<10} {:>10} {:>10} {:>12} {:>12} {:>10}",
+            "backend", "from", "to", "size ratio", "time ratio", "excess"
+        );
+        for backend in &backends {
+            let mine: Vec<_> = rows.iter().filter(|(b, ..)| b == backend).collect();
+            let Some((_, n0, _, r0)) = mine.first() else {
+                continue;
+            };
+            for (_, n, _, r) in mine.iter().skip(1) {
+                let size = *n as f64 / (*n0).max(1) as f64;
+                let time = r.secs / r0.secs.max(1e-9);
+                println!(
+                    "{:<10} {:>10} {:>10} {:>12.2} {:>12.2} {:>10.2}",
+                    backend,
+                    n0,
+                    n,
+                    size,
+                    time,
+                    time / size
+                );
+            }
+        }
     }
     assert!(
         rows.iter().all(|(_, n, _, r)| r.events == *n),
