@@ -12,7 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod edge;
 pub mod env_value;
-pub mod lanes;
+pub use neulbi_store::lanes;
 pub mod media;
 pub mod privacy;
 pub mod projections;

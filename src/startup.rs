@@ -195,6 +195,8 @@ impl Stopper {
 impl Application {
     /// Opens the store (migrating if configured), binds the listener and builds the server.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        // The node's meter first: the log and the projectors record into it once it exists.
+        crate::telemetry::metrics::metrics();
         let url = config.database_url();
         let storage = config
             .open_storage(config.store.auto_migrate)

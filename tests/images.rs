@@ -717,7 +717,7 @@ impl EventStore for CountingStore {
         self.inner.read_all_sealed(from, limit).await
     }
 
-    fn data_keys(&self) -> Option<Arc<neulbi::privacy::KeyStore>> {
+    fn data_keys(&self) -> Option<Arc<dyn neulbi::store::DataKeys>> {
         self.inner.data_keys()
     }
 

@@ -602,9 +602,11 @@ mod cases {
             .append(&s, ExpectedVersion::NoStream, vec![ev(0)])
             .await
             .expect("append");
-        let settings: ::kurrentdb::ClientSettings = b.url.parse().expect("settings");
-        let client = ::kurrentdb::Client::new(settings).expect("client");
-        let foreign = ::kurrentdb::EventData::binary("Foreign", "{not json".into());
+        let settings: neulbi::store::kurrent::client::ClientSettings =
+            b.url.parse().expect("settings");
+        let client = neulbi::store::kurrent::client::Client::new(settings).expect("client");
+        let foreign =
+            neulbi::store::kurrent::client::EventData::binary("Foreign", "{not json".into());
         client
             .append_to_stream(s.to_string(), &Default::default(), foreign)
             .await

@@ -254,7 +254,7 @@ where
             .collect::<Result<Vec<_>, _>>()
         {
             Ok(d) => d,
-            Err(e) => return (loaded, Err(e)),
+            Err(e) => return (loaded, Err(e.into())),
         };
         let expected = ExpectedVersion::from_current(loaded.version);
         match store.append(&stream, expected, data).await {

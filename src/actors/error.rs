@@ -34,3 +34,13 @@ pub enum ActorError {
     #[error("the aggregate actor is unavailable")]
     Unavailable,
 }
+
+impl From<crate::store::codec::CodecError> for ActorError {
+    fn from(e: crate::store::codec::CodecError) -> Self {
+        ActorError::Decode {
+            event_type: e.event_type,
+            position: e.position,
+            reason: e.reason,
+        }
+    }
+}

@@ -5,7 +5,7 @@
 //! an actor can be dropped (passivated) at any time and rebuilt by reading its stream.
 
 pub mod aggregate;
-pub mod codec;
+pub use crate::store::codec;
 pub mod error;
 pub mod registry;
 

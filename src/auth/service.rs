@@ -399,7 +399,7 @@ impl AuthService {
                 .read_stream(&stream, from, Direction::Forward, PAGE)
                 .await?;
             for recorded in &page {
-                let event: UserEvent = codec::decode(recorded)?;
+                let event: UserEvent = codec::decode(recorded).map_err(ActorError::from)?;
                 state = UserDecider::evolve(state, &event);
                 version = recorded.version;
             }

@@ -261,7 +261,7 @@ impl Images {
                 .read_stream(&stream, from, Direction::Backward, 100)
                 .await?;
             for recorded in &page {
-                match codec::decode::<UserEvent>(recorded)? {
+                match codec::decode::<UserEvent>(recorded).map_err(ActorError::from)? {
                     UserEvent::ProfileImageChanged {
                         image, thumbnail, ..
                     } => {

@@ -138,7 +138,7 @@ impl EventStore for CryptoStore {
         self.inner.read_all(from_position, limit).await
     }
 
-    fn data_keys(&self) -> Option<Arc<KeyStore>> {
+    fn data_keys(&self) -> Option<Arc<dyn crate::store::DataKeys>> {
         Some(self.keys.clone())
     }
 

@@ -16,14 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-/// A usable data key. Deliberately not `Debug`: key bytes must never reach a log.
-#[derive(Clone)]
-pub struct DataKey {
-    /// Recorded beside every sealed field, so keys can be rotated later.
-    pub id: Uuid,
-    /// The AEAD instance for this key.
-    pub cipher: XChaCha20Poly1305,
-}
+pub use crate::store::DataKey;
 
 #[derive(Clone)]
 enum Cached {
@@ -54,6 +47,17 @@ type SqliteKeyRow = (
 
 fn kek_error(e: KekError) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+#[async_trait::async_trait]
+impl crate::store::DataKeys for KeyStore {
+    async fn for_write(&self, owner: Uuid) -> Result<Option<DataKey>, StoreError> {
+        KeyStore::for_write(self, owner).await
+    }
+
+    async fn for_read(&self, owner: Uuid) -> Result<Option<DataKey>, StoreError> {
+        KeyStore::for_read(self, owner).await
+    }
 }
 
 impl KeyStore {

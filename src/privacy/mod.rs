@@ -7,15 +7,14 @@
 //! fields in the same streams stay readable, because each field is sealed with its own
 //! owner's key.
 
-pub mod cipher;
 pub mod crypto_store;
 pub mod erasure;
 pub mod kek;
 pub mod keys;
 pub mod rewrap;
-pub mod sealed;
 pub mod settings;
 
+pub use crate::store::{cipher, sealed};
 pub use crypto_store::CryptoStore;
 pub use kek::{KekError, KekRing, WrapContext};
 pub use keys::{DataKey, KeyStore};

@@ -6,7 +6,7 @@
 //! (`neulbi-read.db`): they can be deleted and rebuilt at any time, and projecting never
 //! competes with appends for the log's write lock.
 
-use crate::privacy::KeyStore;
+use crate::store::DataKeys;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor};
 use std::sync::Arc;
@@ -30,7 +30,7 @@ pub struct ReadDb {
     /// Its dialect.
     pub dialect: Dialect,
     /// Opens the sealed personal values queries return; without it they read as absent.
-    pub keys: Option<Arc<KeyStore>>,
+    pub keys: Option<Arc<dyn DataKeys>>,
 }
 
 impl std::fmt::Debug for ReadDb {
@@ -116,7 +116,7 @@ impl ReadDb {
 
     /// The same read models, opening sealed personal values with `keys` (the event store's
     /// data keys: [`crate::store::EventStore::data_keys`]).
-    pub fn with_keys(mut self, keys: Option<Arc<KeyStore>>) -> Self {
+    pub fn with_keys(mut self, keys: Option<Arc<dyn DataKeys>>) -> Self {
         self.keys = keys;
         self
     }

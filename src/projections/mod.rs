@@ -18,7 +18,7 @@ mod rooms_batch;
 pub mod runtime;
 pub mod users;
 
-use crate::actors::{ActorError, codec};
+use crate::store::codec;
 use crate::store::{RecordedEvent, StoreError};
 use async_trait::async_trait;
 use db::{Dialect, Sql};
@@ -84,7 +84,7 @@ pub enum Decoded {
 impl Decoded {
     /// Decodes by the stream's kind.
     pub fn of(e: &RecordedEvent) -> Self {
-        let decoded: Result<Self, ActorError> = match e.stream.kind() {
+        let decoded: Result<Self, codec::CodecError> = match e.stream.kind() {
             StreamKind::User => codec::decode(e).map(Self::User),
             StreamKind::Room => codec::decode(e).map(Self::Room),
             StreamKind::Call => codec::decode(e).map(Self::Call),

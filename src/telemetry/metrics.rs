@@ -8,21 +8,12 @@
 //! path or a personal value. Series an operator's dashboard plots are created at zero on
 //! start, so a panel shows 0 rather than "no data" before the first event.
 
-use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider, UpDownCounter};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use std::sync::OnceLock;
 
-/// Latency buckets in seconds, from half a millisecond (a cached read) to ten seconds (a
-/// stalled database).
-const SECONDS: [f64; 15] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
-
-/// Powers of two up to the largest group commit.
-const SIZES: [f64; 12] = [
-    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
-];
+pub use neulbi_store::metrics::label;
+use neulbi_store::metrics::{SIZES, seconds};
 
 /// The STOMP transports a session can arrive on (the `transport` label).
 /// (A SockJS session may switch between its HTTP transports, so they count as one.)
@@ -33,17 +24,6 @@ pub struct Metrics {
     /// The provider (kept so its reader stays registered).
     _provider: SdkMeterProvider,
     registry: prometheus::Registry,
-
-    /// Appends by backend and outcome (`ok`, `conflict`, `error`).
-    pub appends: Counter<u64>,
-    /// Events written by committed appends.
-    pub events_appended: Counter<u64>,
-    /// From queueing an append to its durable commit.
-    pub append_duration: Histogram<f64>,
-    /// Appends folded into one transaction.
-    pub group_size: Histogram<u64>,
-    /// One group's transaction, commit (and its fsync) included.
-    pub commit_duration: Histogram<f64>,
 
     /// Commands handled by aggregate kind and outcome (`ok`, `unchanged`, `rejected`,
     /// `conflict`, `error`).
@@ -127,11 +107,6 @@ pub fn render() -> Result<String, prometheus::Error> {
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// A label.
-pub fn label(key: &'static str, value: &'static str) -> KeyValue {
-    KeyValue::new(key, value)
-}
-
 impl Metrics {
     fn new() -> Self {
         let registry = prometheus::Registry::new();
@@ -155,43 +130,21 @@ impl Metrics {
         }
         let provider = provider.build();
         let m = provider.meter("neulbi");
+        // The log's and the projectors' instruments live in their crates; they record into
+        // this meter from now on.
+        if !neulbi_store::metrics::install(&m) {
+            tracing::warn!("the event log's metrics were installed twice");
+        }
         let metrics = Self::instruments(&m, provider.clone(), registry);
         metrics.zero_series();
         metrics
     }
 
     fn instruments(m: &Meter, provider: SdkMeterProvider, registry: prometheus::Registry) -> Self {
-        let seconds = |name: &'static str, help: &'static str| {
-            m.f64_histogram(name)
-                .with_unit("s")
-                .with_description(help)
-                .with_boundaries(SECONDS.to_vec())
-                .build()
-        };
+        let seconds = |name, help| seconds(m, name, help);
         Self {
             _provider: provider,
             registry,
-            appends: m
-                .u64_counter("neulbi.store.appends")
-                .with_description("Appends to the event log by backend and outcome")
-                .build(),
-            events_appended: m
-                .u64_counter("neulbi.store.events_appended")
-                .with_description("Events written by committed appends")
-                .build(),
-            append_duration: seconds(
-                "neulbi.store.append.duration",
-                "From queueing an append to its durable commit",
-            ),
-            group_size: m
-                .u64_histogram("neulbi.store.commit.group_size")
-                .with_description("Appends folded into one durable transaction")
-                .with_boundaries(SIZES.to_vec())
-                .build(),
-            commit_duration: seconds(
-                "neulbi.store.commit.duration",
-                "One group commit's transaction, fsync included",
-            ),
             commands: m
                 .u64_counter("neulbi.commands")
                 .with_description("Commands handled by aggregate kind and outcome")
@@ -361,9 +314,12 @@ mod tests {
     #[test]
     fn the_exposition_names_follow_prometheus_conventions() {
         let m = metrics();
-        m.appends
+        let store = neulbi_store::metrics::metrics();
+        store
+            .appends
             .add(1, &[label("backend", "sqlite"), label("outcome", "ok")]);
-        m.append_duration
+        store
+            .append_duration
             .record(0.002, &[label("backend", "sqlite")]);
         m.sfu_bytes.add(10, &[]);
         let text = render().expect("render");

@@ -5,21 +5,15 @@ pub mod held_stderr;
 pub mod metrics;
 pub mod otlp;
 
+pub use crate::store::trace::{continue_trace, current_traceparent, exporting};
+
 use crate::config::LogFormat;
-use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{TraceContextExt, TracerProvider};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry::trace::TracerProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-
-/// True once spans are exported: only then do commands stamp their trace context on events.
-static EXPORTING: AtomicBool = AtomicBool::new(false);
 
 /// Keeps the span exporter of the process; dropping it flushes the spans still queued.
 #[must_use = "dropping the guard stops exporting spans"]
@@ -30,7 +24,7 @@ pub struct Telemetry {
 impl Drop for Telemetry {
     fn drop(&mut self) {
         if let Some(provider) = self.tracer.take() {
-            EXPORTING.store(false, Ordering::Release);
+            crate::store::trace::set_exporting(false);
             if let Err(e) = provider.shutdown() {
                 tracing::warn!(error = %e, "flushing spans on exit failed");
             }
@@ -76,43 +70,10 @@ pub fn init(filter: &str, format: LogFormat) -> Telemetry {
     }
     let tracer = provider.filter(|_| installed);
     if tracer.is_some() {
-        EXPORTING.store(true, Ordering::Release);
+        crate::store::trace::set_exporting(true);
         tracing::info!(node = otlp::node_id(), "exporting spans over OTLP");
     }
     Telemetry { tracer }
-}
-
-/// True while spans are exported over OTLP.
-pub fn exporting() -> bool {
-    EXPORTING.load(Ordering::Acquire)
-}
-
-/// The W3C `traceparent` of the current span, for an event's metadata; `None` unless spans
-/// are exported (then there is no trace to continue).
-pub fn current_traceparent() -> Option<String> {
-    if !exporting() {
-        return None;
-    }
-    let cx = tracing::Span::current().context();
-    if !cx.span().span_context().is_valid() {
-        return None;
-    }
-    let mut carrier = HashMap::new();
-    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
-    carrier.remove("traceparent")
-}
-
-/// Makes `span` (just created, not yet entered) continue the trace an event's `traceparent`
-/// names, so work done later or on another node joins the trace of the request behind it.
-pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
-    let Some(traceparent) = traceparent.filter(|_| exporting()) else {
-        return;
-    };
-    let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
-    let cx = TraceContextPropagator::new().extract(&carrier);
-    if cx.span().span_context().is_valid() {
-        let _ = span.set_parent(cx);
-    }
 }
 
 /// The WebRTC and TURN crates log every packet-level event at info (and warn for each packet

@@ -4,15 +4,27 @@
 //! the type name and the data in separate columns, so the type can be filtered and upcast
 //! without parsing the body.
 
-use super::ActorError;
-use crate::store::{EventData, Metadata, RecordedEvent};
+use crate::{EventData, Metadata, RecordedEvent};
 use neulbi_domain::DomainEvent;
 use serde_json::Value;
+use thiserror::Error;
 use uuid::Uuid;
 
+/// An event that could not be turned into its stored form or back into the domain type.
+#[derive(Debug, Error)]
+#[error("cannot decode event {event_type} at position {position}: {reason}")]
+pub struct CodecError {
+    /// The stored type name.
+    pub event_type: String,
+    /// The event's global position (0 when encoding).
+    pub position: u64,
+    /// The encoder's or decoder's message.
+    pub reason: String,
+}
+
 /// Encodes one domain event with a fresh UUIDv7 id and the given metadata.
-pub fn encode<E: DomainEvent>(event: &E, metadata: &Metadata) -> Result<EventData, ActorError> {
-    let value = serde_json::to_value(event).map_err(|e| ActorError::Decode {
+pub fn encode<E: DomainEvent>(event: &E, metadata: &Metadata) -> Result<EventData, CodecError> {
+    let value = serde_json::to_value(event).map_err(|e| CodecError {
         event_type: event.event_type().to_owned(),
         position: 0,
         reason: format!("cannot encode: {e}"),
@@ -35,7 +47,7 @@ pub fn encode<E: DomainEvent>(event: &E, metadata: &Metadata) -> Result<EventDat
 ///
 /// The adjacently tagged shape `{"type", "data"}` is presented to serde as a borrowed map,
 /// so the event's data is not copied (this runs for every event of every rebuild).
-pub fn decode<E: DomainEvent>(recorded: &RecordedEvent) -> Result<E, ActorError> {
+pub fn decode<E: DomainEvent>(recorded: &RecordedEvent) -> Result<E, CodecError> {
     let ty = Value::String(recorded.event_type.clone());
     let upcast_data = upcast(
         &recorded.event_type,
@@ -48,7 +60,7 @@ pub fn decode<E: DomainEvent>(recorded: &RecordedEvent) -> Result<E, ActorError>
         entries.push(("data", data));
     }
     let map = serde::de::value::MapDeserializer::<_, serde_json::Error>::new(entries.into_iter());
-    E::deserialize(map).map_err(|e| ActorError::Decode {
+    E::deserialize(map).map_err(|e| CodecError {
         event_type: recorded.event_type.clone(),
         position: recorded.position,
         reason: e.to_string(),

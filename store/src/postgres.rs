@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 /// Embedded migrations for PostgreSQL.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 /// The advisory lock key that serializes log writers across all nodes ("neulbi" in ASCII).
 const APPEND_LOCK: i64 = 0x6e65_756c_6269;

@@ -26,6 +26,10 @@
 //! projector checkpoints and data keys never live here: they stay in the SQLite or
 //! PostgreSQL *state database* named by `state_database_url`.
 
+/// The official client this backend is built on, for callers (tests, tools) that talk to
+/// the server directly.
+pub use ::kurrentdb as client;
+
 use super::group_commit::{self};
 use super::{
     AppendResult, Direction, EventData, EventStore, ExpectedVersion, Positions, RecordedEvent,
@@ -687,7 +691,7 @@ impl EventStore for KurrentStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Metadata;
+    use crate::Metadata;
     use serde_json::json;
 
     #[test]
@@ -973,11 +977,11 @@ mod tests {
             "esdb://localhost:2113?tls=false",
             "kurrentdb+discover://cluster.example.com:2113?nodePreference=leader",
         ] {
-            assert!(crate::store::is_kurrent_url(url), "{url}");
+            assert!(crate::is_kurrent_url(url), "{url}");
             parse_settings(url).unwrap_or_else(|e| panic!("{url}: {e}"));
         }
-        assert!(!crate::store::is_kurrent_url("postgres://u@h/db"));
-        assert!(!crate::store::is_kurrent_url("sqlite://data/neulbi.db"));
+        assert!(!crate::is_kurrent_url("postgres://u@h/db"));
+        assert!(!crate::is_kurrent_url("sqlite://data/neulbi.db"));
         let err =
             parse_settings("kurrentdb://admin:hunter2@localhost:notaport").expect_err("bad port");
         assert!(matches!(err, StoreError::Config(_)), "{err}");

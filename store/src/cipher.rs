@@ -6,7 +6,7 @@
 //! JSON, authenticated together with the owner and key id.
 //! Erased form (what readers get once the key is gone): `{"$personal": {"owner": O, "erased": true}}`.
 
-use super::DataKey;
+use crate::DataKey;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use chacha20poly1305::aead::{Aead, AeadCore, OsRng, Payload};

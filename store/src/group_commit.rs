@@ -8,7 +8,7 @@
 //! written, and rejected appends contribute no rows.
 
 use super::{EventData, ExpectedVersion, StoreError, StoreLimits, model::AppendResult};
-use crate::telemetry::metrics::{label, metrics};
+use crate::metrics::{label, metrics};
 use async_trait::async_trait;
 use neulbi_domain::StreamName;
 use std::collections::{HashMap, HashSet};

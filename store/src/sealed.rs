@@ -8,8 +8,7 @@
 //! replicas and backups — and no plaintext personal data is ever written to a read model.
 
 use super::cipher::{self, CipherError, Fields};
-use super::{DataKey, KeyStore};
-use crate::store::StoreError;
+use crate::{DataKey, DataKeys, StoreError};
 use neulbi_domain::personal::PERSONAL_KEY;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeSet, HashMap};
@@ -71,7 +70,7 @@ impl PageKeys {
     /// Looks up the key of every owner named by `tokens` (through the key cache). Without a
     /// key store every token opens as erased.
     pub async fn load<'a>(
-        store: Option<&KeyStore>,
+        store: Option<&dyn DataKeys>,
         tokens: impl IntoIterator<Item = &'a str>,
     ) -> Result<Self, StoreError> {
         let mut owners = BTreeSet::new();

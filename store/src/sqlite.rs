@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// Embedded migrations for SQLite.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 impl SqlBackend for sqlx::Sqlite {
     const READ_ALL: &'static str =
