@@ -1,10 +1,221 @@
-//! Projectors and read models of Neulbi.
+//! Projections: named projectors that turn committed events into read models.
 //!
-//! A projector is a named function from committed events to changes on its read model. The
-//! runtime that feeds projectors from `subscribe_all` and keeps their checkpoints lives in the
-//! root crate's store layer; this crate holds what is independent of the database driver.
+//! Each projector owns a few tables and a checkpoint (the next log position it will apply).
+//! The checkpoint is written in the same transaction as the table changes, and a batch only
+//! commits if the checkpoint still holds the value the batch started from, so every event
+//! takes effect exactly once — across crashes, restarts, several nodes, and a rebuild that
+//! swaps the tables underneath a running server.
 
-/// The name under which a projector's checkpoint is stored. Names are stable: renaming one
-/// means a rebuild from position 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ProjectorName(pub &'static str);
+pub mod audit;
+pub mod calls;
+pub mod db;
+pub mod faults;
+pub mod images;
+pub mod metrics;
+pub mod queries;
+pub mod rebuild;
+pub mod rooms;
+mod rooms_batch;
+pub mod runtime;
+pub mod users;
+
+use async_trait::async_trait;
+use db::{Dialect, Sql};
+use neulbi_domain::StreamKind;
+use neulbi_domain::call_session::CallEvent;
+use neulbi_domain::chat_room::RoomEvent;
+use neulbi_domain::system::SystemEvent;
+use neulbi_domain::user::UserEvent;
+use neulbi_store::codec;
+use neulbi_store::{RecordedEvent, StoreError};
+use sqlx::AnyConnection;
+use std::sync::Arc;
+use thiserror::Error;
+
+pub use db::ReadDb;
+
+/// Why projecting failed.
+#[derive(Debug, Error)]
+pub enum ProjectionError {
+    /// The read-model database failed.
+    #[error("read-model database: {0}")]
+    Database(sqlx::Error),
+    /// The event log failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A paging cursor that no page handed out.
+    #[error("invalid cursor {0:?}")]
+    InvalidCursor(String),
+    /// A sealed personal value in a read model does not open under its owner's key
+    /// (tampered, or copied from another row).
+    #[error("sealed read-model value: {0}")]
+    Sealed(#[from] neulbi_store::cipher::CipherError),
+    /// Sealed values had to be read but the read models were opened without data keys
+    /// ([`ReadDb::with_keys`]); treating every value as erased would be wrong (the image
+    /// sweeper would delete every blob).
+    #[error("read models opened without data keys; sealed values cannot be read")]
+    Keyless,
+    /// No projector has that name.
+    #[error("no projector named {0:?} (known: {1})")]
+    Unknown(String, String),
+}
+
+impl From<sqlx::Error> for ProjectionError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(e)
+    }
+}
+
+/// An event decoded once for the projectors; unknown types are skipped, not fatal, so an
+/// older node keeps projecting while a newer one writes new event types.
+#[derive(Debug)]
+pub enum Decoded {
+    /// A user-stream event.
+    User(UserEvent),
+    /// A room-stream event.
+    Room(RoomEvent),
+    /// A call-stream event.
+    Call(CallEvent),
+    /// A security-journal event.
+    System(SystemEvent),
+    /// A type this version does not know.
+    Unknown,
+}
+
+impl Decoded {
+    /// Decodes by the stream's kind.
+    pub fn of(e: &RecordedEvent) -> Self {
+        let decoded: Result<Self, codec::CodecError> = match e.stream.kind() {
+            StreamKind::User => codec::decode(e).map(Self::User),
+            StreamKind::Room => codec::decode(e).map(Self::Room),
+            StreamKind::Call => codec::decode(e).map(Self::Call),
+            StreamKind::System => codec::decode(e).map(Self::System),
+        };
+        decoded.unwrap_or_else(|err| {
+            tracing::warn!(position = e.position, event_type = %e.event_type, error = %err, "skipping an event this version cannot decode");
+            Self::Unknown
+        })
+    }
+}
+
+/// One projector bound to concrete table names (live, or shadow during a rebuild).
+#[async_trait]
+pub trait Projector: Send + Sync {
+    /// Applies one event inside the batch's transaction.
+    async fn apply(
+        &self,
+        tx: &mut AnyConnection,
+        event: &RecordedEvent,
+        decoded: &Decoded,
+    ) -> Result<(), ProjectionError>;
+
+    /// Applies a batch in log order. Projectors on a hot path override this to fold the batch
+    /// in memory and write it with few multi-row statements.
+    async fn apply_batch(
+        &self,
+        tx: &mut AnyConnection,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        for e in events {
+            let decoded = Decoded::of(e);
+            self.apply(tx, e, &decoded).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A secondary index of a read-model table.
+pub struct IndexDef {
+    /// Index name (without suffix).
+    pub name: &'static str,
+    /// The table it belongs to (base name).
+    pub table: &'static str,
+    /// The indexed columns, comma-separated.
+    pub columns: &'static str,
+}
+
+/// The static description of a projector: its name, tables, DDL and how to bind it.
+pub struct ProjectorDef {
+    /// Stable name: the checkpoint key and the CLI argument.
+    pub name: &'static str,
+    /// What it serves, for `projections status`.
+    pub description: &'static str,
+    /// Bump to rebuild automatically when the tables' shape changes.
+    pub version: i64,
+    /// `CREATE TABLE` templates; `{table}` placeholders are replaced by the bound names.
+    pub tables: &'static [(&'static str, &'static str)],
+    /// Secondary indexes.
+    pub indexes: &'static [IndexDef],
+    /// Binds the projector to table names (`suffix` is empty for the live tables).
+    pub bind: fn(&Names) -> Arc<dyn Projector>,
+}
+
+/// Maps base table names to the bound ones.
+pub struct Names {
+    suffix: String,
+    dialect: Dialect,
+}
+
+impl Names {
+    /// Names with `suffix` appended (`""` for live, `"__shadow"` while rebuilding).
+    pub fn new(suffix: &str, dialect: Dialect) -> Self {
+        Self {
+            suffix: suffix.to_owned(),
+            dialect,
+        }
+    }
+
+    /// Renders a statement template: every `{base}` becomes `base{suffix}`; `{blob}` and
+    /// `{bigint}` become the dialect's types.
+    pub fn render(&self, template: &str, bases: &[&str]) -> Sql {
+        let mut s = template.replace("{bigint}", "BIGINT");
+        for base in bases {
+            s = s.replace(&format!("{{{base}}}"), &format!("{base}{}", self.suffix));
+        }
+        if self.dialect == Dialect::Sqlite {
+            s = s.replace(" FOR UPDATE", "");
+        }
+        Arc::from(s)
+    }
+
+    /// The bound name of a base table.
+    pub fn table(&self, base: &str) -> String {
+        format!("{base}{}", self.suffix)
+    }
+
+    /// The suffix in use.
+    pub fn suffix(&self) -> &str {
+        &self.suffix
+    }
+
+    /// The dialect in use.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+}
+
+/// Every projector, in the order `serve` starts them.
+pub fn all() -> Vec<&'static ProjectorDef> {
+    vec![
+        &users::DEF,
+        &rooms::DEF,
+        &calls::DEF,
+        &audit::DEF,
+        &images::DEF,
+    ]
+}
+
+/// Looks a projector up by name.
+pub fn by_name(name: &str) -> Result<&'static ProjectorDef, ProjectionError> {
+    all().into_iter().find(|d| d.name == name).ok_or_else(|| {
+        ProjectionError::Unknown(
+            name.to_owned(),
+            all().iter().map(|d| d.name).collect::<Vec<_>>().join(", "),
+        )
+    })
+}
+
+/// Microseconds since the epoch, as the read models store time.
+pub fn micros(t: chrono::DateTime<chrono::Utc>) -> i64 {
+    t.timestamp_micros()
+}

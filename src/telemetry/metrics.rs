@@ -40,19 +40,6 @@ pub struct Metrics {
     /// Messages already waiting when a command is queued.
     pub mailbox_depth: Histogram<u64>,
 
-    /// The next log position each projector will apply.
-    pub projector_position: Gauge<u64>,
-    /// Events between the log's head and each projector.
-    pub projector_lag_events: Gauge<u64>,
-    /// Age of the oldest event a projector has not applied yet (0 when caught up).
-    pub projector_lag_seconds: Gauge<f64>,
-    /// 1 while a projector is stalled on an event it cannot apply.
-    pub projector_stalled: Gauge<u64>,
-    /// Events applied by each projector.
-    pub projector_events: Counter<u64>,
-    /// A running rebuild's progress, 0 to 1.
-    pub rebuild_progress: Gauge<f64>,
-
     /// Open STOMP sessions by transport.
     pub stomp_sessions: UpDownCounter<i64>,
     /// Active STOMP subscriptions.
@@ -132,8 +119,8 @@ impl Metrics {
         let m = provider.meter("neulbi");
         // The log's and the projectors' instruments live in their crates; they record into
         // this meter from now on.
-        if !neulbi_store::metrics::install(&m) {
-            tracing::warn!("the event log's metrics were installed twice");
+        if !neulbi_store::metrics::install(&m) || !neulbi_projections::metrics::install(&m) {
+            tracing::warn!("the log's or the projectors' metrics were installed twice");
         }
         let metrics = Self::instruments(&m, provider.clone(), registry);
         metrics.zero_series();
@@ -169,31 +156,6 @@ impl Metrics {
                 .u64_histogram("neulbi.actors.mailbox_depth")
                 .with_description("Messages already queued when a command is sent to an actor")
                 .with_boundaries(SIZES.to_vec())
-                .build(),
-            projector_position: m
-                .u64_gauge("neulbi.projector.position")
-                .with_description("The next log position the projector will apply")
-                .build(),
-            projector_lag_events: m
-                .u64_gauge("neulbi.projector.lag.events")
-                .with_description("Events between the log's head and the projector")
-                .build(),
-            projector_lag_seconds: m
-                .f64_gauge("neulbi.projector.lag")
-                .with_unit("s")
-                .with_description("Age of the oldest event the projector has not applied")
-                .build(),
-            projector_stalled: m
-                .u64_gauge("neulbi.projector.stalled")
-                .with_description("1 while the projector is stalled on an event it cannot apply")
-                .build(),
-            projector_events: m
-                .u64_counter("neulbi.projector.events")
-                .with_description("Events applied by the projector")
-                .build(),
-            rebuild_progress: m
-                .f64_gauge("neulbi.projector.rebuild.progress")
-                .with_description("A running rebuild's progress from 0 to 1")
                 .build(),
             stomp_sessions: m
                 .i64_up_down_counter("neulbi.stomp.sessions")
@@ -338,7 +300,8 @@ mod tests {
             text.contains("neulbi_stomp_sessions{transport=\"sockjs-http\"} 0"),
             "{text}"
         );
-        m.projector_lag_seconds
+        neulbi_projections::metrics::metrics()
+            .projector_lag_seconds
             .record(1.5, &[label("projector", "rooms")]);
         assert!(
             text_now().contains("neulbi_projector_lag_seconds{projector=\"rooms\"} 1.5"),

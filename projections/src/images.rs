@@ -1,5 +1,5 @@
 //! The profile images users currently have, for the blob sweeper
-//! ([`crate::blob::sweeper`]): one row per user whose state references an image, gone once
+//! (the root crate's `blob::sweeper`): one row per user whose state references an image, gone once
 //! the image is removed or the account deactivated or erased, so the sweeper reads what is
 //! referenced instead of folding the whole log on every run.
 //!
@@ -9,13 +9,13 @@
 //! version) alone, so upgrading rebuilds nothing that serves pages.
 //!
 //! Keys are personal (they name a person's blobs) and stored as the sealed tokens copied
-//! from the log ([`crate::privacy::sealed`]); [`super::queries::image_keys`] opens them.
+//! from the log ([`neulbi_store::sealed`]); [`super::queries::image_keys`] opens them.
 
 use super::db::{Sql, sql};
 use super::{Decoded, Names, ProjectionError, Projector, ProjectorDef};
-use crate::store::RecordedEvent;
 use async_trait::async_trait;
 use neulbi_domain::user::UserEvent;
+use neulbi_store::RecordedEvent;
 use sqlx::AnyConnection;
 use std::sync::Arc;
 

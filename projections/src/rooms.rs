@@ -2,16 +2,16 @@
 //! history of each room.
 //!
 //! Message bodies are stored as sealed tokens copied from the log
-//! ([`crate::privacy::sealed`]); `last_message_preview` holds the last body's token, cut to
+//! ([`neulbi_store::sealed`]); `last_message_preview` holds the last body's token, cut to
 //! a preview when a query opens it.
 
 use super::db::{Dialect, Sql, sql};
 use super::rooms_batch::{BatchSql, Fold};
 use super::{Decoded, IndexDef, Names, ProjectionError, Projector, ProjectorDef, micros};
-use crate::store::RecordedEvent;
 use async_trait::async_trait;
 use neulbi_domain::chat_room::RoomEvent;
 use neulbi_domain::user::UserEvent;
+use neulbi_store::RecordedEvent;
 use sqlx::AnyConnection;
 use std::sync::Arc;
 

@@ -6,7 +6,7 @@
 //! (`neulbi-read.db`): they can be deleted and rebuilt at any time, and projecting never
 //! competes with appends for the log's write lock.
 
-use crate::store::DataKeys;
+use neulbi_store::DataKeys;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor};
 use std::sync::Arc;
@@ -115,7 +115,7 @@ impl ReadDb {
     }
 
     /// The same read models, opening sealed personal values with `keys` (the event store's
-    /// data keys: [`crate::store::EventStore::data_keys`]).
+    /// data keys: [`neulbi_store::EventStore::data_keys`]).
     pub fn with_keys(mut self, keys: Option<Arc<dyn DataKeys>>) -> Self {
         self.keys = keys;
         self

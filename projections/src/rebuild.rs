@@ -4,7 +4,7 @@
 use super::db::{Dialect, ReadDb};
 use super::runtime::{self, Batch, apply_all, begin, checkpoint, set_checkpoint};
 use super::{Names, ProjectionError, ProjectorDef};
-use crate::store::SharedStore;
+use neulbi_store::SharedStore;
 use std::time::Instant;
 
 /// Events per transaction while rebuilding (larger than live batches: nobody waits on them).
@@ -39,16 +39,14 @@ pub async fn rebuild(
             Batch::Applied(n) => {
                 events += n as u64;
                 let at = checkpoint(db, &key).await?.map_or(0, |(p, _)| p);
-                crate::telemetry::metrics::metrics()
-                    .rebuild_progress
-                    .record(
-                        if head == 0 {
-                            1.0
-                        } else {
-                            at as f64 / head as f64
-                        },
-                        &[crate::telemetry::metrics::label("projector", def.name)],
-                    );
+                crate::metrics::metrics().rebuild_progress.record(
+                    if head == 0 {
+                        1.0
+                    } else {
+                        at as f64 / head as f64
+                    },
+                    &[crate::metrics::label("projector", def.name)],
+                );
                 progress(at, head);
             }
             Batch::CaughtUp => break,

@@ -2,9 +2,9 @@
 
 use super::db::{Sql, sql};
 use super::{Decoded, IndexDef, Names, ProjectionError, Projector, ProjectorDef, micros};
-use crate::store::RecordedEvent;
 use async_trait::async_trait;
 use neulbi_domain::call_session::CallEvent;
+use neulbi_store::RecordedEvent;
 use sqlx::AnyConnection;
 use std::sync::Arc;
 

@@ -3,11 +3,11 @@
 
 use super::db::{Dialect, ReadDb, sql};
 use super::{Names, ProjectionError, ProjectorDef};
-use crate::actors::codec;
-use crate::privacy::cipher::{self, Fields};
-use crate::privacy::sealed;
-use crate::store::{RecordedEvent, SharedStore, StoreError};
-use crate::telemetry::metrics::{label, metrics};
+use crate::metrics::{label, metrics};
+use neulbi_store::cipher::{self, Fields};
+use neulbi_store::codec;
+use neulbi_store::sealed;
+use neulbi_store::{RecordedEvent, SharedStore, StoreError};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -227,7 +227,7 @@ pub async fn step(
     let projector = (def.bind)(names);
     // With spans exported, each event's trace gets a `project` span for this projector (on
     // whichever node applies it), open until the batch commits.
-    let _traced: Vec<tracing::Span> = if live && crate::telemetry::exporting() {
+    let _traced: Vec<tracing::Span> = if live && neulbi_store::trace::exporting() {
         events
             .iter()
             .filter(|e| e.metadata.traceparent.is_some())
@@ -240,7 +240,7 @@ pub async fn step(
                     event_type = %e.event_type,
                     batch = events.len()
                 );
-                crate::telemetry::continue_trace(&span, e.metadata.traceparent.as_deref());
+                neulbi_store::trace::continue_trace(&span, e.metadata.traceparent.as_deref());
                 span
             })
             .collect()
@@ -296,7 +296,7 @@ fn observe(
 }
 
 /// Reads the next batch for the projectors as the log stores it: personal fields stay
-/// sealed and reach the projectors as tokens ([`crate::privacy::sealed`]), so read models
+/// sealed and reach the projectors as tokens ([`neulbi_store::sealed`]), so read models
 /// only ever hold sealed copies and projecting opens nothing. Old event versions are upcast
 /// first; a field an old version logged in the clear (schema v1 message bodies) is sealed
 /// here with its owner's key, or withheld when the store has no keys.
@@ -451,7 +451,7 @@ pub fn spawn_all(
             let db = db.clone();
             let mut stop = stop.clone();
             let caught_up = caught_up.clone();
-            crate::lanes::spawn(crate::lanes::Lane::Projections, async move {
+            neulbi_store::lanes::spawn(neulbi_store::lanes::Lane::Projections, async move {
                 let names = Names::new("", db.dialect);
                 let mut first_catch_up = true;
                 // Only a wake-up: each step reads its own batch, so the doorbell carries no events.

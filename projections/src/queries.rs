@@ -1,14 +1,14 @@
 //! Queries over the read models, shared by the HTTP API and the CLI.
 //!
 //! Personal values (nicknames, headlines, bios, message bodies and previews) are stored
-//! sealed ([`crate::privacy::sealed`]); each query opens its page with one key lookup per
+//! sealed ([`neulbi_store::sealed`]); each query opens its page with one key lookup per
 //! owner, so an erased person's values read as absent (`None`, or empty text where the
 //! field is not optional) exactly like the scrubbed rows did before.
 
 use super::ProjectionError;
 use super::db::ReadDb;
-use crate::privacy::sealed::PageKeys;
 use chrono::{DateTime, Utc};
+use neulbi_store::sealed::PageKeys;
 use serde::Serialize;
 use sqlx::Row;
 use std::collections::HashSet;

@@ -1,14 +1,14 @@
 //! User profiles and the counselor directory.
 //!
 //! Nickname, e-mail, headline and bio are stored as sealed tokens copied from the log
-//! ([`crate::privacy::sealed`]); queries open them with the owner's key.
+//! ([`neulbi_store::sealed`]); queries open them with the owner's key.
 
 use super::db::{Sql, sql};
 use super::{Decoded, Names, ProjectionError, Projector, ProjectorDef, micros};
-use crate::store::RecordedEvent;
 use async_trait::async_trait;
 use neulbi_domain::Role;
 use neulbi_domain::user::UserEvent;
+use neulbi_store::RecordedEvent;
 use sqlx::AnyConnection;
 use std::sync::Arc;
 
