@@ -3,7 +3,7 @@
 //! made of method, role and key names: no personal data.
 
 use super::db::{Sql, sql};
-use super::{Decoded, IndexDef, Names, ProjectionError, Projector, ProjectorDef, micros};
+use super::{Decoded, Names, ProjectionError, Projector, ProjectorDef, micros};
 use async_trait::async_trait;
 use neulbi_domain::user::UserEvent;
 use neulbi_store::RecordedEvent;
@@ -15,28 +15,7 @@ pub static DEF: ProjectorDef = ProjectorDef {
     name: "audit",
     description: "audit trail (who did what, when, from which request)",
     version: 2,
-    tables: &[(
-        "rm_audit",
-        "CREATE TABLE IF NOT EXISTS {rm_audit} (position {bigint} PRIMARY KEY, stream TEXT NOT NULL, version {bigint} NOT NULL, \
-         event_type TEXT NOT NULL, actor_id TEXT, correlation_id TEXT, traceparent TEXT, recorded_at {bigint} NOT NULL, detail TEXT)",
-    )],
-    indexes: &[
-        IndexDef {
-            name: "rm_audit_by_stream",
-            table: "rm_audit",
-            columns: "stream, version",
-        },
-        IndexDef {
-            name: "rm_audit_by_actor",
-            table: "rm_audit",
-            columns: "actor_id",
-        },
-        IndexDef {
-            name: "rm_audit_by_trace",
-            table: "rm_audit",
-            columns: "traceparent",
-        },
-    ],
+    schema: include_str!("../../migrations/read_models/audit.sql"),
     bind,
 };
 

@@ -1,7 +1,7 @@
 //! Call history: who called whom, when it started, how long it lasted, how it ended.
 
 use super::db::{Sql, sql};
-use super::{Decoded, IndexDef, Names, ProjectionError, Projector, ProjectorDef, micros};
+use super::{Decoded, Names, ProjectionError, Projector, ProjectorDef, micros};
 use async_trait::async_trait;
 use neulbi_domain::call_session::CallEvent;
 use neulbi_store::RecordedEvent;
@@ -13,31 +13,7 @@ pub static DEF: ProjectorDef = ProjectorDef {
     name: "calls",
     description: "call history (participants, start, duration)",
     version: 1,
-    tables: &[
-        (
-            "rm_calls",
-            "CREATE TABLE IF NOT EXISTS {rm_calls} (call_id TEXT PRIMARY KEY, room_id TEXT NOT NULL, requested_by TEXT NOT NULL, \
-             invitee TEXT NOT NULL, status TEXT NOT NULL, requested_at {bigint} NOT NULL, accepted_at {bigint}, \
-             started_at {bigint}, ended_at {bigint}, duration_secs {bigint}, end_reason TEXT)",
-        ),
-        (
-            "rm_call_participants",
-            "CREATE TABLE IF NOT EXISTS {rm_call_participants} (call_id TEXT NOT NULL, user_id TEXT NOT NULL, \
-             first_joined_at {bigint} NOT NULL, PRIMARY KEY (call_id, user_id))",
-        ),
-    ],
-    indexes: &[
-        IndexDef {
-            name: "rm_calls_by_requester",
-            table: "rm_calls",
-            columns: "requested_by",
-        },
-        IndexDef {
-            name: "rm_calls_by_invitee",
-            table: "rm_calls",
-            columns: "invitee",
-        },
-    ],
+    schema: include_str!("../../migrations/read_models/calls.sql"),
     bind,
 };
 

@@ -17,10 +17,6 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// a bound keeps the table small).
 const MAX_ERROR_CHARS: usize = 500;
 
-pub(super) const FAULTS: &str = "CREATE TABLE IF NOT EXISTS projection_faults (\
-    name TEXT PRIMARY KEY, position BIGINT NOT NULL, error TEXT NOT NULL, failures BIGINT NOT NULL, \
-    first_failed_at BIGINT NOT NULL, last_failed_at BIGINT NOT NULL)";
-
 /// Why a projector is stalled, as recorded for operators.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Stall {

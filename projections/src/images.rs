@@ -24,11 +24,7 @@ pub static DEF: ProjectorDef = ProjectorDef {
     name: "images",
     description: "profile-image blob keys users reference (for the image sweeper)",
     version: 1,
-    tables: &[(
-        "rm_images",
-        "CREATE TABLE IF NOT EXISTS {rm_images} (user_id TEXT PRIMARY KEY, image TEXT NOT NULL, thumbnail TEXT NOT NULL)",
-    )],
-    indexes: &[],
+    schema: include_str!("../../migrations/read_models/images.sql"),
     bind,
 };
 

@@ -17,6 +17,7 @@ pub mod rebuild;
 pub mod rooms;
 mod rooms_batch;
 pub mod runtime;
+pub mod schema;
 pub mod users;
 
 use async_trait::async_trait;
@@ -55,6 +56,9 @@ pub enum ProjectionError {
     /// sweeper would delete every blob).
     #[error("read models opened without data keys; sealed values cannot be read")]
     Keyless,
+    /// A schema file does not have the shape the runtime binds (a defect of this build).
+    #[error(transparent)]
+    Schema(#[from] schema::SchemaError),
     /// No projector has that name.
     #[error("no projector named {0:?} (known: {1})")]
     Unknown(String, String),
@@ -124,16 +128,6 @@ pub trait Projector: Send + Sync {
     }
 }
 
-/// A secondary index of a read-model table.
-pub struct IndexDef {
-    /// Index name (without suffix).
-    pub name: &'static str,
-    /// The table it belongs to (base name).
-    pub table: &'static str,
-    /// The indexed columns, comma-separated.
-    pub columns: &'static str,
-}
-
 /// The static description of a projector: its name, tables, DDL and how to bind it.
 pub struct ProjectorDef {
     /// Stable name: the checkpoint key and the CLI argument.
@@ -142,12 +136,17 @@ pub struct ProjectorDef {
     pub description: &'static str,
     /// Bump to rebuild automatically when the tables' shape changes.
     pub version: i64,
-    /// `CREATE TABLE` templates; `{table}` placeholders are replaced by the bound names.
-    pub tables: &'static [(&'static str, &'static str)],
-    /// Secondary indexes.
-    pub indexes: &'static [IndexDef],
+    /// Its tables and indexes: a file of `migrations/read_models/` ([`schema`]).
+    pub schema: &'static str,
     /// Binds the projector to table names (`suffix` is empty for the live tables).
     pub bind: fn(&Names) -> Arc<dyn Projector>,
+}
+
+impl ProjectorDef {
+    /// The tables and indexes of [`ProjectorDef::schema`].
+    pub fn schema(&self) -> Result<schema::Schema, ProjectionError> {
+        Ok(schema::Schema::parse(self.schema)?)
+    }
 }
 
 /// Maps base table names to the bound ones.

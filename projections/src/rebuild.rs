@@ -109,7 +109,8 @@ async fn swap(
         at = next;
     }
     let live_names = Names::new("", db.dialect);
-    for (base, _) in def.tables {
+    let schema = def.schema()?;
+    for base in schema.bases() {
         let drop = format!("DROP TABLE IF EXISTS {}", live_names.table(base));
         sqlx::query(sqlx::AssertSqlSafe(drop))
             .execute(&mut *tx)
@@ -123,7 +124,7 @@ async fn swap(
             .execute(&mut *tx)
             .await?;
     }
-    for idx in def.indexes {
+    for idx in &schema.indexes {
         let drop = format!("DROP INDEX IF EXISTS {}{}", idx.name, shadow.suffix());
         sqlx::query(sqlx::AssertSqlSafe(drop))
             .execute(&mut *tx)

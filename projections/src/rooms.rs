@@ -7,7 +7,7 @@
 
 use super::db::{Dialect, Sql, sql};
 use super::rooms_batch::{BatchSql, Fold};
-use super::{Decoded, IndexDef, Names, ProjectionError, Projector, ProjectorDef, micros};
+use super::{Decoded, Names, ProjectionError, Projector, ProjectorDef, micros};
 use async_trait::async_trait;
 use neulbi_domain::chat_room::RoomEvent;
 use neulbi_domain::user::UserEvent;
@@ -24,42 +24,7 @@ pub static DEF: ProjectorDef = ProjectorDef {
     description: "my rooms (last message, unread counts) and room message history",
     // 2: bodies and the last message are sealed tokens instead of plaintext.
     version: 2,
-    tables: &[
-        (
-            "rm_rooms",
-            "CREATE TABLE IF NOT EXISTS {rm_rooms} (room_id TEXT PRIMARY KEY, client_id TEXT NOT NULL, counselor_id TEXT NOT NULL, \
-             opened_at {bigint} NOT NULL, closed_at {bigint}, message_count {bigint} NOT NULL DEFAULT 0, \
-             last_message_id TEXT, last_message_author TEXT, last_message_preview TEXT, last_message_at {bigint})",
-        ),
-        (
-            "rm_room_members",
-            "CREATE TABLE IF NOT EXISTS {rm_room_members} (room_id TEXT NOT NULL, user_id TEXT NOT NULL, \
-             unread_count {bigint} NOT NULL DEFAULT 0, last_read_seq {bigint} NOT NULL DEFAULT 0, left_at {bigint}, \
-             PRIMARY KEY (room_id, user_id))",
-        ),
-        (
-            "rm_messages",
-            "CREATE TABLE IF NOT EXISTS {rm_messages} (room_id TEXT NOT NULL, seq {bigint} NOT NULL, message_id TEXT NOT NULL, \
-             author_id TEXT NOT NULL, body TEXT, posted_at {bigint} NOT NULL, PRIMARY KEY (room_id, seq))",
-        ),
-    ],
-    indexes: &[
-        IndexDef {
-            name: "rm_room_members_by_user",
-            table: "rm_room_members",
-            columns: "user_id",
-        },
-        IndexDef {
-            name: "rm_messages_by_author",
-            table: "rm_messages",
-            columns: "author_id",
-        },
-        IndexDef {
-            name: "rm_messages_by_id",
-            table: "rm_messages",
-            columns: "room_id, message_id",
-        },
-    ],
+    schema: include_str!("../../migrations/read_models/rooms.sql"),
     bind,
 };
 

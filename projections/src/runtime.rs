@@ -2,7 +2,7 @@
 //! checkpoint, and a live loop per projector inside `serve`.
 
 use super::db::{Dialect, ReadDb, sql};
-use super::{Names, ProjectionError, ProjectorDef};
+use super::{Names, ProjectionError, ProjectorDef, schema};
 use crate::metrics::{label, metrics};
 use neulbi_store::cipher::{self, Fields};
 use neulbi_store::codec;
@@ -18,9 +18,6 @@ use tracing::Instrument;
 
 /// Events applied per transaction.
 pub const BATCH: usize = 1000;
-
-const CHECKPOINTS: &str = "CREATE TABLE IF NOT EXISTS projection_checkpoints (\
-    name TEXT PRIMARY KEY, position BIGINT NOT NULL, version BIGINT NOT NULL, updated_at BIGINT NOT NULL)";
 
 /// The advisory lock that serializes read-model DDL across nodes: PostgreSQL's
 /// `CREATE TABLE IF NOT EXISTS` is not safe against a concurrent twin.
@@ -47,13 +44,17 @@ pub async fn ensure_schema(
 ) -> Result<(), ProjectionError> {
     let mut tx = begin(db).await?;
     lock_ddl(&mut tx, db.dialect).await?;
-    sqlx::query(CHECKPOINTS).execute(&mut *tx).await?;
-    sqlx::query(super::faults::FAULTS).execute(&mut *tx).await?;
-    for (base, ddl) in def.tables {
-        let stmt = names.render(ddl, &[base]);
+    for statement in schema::statements(schema::RUNTIME) {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut *tx)
+            .await?;
+    }
+    let schema = def.schema()?;
+    for table in &schema.tables {
+        let stmt = names.render(table.ddl, &[table.base]);
         sqlx::query(sql(&stmt)).execute(&mut *tx).await?;
     }
-    for idx in def.indexes {
+    for idx in &schema.indexes {
         let stmt = format!(
             "CREATE INDEX IF NOT EXISTS {}{} ON {} ({})",
             idx.name,
@@ -78,7 +79,7 @@ pub async fn drop_tables(
 ) -> Result<(), ProjectionError> {
     let mut tx = begin(db).await?;
     lock_ddl(&mut tx, db.dialect).await?;
-    for (base, _) in def.tables {
+    for base in def.schema()?.bases() {
         let stmt = format!("DROP TABLE IF EXISTS {}", names.table(base));
         sqlx::query(sqlx::AssertSqlSafe(stmt))
             .execute(&mut *tx)

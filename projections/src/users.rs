@@ -19,20 +19,7 @@ pub static DEF: ProjectorDef = ProjectorDef {
     // 2: personal columns hold sealed tokens instead of plaintext.
     // 3: the profile photo's thumbnail key (sealed), for the directory and room lists.
     version: 3,
-    tables: &[
-        (
-            "rm_users",
-            "CREATE TABLE IF NOT EXISTS {rm_users} (user_id TEXT PRIMARY KEY, nickname TEXT, email TEXT, role TEXT NOT NULL, \
-             registered_at {bigint} NOT NULL, last_login_at {bigint}, login_count {bigint} NOT NULL DEFAULT 0, \
-             deactivated_at {bigint}, erased_at {bigint}, thumbnail TEXT)",
-        ),
-        (
-            "rm_counselors",
-            "CREATE TABLE IF NOT EXISTS {rm_counselors} (user_id TEXT PRIMARY KEY, nickname TEXT, headline TEXT NOT NULL, \
-             bio TEXT NOT NULL, published_at {bigint} NOT NULL)",
-        ),
-    ],
-    indexes: &[],
+    schema: include_str!("../../migrations/read_models/users.sql"),
     bind,
 };
 
