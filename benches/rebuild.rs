@@ -18,6 +18,10 @@ use neulbi::store::{self, StoreLimits};
 use neulbi::tools::seed::{SeedSpec, seed};
 use std::time::Instant;
 
+/// The allocator of the `neulbi` binary, whose `projections rebuild` this measures.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn arg(args: &[String], flag: &str) -> Option<String> {
     args.iter()
         .position(|a| a == flag)
