@@ -13,13 +13,12 @@ use neulbi_domain::user::{UserCommand, UserDecider};
 use neulbi_domain::{Actor, Context, Decider, MessageId, Role, RoomId, StreamName, UserId};
 use neulbi_projections::db::read_model_url;
 use neulbi_projections::{self as projections, ReadDb, queries, rebuild, runtime};
-use neulbi_store::cipher::{self, Fields};
 use neulbi_store::sqlite::SqliteStore;
 use neulbi_store::{
-    DataKey, DataKeys, Direction, ExpectedVersion, Metadata, SharedStore, StoreError, StoreLimits,
-    codec,
+    CryptoStore, DataKey, DataKeys, Direction, ExpectedVersion, Metadata, SharedStore, StoreError,
+    StoreLimits, codec,
 };
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
@@ -71,12 +70,14 @@ impl World {
     async fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("neulbi.db").display());
-        let store: SharedStore = Arc::new(
+        let log: SharedStore = Arc::new(
             SqliteStore::open(&url, StoreLimits::default(), true)
                 .await
                 .expect("log"),
         );
         let keys = Arc::new(Keys::default());
+        // The node's encrypting front: seals on append, opens on read.
+        let store: SharedStore = Arc::new(CryptoStore::new(log, keys.clone()));
         let db = Self::pool(&url, &keys).await;
         let mut w = Self {
             dir,
@@ -100,8 +101,8 @@ impl World {
             .with_keys(Some(keys))
     }
 
-    /// Decides `command` on the stream's current state and appends the events, personal
-    /// fields sealed, as the node's actors and encrypting store do.
+    /// Decides `command` on the stream's current state and appends the events through the
+    /// encrypting store, as the node's actors do.
     async fn run<D: Decider>(&self, id: Uuid, command: D::Command, ctx: Context) {
         let stream = StreamName::new(D::KIND, id);
         let stored = self
@@ -110,33 +111,15 @@ impl World {
             .await
             .expect("read stream");
         let mut state = D::State::default();
-        for mut e in stored.clone() {
-            let mut owners = BTreeSet::new();
-            cipher::owners(&e.data, Fields::Sealed, &mut owners).expect("owners");
-            let mut keys = HashMap::new();
-            for owner in owners {
-                keys.insert(owner, self.keys.for_read(owner).await.expect("key"));
-            }
-            cipher::open(&mut e.data, &keys).expect("open");
-            let event: D::Event = codec::decode(&e).expect("decode");
+        for e in &stored {
+            let event: D::Event = codec::decode(e).expect("decode");
             state = D::evolve(state, &event);
         }
         let events = D::decide(&state, command, &ctx).expect("decide");
-        let mut data = events
+        let data = events
             .iter()
             .map(|e| codec::encode(e, &Metadata::default()).expect("encode"))
             .collect::<Vec<_>>();
-        let mut owners = BTreeSet::new();
-        for e in &data {
-            cipher::owners(&e.data, Fields::Plain, &mut owners).expect("owners");
-        }
-        let mut keys = HashMap::new();
-        for owner in owners {
-            keys.insert(owner, self.keys.for_write(owner).await.expect("key"));
-        }
-        for e in &mut data {
-            cipher::seal(&mut e.data, &keys).expect("seal");
-        }
         let expected = ExpectedVersion::from_current(stored.last().map(|e| e.version));
         self.store
             .append(&stream, expected, data)

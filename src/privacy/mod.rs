@@ -7,15 +7,13 @@
 //! fields in the same streams stay readable, because each field is sealed with its own
 //! owner's key.
 
-pub mod crypto_store;
 pub mod erasure;
 pub mod kek;
 pub mod keys;
 pub mod rewrap;
 pub mod settings;
 
-pub use crate::store::{cipher, sealed};
-pub use crypto_store::CryptoStore;
+pub use crate::store::{CryptoStore, cipher, crypto_store, sealed};
 pub use kek::{KekError, KekRing, WrapContext};
 pub use keys::{DataKey, KeyStore};
 pub use settings::KeySettings;

@@ -96,7 +96,7 @@ pub async fn open_storage_in(
     ));
     let events: SharedStore = Arc::new(crate::privacy::CryptoStore::new(
         backend.clone(),
-        keys.clone(),
+        keys.clone() as Arc<dyn crate::store::DataKeys>,
     ));
     Ok(Storage {
         events,

@@ -14,6 +14,7 @@
 
 pub mod cipher;
 pub mod codec;
+pub mod crypto_store;
 pub mod data_key;
 pub mod error;
 pub mod group_commit;
@@ -34,6 +35,7 @@ use futures::stream::BoxStream;
 use neulbi_domain::StreamName;
 use std::sync::Arc;
 
+pub use crypto_store::CryptoStore;
 pub use data_key::{DataKey, DataKeys};
 pub use error::StoreError;
 pub use model::{AppendResult, Direction, EventData, ExpectedVersion, Metadata, RecordedEvent};

@@ -2,11 +2,10 @@
 //! any backend. Everything that reads the log (actors, projections, tools, subscriptions)
 //! goes through it, so none of them handles keys, and the backend never sees plaintext.
 
-use super::cipher::{self, CipherError, Fields};
-use super::{DataKey, KeyStore};
-use crate::store::{
-    AppendResult, Direction, EventData, EventStore, ExpectedVersion, RecordedEvent, SharedStore,
-    StoreError,
+use crate::cipher::{self, CipherError, Fields};
+use crate::{
+    AppendResult, DataKey, DataKeys, Direction, EventData, EventStore, ExpectedVersion,
+    RecordedEvent, SharedStore, StoreError,
 };
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -19,12 +18,12 @@ use uuid::Uuid;
 /// The encrypting front of the event store.
 pub struct CryptoStore {
     inner: SharedStore,
-    keys: Arc<KeyStore>,
+    keys: Arc<dyn DataKeys>,
 }
 
 impl CryptoStore {
     /// Wraps `inner`, sealing with keys from `keys`.
-    pub fn new(inner: SharedStore, keys: Arc<KeyStore>) -> Self {
+    pub fn new(inner: SharedStore, keys: Arc<dyn DataKeys>) -> Self {
         Self { inner, keys }
     }
 }
@@ -34,7 +33,7 @@ fn malformed(e: CipherError) -> StoreError {
 }
 
 async fn read_keys(
-    keys: &KeyStore,
+    keys: &dyn DataKeys,
     owners: BTreeSet<Uuid>,
 ) -> Result<HashMap<Uuid, Option<DataKey>>, StoreError> {
     let mut out = HashMap::with_capacity(owners.len());
@@ -46,7 +45,7 @@ async fn read_keys(
 
 /// Opens the personal fields of a page of events with one key lookup per owner.
 async fn open_all(
-    keys: &KeyStore,
+    keys: &dyn DataKeys,
     mut events: Vec<RecordedEvent>,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     let mut owners = BTreeSet::new();
@@ -109,7 +108,7 @@ impl EventStore for CryptoStore {
             .inner
             .read_stream(stream, from_version, direction, limit)
             .await?;
-        open_all(&self.keys, events).await
+        open_all(self.keys.as_ref(), events).await
     }
 
     async fn read_all(
@@ -118,7 +117,7 @@ impl EventStore for CryptoStore {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let events = self.inner.read_all(from_position, limit).await?;
-        open_all(&self.keys, events).await
+        open_all(self.keys.as_ref(), events).await
     }
 
     async fn read_all_backward(
@@ -127,7 +126,7 @@ impl EventStore for CryptoStore {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let events = self.inner.read_all_backward(before_position, limit).await?;
-        open_all(&self.keys, events).await
+        open_all(self.keys.as_ref(), events).await
     }
 
     async fn read_all_sealed(
@@ -138,11 +137,11 @@ impl EventStore for CryptoStore {
         self.inner.read_all(from_position, limit).await
     }
 
-    fn data_keys(&self) -> Option<Arc<dyn crate::store::DataKeys>> {
+    fn data_keys(&self) -> Option<Arc<dyn DataKeys>> {
         Some(self.keys.clone())
     }
 
-    fn positions(&self) -> crate::store::Positions {
+    fn positions(&self) -> crate::Positions {
         self.inner.positions()
     }
 
@@ -165,7 +164,7 @@ impl EventStore for CryptoStore {
                 let keys = keys.clone();
                 async move {
                     let event = item?;
-                    let mut opened = open_all(&keys, vec![event]).await?;
+                    let mut opened = open_all(keys.as_ref(), vec![event]).await?;
                     opened.pop().ok_or(StoreError::Closed)
                 }
             })
