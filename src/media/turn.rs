@@ -936,9 +936,10 @@ fn bind_error(
 /// The UDP listener as the `turn` crate wants it, telling `close` when the crate's read
 /// loop has let go of the socket.
 struct UdpConn {
+    // Fields drop in order: the socket first, so the port is free when `_closed` fires.
     socket: UdpSocket,
     local: SocketAddr,
-    closed: watch::Sender<bool>,
+    _closed: SignalOnDrop,
 }
 
 impl UdpConn {
@@ -948,16 +949,20 @@ impl UdpConn {
             UdpConn {
                 socket,
                 local,
-                closed,
+                _closed: SignalOnDrop(closed),
             },
             rx,
         )
     }
 }
 
-impl Drop for UdpConn {
+/// Sets its flag when dropped; as the last field of its owner it fires after the others
+/// (the socket) are gone.
+struct SignalOnDrop(watch::Sender<bool>);
+
+impl Drop for SignalOnDrop {
     fn drop(&mut self) {
-        self.closed.send_replace(true);
+        self.0.send_replace(true);
     }
 }
 
