@@ -126,6 +126,27 @@ pub trait Projector: Send + Sync {
         }
         Ok(())
     }
+
+    /// Applies one batch of a rebuild. Nothing reads the shadow tables before the swap, so a
+    /// projector may keep what it folded (up to `keep` entries, rooms for `rooms`) in memory
+    /// past the batch's commit instead of writing and re-reading it every batch; whatever
+    /// it keeps is written by [`Projector::finish_rebuild`].
+    async fn rebuild_batch(
+        &self,
+        tx: &mut AnyConnection,
+        events: &[RecordedEvent],
+        keep: usize,
+    ) -> Result<(), ProjectionError> {
+        let _ = keep;
+        self.apply_batch(tx, events).await
+    }
+
+    /// Writes what [`Projector::rebuild_batch`] kept in memory; the rebuild calls it once,
+    /// after the last batch and before the swap.
+    async fn finish_rebuild(&self, tx: &mut AnyConnection) -> Result<(), ProjectionError> {
+        let _ = tx;
+        Ok(())
+    }
 }
 
 /// The static description of a projector: its name, tables, DDL and how to bind it.

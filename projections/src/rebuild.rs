@@ -2,13 +2,42 @@
 //! tables while the live ones keep serving, then swap them in one transaction.
 
 use super::db::{Dialect, ReadDb};
-use super::runtime::{self, Batch, apply_all, begin, checkpoint, set_checkpoint};
+use super::runtime::{self, apply_all, begin, set_checkpoint};
 use super::{Names, ProjectionError, ProjectorDef};
-use neulbi_store::SharedStore;
+use neulbi_store::{RecordedEvent, SharedStore};
 use std::time::Instant;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 /// Events per transaction while rebuilding (larger than live batches: nobody waits on them).
 const REBUILD_BATCH: usize = 5000;
+
+/// Rooms (or whatever a projector folds by) whose state a rebuild keeps in memory between
+/// batches ([`crate::Projector::rebuild_batch`]): about 1 KiB each, so tens of MiB at most.
+pub const REBUILD_KEEP: usize = 50_000;
+
+/// Pages read ahead of the one being applied: reading and decoding the log runs on one core
+/// while the read-model writes run on another.
+const READ_AHEAD: usize = 2;
+
+/// How a rebuild batches its work; the defaults are what `projections rebuild` uses.
+#[derive(Debug, Clone, Copy)]
+pub struct RebuildOptions {
+    /// Events per page read and per shadow transaction.
+    pub batch: usize,
+    /// Fold entries kept in memory between batches (see [`REBUILD_KEEP`]).
+    pub keep: usize,
+}
+
+impl Default for RebuildOptions {
+    fn default() -> Self {
+        Self {
+            batch: REBUILD_BATCH,
+            keep: REBUILD_KEEP,
+        }
+    }
+}
 
 /// What a rebuild did.
 #[derive(Debug, Clone, Copy)]
@@ -19,11 +48,24 @@ pub struct RebuildReport {
     pub secs: f64,
 }
 
-/// Rebuilds `def`. `progress(next_position, head)` is called after every batch.
+/// Rebuilds `def` with the default options. `progress(next_position, head)` is called after
+/// every batch.
 pub async fn rebuild(
     store: &SharedStore,
     db: &ReadDb,
     def: &ProjectorDef,
+    progress: impl FnMut(u64, u64),
+) -> Result<RebuildReport, ProjectionError> {
+    rebuild_with(store, db, def, RebuildOptions::default(), progress).await
+}
+
+/// Rebuilds `def`: the log is read a page ahead by its own task while the projector applies
+/// the page before, each page in its own shadow transaction with the shadow's checkpoint.
+pub async fn rebuild_with(
+    store: &SharedStore,
+    db: &ReadDb,
+    def: &ProjectorDef,
+    options: RebuildOptions,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<RebuildReport, ProjectionError> {
     let start = Instant::now();
@@ -32,37 +74,95 @@ pub async fn rebuild(
     let key = format!("{}__shadow", def.name);
     runtime::drop_tables(db, def, &shadow, &key).await?;
     runtime::ensure_schema(db, def, &shadow).await?;
+    let projector = (def.bind)(&shadow);
+    let mut pages = ReadAhead::start(store.clone(), options.batch.max(1));
+    let mut from = 0u64;
     let mut events = 0u64;
-    loop {
+    while let Some(page) = pages.next().await? {
+        let Some(last) = page.last() else { break };
+        let next = last.position + 1;
         let head = store.head_position().await?.map_or(0, |h| h + 1);
-        match runtime::step(store, db, def, &shadow, &key, REBUILD_BATCH).await? {
-            Batch::Applied(n) => {
-                events += n as u64;
-                let at = checkpoint(db, &key).await?.map_or(0, |(p, _)| p);
-                crate::metrics::metrics().rebuild_progress.record(
-                    if head == 0 {
-                        1.0
-                    } else {
-                        at as f64 / head as f64
-                    },
-                    &[crate::metrics::label("projector", def.name)],
-                );
-                progress(at, head);
-            }
-            Batch::CaughtUp => break,
-            Batch::Raced => {
-                return Err(ProjectionError::Unknown(
-                    key,
-                    "another rebuild of the same projector is running".into(),
-                ));
-            }
+        let mut tx = begin(db).await?;
+        if !runtime::claim(&mut tx, db.dialect, &key, from, def.version).await? {
+            tx.rollback().await?;
+            return Err(ProjectionError::Unknown(
+                key,
+                "another rebuild of the same projector is running".into(),
+            ));
         }
+        projector
+            .rebuild_batch(&mut tx, &page, options.keep)
+            .await?;
+        set_checkpoint(&mut tx, &key, next, def.version).await?;
+        tx.commit().await?;
+        events += page.len() as u64;
+        from = next;
+        crate::metrics::metrics().rebuild_progress.record(
+            if head == 0 {
+                1.0
+            } else {
+                from as f64 / head as f64
+            },
+            &[crate::metrics::label("projector", def.name)],
+        );
+        progress(from, head);
     }
+    let mut tx = begin(db).await?;
+    projector.finish_rebuild(&mut tx).await?;
+    tx.commit().await?;
     events += swap(store, db, def, &shadow, &key).await?;
     Ok(RebuildReport {
         events,
         secs: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The task that reads the log for a rebuild, [`READ_AHEAD`] pages ahead; it ends at the
+/// first empty page (the head when it got there) and is stopped when dropped.
+struct ReadAhead {
+    pages: mpsc::Receiver<Result<Vec<RecordedEvent>, ProjectionError>>,
+    task: JoinHandle<()>,
+}
+
+impl ReadAhead {
+    fn start(store: SharedStore, batch: usize) -> Self {
+        let (send, pages) = mpsc::channel(READ_AHEAD);
+        let span = tracing::debug_span!("rebuild_read");
+        let task = tokio::spawn(
+            async move {
+                let mut from = 0;
+                loop {
+                    let page = runtime::read_batch(&store, from, batch).await;
+                    let done = match &page {
+                        Ok(events) => match events.last() {
+                            Some(last) => {
+                                from = last.position + 1;
+                                false
+                            }
+                            None => true,
+                        },
+                        Err(_) => true,
+                    };
+                    if send.send(page).await.is_err() || done {
+                        return;
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Self { pages, task }
+    }
+
+    /// The next page; `None` (or an empty page) once the log is read to its head.
+    async fn next(&mut self) -> Result<Option<Vec<RecordedEvent>>, ProjectionError> {
+        self.pages.recv().await.transpose()
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Brings the shadow up to the live checkpoint and swaps it in, all in one transaction.
@@ -77,22 +177,11 @@ async fn swap(
     let mut tx = begin(db).await?;
     // DDL lock first, then the checkpoint rows: the same order as every other DDL.
     runtime::lock_ddl(&mut tx, db.dialect).await?;
-    let lock = match db.dialect {
-        Dialect::Sqlite => "SELECT position FROM projection_checkpoints WHERE name = $1",
-        Dialect::Postgres => {
-            "SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE"
-        }
-    };
-    let live: Option<i64> = sqlx::query_scalar(lock)
-        .bind(def.name)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let live = live.map_or(0, |p| u64::try_from(p).unwrap_or(0));
-    let shadow_at: Option<i64> = sqlx::query_scalar(lock)
-        .bind(key)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let mut at = shadow_at.map_or(0, |p| u64::try_from(p).unwrap_or(0));
+    let live = runtime::locked_position(&mut tx, db.dialect, def.name)
+        .await?
+        .unwrap_or(0);
+    let shadow_at = runtime::locked_position(&mut tx, db.dialect, key).await?;
+    let mut at = shadow_at.unwrap_or(0);
     // The live projector may have moved on while we rebuilt: the shadow must not be behind
     // it, or the events in between would never be applied after the swap.
     let projector = (def.bind)(shadow);
@@ -110,35 +199,43 @@ async fn swap(
     }
     let live_names = Names::new("", db.dialect);
     let schema = def.schema()?;
-    for base in schema.bases() {
-        let drop = format!("DROP TABLE IF EXISTS {}", live_names.table(base));
-        sqlx::query(sqlx::AssertSqlSafe(drop))
-            .execute(&mut *tx)
-            .await?;
-        let rename = format!(
-            "ALTER TABLE {} RENAME TO {}",
-            shadow.table(base),
-            live_names.table(base)
-        );
-        sqlx::query(sqlx::AssertSqlSafe(rename))
-            .execute(&mut *tx)
-            .await?;
-    }
-    for idx in &schema.indexes {
-        let drop = format!("DROP INDEX IF EXISTS {}{}", idx.name, shadow.suffix());
-        sqlx::query(sqlx::AssertSqlSafe(drop))
-            .execute(&mut *tx)
-            .await?;
-        let create = format!(
-            "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
-            idx.name,
-            live_names.table(idx.table),
-            idx.columns
-        );
-        sqlx::query(sqlx::AssertSqlSafe(create))
-            .execute(&mut *tx)
-            .await?;
-    }
+    runtime::run_all(&mut tx, schema.drop_tables(&live_names)).await?;
+    let renames = schema
+        .bases()
+        .map(|base| {
+            format!(
+                "ALTER TABLE {} RENAME TO {}",
+                shadow.table(base),
+                live_names.table(base)
+            )
+        })
+        .collect();
+    runtime::run_all(&mut tx, renames).await?;
+    // The renamed tables keep their indexes under the shadow's names. PostgreSQL renames
+    // them; SQLite cannot rename an index, so it builds them again under the live names.
+    let indexes = match db.dialect {
+        Dialect::Postgres => schema
+            .indexes
+            .iter()
+            .map(|idx| {
+                format!(
+                    "ALTER INDEX IF EXISTS {} RENAME TO {}",
+                    idx.bound_name(shadow),
+                    idx.bound_name(&live_names)
+                )
+            })
+            .collect(),
+        Dialect::Sqlite => {
+            let mut drops: Vec<String> = schema
+                .indexes
+                .iter()
+                .map(|idx| format!("DROP INDEX IF EXISTS {}", idx.bound_name(shadow)))
+                .collect();
+            drops.extend(schema.create_indexes(&live_names));
+            drops
+        }
+    };
+    runtime::run_all(&mut tx, indexes).await?;
     set_checkpoint(&mut tx, def.name, at, def.version).await?;
     sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
         .bind(key)

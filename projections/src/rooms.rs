@@ -30,6 +30,8 @@ pub static DEF: ProjectorDef = ProjectorDef {
 
 struct Rooms {
     batch: BatchSql,
+    /// A rebuild's fold, kept across its batches ([`Projector::rebuild_batch`]).
+    carried: std::sync::Mutex<Fold>,
     dialect: Dialect,
     open: Sql,
     member: Sql,
@@ -49,6 +51,7 @@ fn bind(n: &Names) -> Arc<dyn Projector> {
     let t = &["rm_rooms", "rm_room_members", "rm_messages"];
     Arc::new(Rooms {
         batch: BatchSql::new(n),
+        carried: std::sync::Mutex::default(),
         dialect: n.dialect(),
         open: n.render(
             "INSERT INTO {rm_rooms} (room_id, client_id, counselor_id, opened_at) VALUES ($1, $2, $3, $4) \
@@ -94,20 +97,15 @@ fn bind(n: &Names) -> Arc<dyn Projector> {
     })
 }
 
-/// The start of a message, as the room list shows it (cut when the query opens it: the read
-/// model keeps the whole sealed body).
-pub(super) fn preview(body: &str) -> String {
-    body.chars().take(PREVIEW_CHARS).collect()
-}
-
-#[async_trait]
-impl Projector for Rooms {
-    async fn apply_batch(
+impl Rooms {
+    /// Folds `events` in log order; an event the fold does not handle flushes it first and
+    /// is applied on its own, so effects keep the log's order.
+    async fn fold_all(
         &self,
         tx: &mut AnyConnection,
+        fold: &mut Fold,
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
-        let mut fold = Fold::default();
         for e in events {
             let decoded = Decoded::of(e);
             let folded = match &decoded {
@@ -123,6 +121,57 @@ impl Projector for Rooms {
                 self.apply(tx, e, &decoded).await?;
             }
         }
+        Ok(())
+    }
+
+    /// The fold a rebuild carries from batch to batch.
+    fn carried(&self) -> std::sync::MutexGuard<'_, Fold> {
+        self.carried
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The start of a message, as the room list shows it (cut when the query opens it: the read
+/// model keeps the whole sealed body).
+pub(super) fn preview(body: &str) -> String {
+    body.chars().take(PREVIEW_CHARS).collect()
+}
+
+#[async_trait]
+impl Projector for Rooms {
+    async fn apply_batch(
+        &self,
+        tx: &mut AnyConnection,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let mut fold = Fold::default();
+        self.fold_all(tx, &mut fold, events).await?;
+        fold.flush(tx, &self.batch, self.dialect).await
+    }
+
+    async fn rebuild_batch(
+        &self,
+        tx: &mut AnyConnection,
+        events: &[RecordedEvent],
+        keep: usize,
+    ) -> Result<(), ProjectionError> {
+        // Taken out for the batch (a failed batch fails the rebuild, and its fold with it).
+        let mut fold = std::mem::take(&mut *self.carried());
+        self.fold_all(tx, &mut fold, events).await?;
+        if fold.rooms_held() > keep {
+            fold.flush(tx, &self.batch, self.dialect).await?;
+        } else {
+            // Messages are never read back from the fold, only counted: they go out every
+            // batch, and the rooms and members they touched stay in memory.
+            fold.flush_messages(tx, &self.batch, self.dialect).await?;
+        }
+        *self.carried() = fold;
+        Ok(())
+    }
+
+    async fn finish_rebuild(&self, tx: &mut AnyConnection) -> Result<(), ProjectionError> {
+        let mut fold = std::mem::take(&mut *self.carried());
         fold.flush(tx, &self.batch, self.dialect).await
     }
 

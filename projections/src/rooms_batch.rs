@@ -5,6 +5,10 @@
 //! Only `Opened`, `MessagePosted` and `MessageRead` are folded; any other event that
 //! touches the tables (leave, close, erasure) flushes the fold first and then applies
 //! directly, so the order of effects is the log's order.
+//!
+//! A rebuild carries one fold across its batches (`Rooms::rebuild_batch`): message rows are
+//! written every batch, rooms and members once at the end or when the fold holds more
+//! rooms than the rebuild allows.
 
 use super::db::{Dialect, Sql, sql};
 use super::{Names, ProjectionError, micros};
@@ -337,6 +341,21 @@ impl Fold {
             }
             query.execute(&mut *tx).await?;
         }
+        self.flush_messages(tx, q, dialect).await
+    }
+
+    /// Rooms whose state the fold holds.
+    pub(super) fn rooms_held(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Writes the fold's new messages only; the rooms and members stay in the fold.
+    pub(super) async fn flush_messages(
+        &mut self,
+        tx: &mut AnyConnection,
+        q: &BatchSql,
+        dialect: Dialect,
+    ) -> Result<(), ProjectionError> {
         let messages = std::mem::take(&mut self.messages);
         for chunk in messages.chunks(CHUNK) {
             let stmt = multi_row(

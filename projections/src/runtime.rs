@@ -6,9 +6,10 @@ use super::{Names, ProjectionError, ProjectorDef, schema};
 use crate::metrics::{label, metrics};
 use neulbi_store::cipher::{self, Fields};
 use neulbi_store::codec;
+use neulbi_store::data_key::{KeyUse, keys_of};
 use neulbi_store::sealed;
 use neulbi_store::{RecordedEvent, SharedStore, StoreError};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -54,19 +55,21 @@ pub async fn ensure_schema(
         let stmt = names.render(table.ddl, &[table.base]);
         sqlx::query(sql(&stmt)).execute(&mut *tx).await?;
     }
-    for idx in &schema.indexes {
-        let stmt = format!(
-            "CREATE INDEX IF NOT EXISTS {}{} ON {} ({})",
-            idx.name,
-            names.suffix(),
-            names.table(idx.table),
-            idx.columns
-        );
+    run_all(&mut tx, schema.create_indexes(names)).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Runs generated DDL statements in order inside `tx`.
+pub(crate) async fn run_all(
+    tx: &mut sqlx::AnyConnection,
+    statements: Vec<String>,
+) -> Result<(), ProjectionError> {
+    for stmt in statements {
         sqlx::query(sqlx::AssertSqlSafe(stmt))
             .execute(&mut *tx)
             .await?;
     }
-    tx.commit().await?;
     Ok(())
 }
 
@@ -79,12 +82,7 @@ pub async fn drop_tables(
 ) -> Result<(), ProjectionError> {
     let mut tx = begin(db).await?;
     lock_ddl(&mut tx, db.dialect).await?;
-    for base in def.schema()?.bases() {
-        let stmt = format!("DROP TABLE IF EXISTS {}", names.table(base));
-        sqlx::query(sqlx::AssertSqlSafe(stmt))
-            .execute(&mut *tx)
-            .await?;
-    }
+    run_all(&mut tx, def.schema()?.drop_tables(names)).await?;
     sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
         .bind(checkpoint)
         .execute(&mut *tx)
@@ -319,10 +317,7 @@ pub async fn read_batch(
         cipher::owners(&e.data, Fields::Plain, &mut plain).map_err(|err| corrupt(e, err))?;
     }
     if let (false, Some(keys)) = (plain.is_empty(), store.data_keys()) {
-        let mut found = HashMap::with_capacity(plain.len());
-        for owner in plain {
-            found.insert(owner, keys.for_write(owner).await?);
-        }
+        let found = keys_of(keys.as_ref(), plain, KeyUse::Seal).await?;
         for e in &mut events {
             cipher::seal(&mut e.data, &found).map_err(|err| corrupt(e, err))?;
         }
@@ -350,26 +345,34 @@ pub async fn apply_all(
     projector.apply_batch(tx, events).await
 }
 
+/// The checkpoint of `key`, its row locked for the rest of the transaction (PostgreSQL;
+/// on SQLite the transaction already holds the write lock).
+pub(crate) async fn locked_position(
+    tx: &mut sqlx::AnyConnection,
+    dialect: Dialect,
+    key: &str,
+) -> Result<Option<u64>, ProjectionError> {
+    let q = Names::new("", dialect).render(
+        "SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
+        &[],
+    );
+    let position: Option<i64> = sqlx::query_scalar(sql(&q))
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+    Ok(position.map(|p| u64::try_from(p).unwrap_or(0)))
+}
+
 /// Locks the checkpoint row and checks it still says `from`.
-async fn claim(
+pub(crate) async fn claim(
     tx: &mut sqlx::AnyConnection,
     dialect: Dialect,
     key: &str,
     from: u64,
     version: i64,
 ) -> Result<bool, ProjectionError> {
-    let q = match dialect {
-        Dialect::Sqlite => "SELECT position FROM projection_checkpoints WHERE name = $1",
-        Dialect::Postgres => {
-            "SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE"
-        }
-    };
-    let current: Option<i64> = sqlx::query_scalar(q)
-        .bind(key)
-        .fetch_optional(&mut *tx)
-        .await?;
-    match current {
-        Some(p) => Ok(u64::try_from(p).unwrap_or(0) == from),
+    match locked_position(tx, dialect, key).await? {
+        Some(p) => Ok(p == from),
         None if from == 0 => {
             // First batch ever: create the row; a concurrent creator makes this fail.
             let inserted = sqlx::query(

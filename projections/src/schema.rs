@@ -9,6 +9,7 @@
 //! `CREATE INDEX IF NOT EXISTS name ON {base} (columns)` statements, one dialect for both
 //! databases (`BIGINT`, `TEXT`).
 
+use crate::Names;
 use thiserror::Error;
 
 /// The projector runtime's own tables (checkpoints, faults).
@@ -102,6 +103,36 @@ impl Schema {
     /// The base names of the tables.
     pub fn bases(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.tables.iter().map(|t| t.base)
+    }
+
+    /// `CREATE INDEX` statements for every index, bound with `names` (live or shadow).
+    pub fn create_indexes(&self, names: &Names) -> Vec<String> {
+        self.indexes
+            .iter()
+            .map(|idx| {
+                format!(
+                    "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
+                    idx.bound_name(names),
+                    names.table(idx.table),
+                    idx.columns
+                )
+            })
+            .collect()
+    }
+
+    /// `DROP TABLE` statements for every table, bound with `names`.
+    pub fn drop_tables(&self, names: &Names) -> Vec<String> {
+        self.bases()
+            .map(|base| format!("DROP TABLE IF EXISTS {}", names.table(base)))
+            .collect()
+    }
+}
+
+impl Index {
+    /// The index's name with `names`' suffix: a shadow table's index is named apart from
+    /// the live one (index names are global in both databases).
+    pub fn bound_name(&self, names: &Names) -> String {
+        format!("{}{}", self.name, names.suffix())
     }
 }
 

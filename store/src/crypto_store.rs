@@ -3,17 +3,17 @@
 //! goes through it, so none of them handles keys, and the backend never sees plaintext.
 
 use crate::cipher::{self, CipherError, Fields};
+use crate::data_key::{KeyUse, keys_of};
 use crate::{
-    AppendResult, DataKey, DataKeys, Direction, EventData, EventStore, ExpectedVersion,
-    RecordedEvent, SharedStore, StoreError,
+    AppendResult, DataKeys, Direction, EventData, EventStore, ExpectedVersion, RecordedEvent,
+    SharedStore, StoreError,
 };
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use neulbi_domain::StreamName;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use uuid::Uuid;
 
 /// The encrypting front of the event store.
 pub struct CryptoStore {
@@ -32,17 +32,6 @@ fn malformed(e: CipherError) -> StoreError {
     StoreError::InvalidAppend(e.to_string())
 }
 
-async fn read_keys(
-    keys: &dyn DataKeys,
-    owners: BTreeSet<Uuid>,
-) -> Result<HashMap<Uuid, Option<DataKey>>, StoreError> {
-    let mut out = HashMap::with_capacity(owners.len());
-    for owner in owners {
-        out.insert(owner, keys.for_read(owner).await?);
-    }
-    Ok(out)
-}
-
 /// Opens the personal fields of a page of events with one key lookup per owner.
 async fn open_all(
     keys: &dyn DataKeys,
@@ -55,13 +44,9 @@ async fn open_all(
     if owners.is_empty() {
         return Ok(events);
     }
-    let keys = read_keys(keys, owners).await?;
+    let keys = keys_of(keys, owners, KeyUse::Open).await?;
     for e in &mut events {
-        let position = e.position;
-        cipher::open(&mut e.data, &keys).map_err(|err| StoreError::Corrupt {
-            position: i64::try_from(position).unwrap_or(i64::MAX),
-            reason: err.to_string(),
-        })?;
+        cipher::open(&mut e.data, &keys).map_err(|err| corrupt(e, err))?;
     }
     Ok(events)
 }
@@ -86,10 +71,7 @@ impl EventStore for CryptoStore {
             cipher::owners(&e.data, Fields::Plain, &mut owners).map_err(malformed)?;
         }
         if !owners.is_empty() {
-            let mut keys = HashMap::with_capacity(owners.len());
-            for owner in owners {
-                keys.insert(owner, self.keys.for_write(owner).await?);
-            }
+            let keys = keys_of(self.keys.as_ref(), owners, KeyUse::Seal).await?;
             for e in &mut events {
                 cipher::seal(&mut e.data, &keys).map_err(malformed)?;
             }

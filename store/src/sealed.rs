@@ -8,6 +8,7 @@
 //! replicas and backups — and no plaintext personal data is ever written to a read model.
 
 use super::cipher::{self, CipherError, Fields};
+use crate::data_key::{KeyUse, keys_of};
 use crate::{DataKey, DataKeys, StoreError};
 use neulbi_domain::personal::PERSONAL_KEY;
 use serde_json::{Map, Value, json};
@@ -80,12 +81,10 @@ impl PageKeys {
                 let _ = cipher::owners(&v, Fields::Sealed, &mut owners);
             }
         }
-        let mut keys = HashMap::with_capacity(owners.len());
-        if let Some(store) = store {
-            for owner in owners {
-                keys.insert(owner, store.for_read(owner).await?);
-            }
-        }
+        let keys = match store {
+            Some(store) => keys_of(store, owners, KeyUse::Open).await?,
+            None => HashMap::new(),
+        };
         Ok(Self { keys })
     }
 
