@@ -263,6 +263,33 @@ async fn rebuild_equals_live_and_swaps_under_a_running_projector(b: Backend) {
         before,
         "a rebuild reproduces the live tables"
     );
+    // The indexes a rebuild left for the swap are there, under the live names.
+    let indexes: Vec<String> = match w.db.dialect {
+        projections::db::Dialect::Sqlite => {
+            sqlx::query_scalar(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'rm_%'",
+            )
+            .fetch_all(&w.db.pool)
+            .await
+        }
+        projections::db::Dialect::Postgres => {
+            sqlx::query_scalar("SELECT indexname::text FROM pg_indexes WHERE indexname LIKE 'rm_%'")
+                .fetch_all(&w.db.pool)
+                .await
+        }
+    }
+    .expect("indexes");
+    for idx in def.schema().expect("schema").indexes {
+        assert!(
+            indexes.iter().any(|name| name == idx.name),
+            "{} missing after the swap: {indexes:?}",
+            idx.name
+        );
+    }
+    assert!(
+        !indexes.iter().any(|name| name.ends_with("__shadow")),
+        "{indexes:?}"
+    );
 
     // Now rebuild while more messages arrive and the live projector keeps running.
     let store: SharedStore = w.b.store.clone();

@@ -17,6 +17,7 @@ pub static DEF: ProjectorDef = ProjectorDef {
     version: 2,
     schema: include_str!("../../migrations/read_models/audit.sql"),
     bind,
+    rebuild_indexes: None,
 };
 
 struct Audit {

@@ -15,6 +15,7 @@ pub static DEF: ProjectorDef = ProjectorDef {
     version: 1,
     schema: include_str!("../../migrations/read_models/calls.sql"),
     bind,
+    rebuild_indexes: None,
 };
 
 struct Calls {

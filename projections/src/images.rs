@@ -26,6 +26,7 @@ pub static DEF: ProjectorDef = ProjectorDef {
     version: 1,
     schema: include_str!("../../migrations/read_models/images.sql"),
     bind,
+    rebuild_indexes: None,
 };
 
 struct Images {

@@ -102,6 +102,24 @@ impl Decoded {
     }
 }
 
+/// An event with its decoded form: decoded once, where the batch is read (a rebuild does
+/// that on its read-ahead task, off the projector's path).
+#[derive(Debug)]
+pub struct Projected {
+    /// The event as the log stores it (personal fields as sealed tokens).
+    pub event: RecordedEvent,
+    /// Its domain form.
+    pub decoded: Decoded,
+}
+
+impl Projected {
+    /// Decodes `event`.
+    pub fn of(event: RecordedEvent) -> Self {
+        let decoded = Decoded::of(&event);
+        Self { event, decoded }
+    }
+}
+
 /// One projector bound to concrete table names (live, or shadow during a rebuild).
 #[async_trait]
 pub trait Projector: Send + Sync {
@@ -118,11 +136,10 @@ pub trait Projector: Send + Sync {
     async fn apply_batch(
         &self,
         tx: &mut AnyConnection,
-        events: &[RecordedEvent],
+        events: &[Projected],
     ) -> Result<(), ProjectionError> {
         for e in events {
-            let decoded = Decoded::of(e);
-            self.apply(tx, e, &decoded).await?;
+            self.apply(tx, &e.event, &e.decoded).await?;
         }
         Ok(())
     }
@@ -134,7 +151,7 @@ pub trait Projector: Send + Sync {
     async fn rebuild_batch(
         &self,
         tx: &mut AnyConnection,
-        events: &[RecordedEvent],
+        events: &[Projected],
         keep: usize,
     ) -> Result<(), ProjectionError> {
         let _ = keep;
@@ -161,6 +178,10 @@ pub struct ProjectorDef {
     pub schema: &'static str,
     /// Binds the projector to table names (`suffix` is empty for the live tables).
     pub bind: fn(&Names) -> Arc<dyn Projector>,
+    /// The indexes a rebuild needs while it applies its batches (`None`: all of them). The
+    /// others are built once, at the swap, instead of kept up to date row by row; a
+    /// projector that meets an event needing them mid-rebuild builds them then.
+    pub rebuild_indexes: Option<&'static [&'static str]>,
 }
 
 impl ProjectorDef {

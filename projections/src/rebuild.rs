@@ -3,8 +3,8 @@
 
 use super::db::{Dialect, ReadDb};
 use super::runtime::{self, apply_all, begin, set_checkpoint};
-use super::{Names, ProjectionError, ProjectorDef};
-use neulbi_store::{RecordedEvent, SharedStore};
+use super::{Names, Projected, ProjectionError, ProjectorDef};
+use neulbi_store::SharedStore;
 use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -73,14 +73,18 @@ pub async fn rebuild_with(
     let shadow = Names::new("__shadow", db.dialect);
     let key = format!("{}__shadow", def.name);
     runtime::drop_tables(db, def, &shadow, &key).await?;
-    runtime::ensure_schema(db, def, &shadow).await?;
+    runtime::ensure_schema_with(db, def, &shadow, |idx| {
+        def.rebuild_indexes
+            .is_none_or(|needed| needed.contains(&idx.name))
+    })
+    .await?;
     let projector = (def.bind)(&shadow);
     let mut pages = ReadAhead::start(store.clone(), options.batch.max(1));
     let mut from = 0u64;
     let mut events = 0u64;
     while let Some(page) = pages.next().await? {
         let Some(last) = page.last() else { break };
-        let next = last.position + 1;
+        let next = last.event.position + 1;
         let head = store.head_position().await?.map_or(0, |h| h + 1);
         let mut tx = begin(db).await?;
         if !runtime::claim(&mut tx, db.dialect, &key, from, def.version).await? {
@@ -120,7 +124,7 @@ pub async fn rebuild_with(
 /// The task that reads the log for a rebuild, [`READ_AHEAD`] pages ahead; it ends at the
 /// first empty page (the head when it got there) and is stopped when dropped.
 struct ReadAhead {
-    pages: mpsc::Receiver<Result<Vec<RecordedEvent>, ProjectionError>>,
+    pages: mpsc::Receiver<Result<Vec<Projected>, ProjectionError>>,
     task: JoinHandle<()>,
 }
 
@@ -136,7 +140,7 @@ impl ReadAhead {
                     let done = match &page {
                         Ok(events) => match events.last() {
                             Some(last) => {
-                                from = last.position + 1;
+                                from = last.event.position + 1;
                                 false
                             }
                             None => true,
@@ -154,7 +158,7 @@ impl ReadAhead {
     }
 
     /// The next page; `None` (or an empty page) once the log is read to its head.
-    async fn next(&mut self) -> Result<Option<Vec<RecordedEvent>>, ProjectionError> {
+    async fn next(&mut self) -> Result<Option<Vec<Projected>>, ProjectionError> {
         self.pages.recv().await.transpose()
     }
 }
@@ -192,7 +196,7 @@ async fn swap(
             .min(REBUILD_BATCH);
         let events = runtime::read_batch(store, at, limit).await?;
         let Some(last) = events.last() else { break };
-        let next = last.position + 1;
+        let next = last.event.position + 1;
         apply_all(&mut tx, projector.as_ref(), &events).await?;
         applied += events.len() as u64;
         at = next;
@@ -213,28 +217,20 @@ async fn swap(
     runtime::run_all(&mut tx, renames).await?;
     // The renamed tables keep their indexes under the shadow's names. PostgreSQL renames
     // them; SQLite cannot rename an index, so it builds them again under the live names.
-    let indexes = match db.dialect {
-        Dialect::Postgres => schema
-            .indexes
-            .iter()
-            .map(|idx| {
-                format!(
-                    "ALTER INDEX IF EXISTS {} RENAME TO {}",
-                    idx.bound_name(shadow),
-                    idx.bound_name(&live_names)
-                )
-            })
-            .collect(),
-        Dialect::Sqlite => {
-            let mut drops: Vec<String> = schema
-                .indexes
-                .iter()
-                .map(|idx| format!("DROP INDEX IF EXISTS {}", idx.bound_name(shadow)))
-                .collect();
-            drops.extend(schema.create_indexes(&live_names));
-            drops
-        }
-    };
+    // Then the indexes the rebuild left for now ([`ProjectorDef::rebuild_indexes`]) are built.
+    let mut indexes: Vec<String> = schema
+        .indexes
+        .iter()
+        .map(|idx| match db.dialect {
+            Dialect::Postgres => format!(
+                "ALTER INDEX IF EXISTS {} RENAME TO {}",
+                idx.bound_name(shadow),
+                idx.bound_name(&live_names)
+            ),
+            Dialect::Sqlite => format!("DROP INDEX IF EXISTS {}", idx.bound_name(shadow)),
+        })
+        .collect();
+    indexes.extend(schema.create_indexes(&live_names));
     runtime::run_all(&mut tx, indexes).await?;
     set_checkpoint(&mut tx, def.name, at, def.version).await?;
     sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")

@@ -7,7 +7,7 @@
 
 use super::db::{Dialect, Sql, sql};
 use super::rooms_batch::{BatchSql, Fold};
-use super::{Decoded, Names, ProjectionError, Projector, ProjectorDef, micros};
+use super::{Decoded, Names, Projected, ProjectionError, Projector, ProjectorDef, micros};
 use async_trait::async_trait;
 use neulbi_domain::chat_room::RoomEvent;
 use neulbi_domain::user::UserEvent;
@@ -26,9 +26,14 @@ pub static DEF: ProjectorDef = ProjectorDef {
     version: 2,
     schema: include_str!("../../migrations/read_models/rooms.sql"),
     bind,
+    // Read markers look a message's seq up by id; erasures, leaves and closes build the rest.
+    rebuild_indexes: Some(&["rm_messages_by_id"]),
 };
 
 struct Rooms {
+    names: Names,
+    /// Set once a rebuild has built every index of its shadow tables.
+    indexed: std::sync::atomic::AtomicBool,
     batch: BatchSql,
     /// A rebuild's fold, kept across its batches ([`Projector::rebuild_batch`]).
     carried: std::sync::Mutex<Fold>,
@@ -50,6 +55,8 @@ struct Rooms {
 fn bind(n: &Names) -> Arc<dyn Projector> {
     let t = &["rm_rooms", "rm_room_members", "rm_messages"];
     Arc::new(Rooms {
+        names: Names::new(n.suffix(), n.dialect()),
+        indexed: std::sync::atomic::AtomicBool::new(false),
         batch: BatchSql::new(n),
         carried: std::sync::Mutex::default(),
         dialect: n.dialect(),
@@ -104,11 +111,11 @@ impl Rooms {
         &self,
         tx: &mut AnyConnection,
         fold: &mut Fold,
-        events: &[RecordedEvent],
+        events: &[Projected],
+        rebuilding: bool,
     ) -> Result<(), ProjectionError> {
-        for e in events {
-            let decoded = Decoded::of(e);
-            let folded = match &decoded {
+        for Projected { event: e, decoded } in events {
+            let folded = match decoded {
                 Decoded::Room(event) => {
                     fold.add(tx, &self.batch, &e.stream.id().to_string(), event)
                         .await?
@@ -118,9 +125,25 @@ impl Rooms {
             };
             if !folded {
                 fold.flush(tx, &self.batch, self.dialect).await?;
-                self.apply(tx, e, &decoded).await?;
+                if rebuilding {
+                    self.build_deferred_indexes(tx).await?;
+                }
+                self.apply(tx, e, decoded).await?;
             }
         }
+        Ok(())
+    }
+
+    /// Builds the indexes a rebuild left for the swap ([`ProjectorDef::rebuild_indexes`]):
+    /// the per-event statements (an erasure's `WHERE author_id`) need them.
+    async fn build_deferred_indexes(&self, tx: &mut AnyConnection) -> Result<(), ProjectionError> {
+        use std::sync::atomic::Ordering;
+        if self.indexed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let statements = DEF.schema()?.create_indexes(&self.names);
+        crate::runtime::run_all(tx, statements).await?;
+        self.indexed.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -143,22 +166,22 @@ impl Projector for Rooms {
     async fn apply_batch(
         &self,
         tx: &mut AnyConnection,
-        events: &[RecordedEvent],
+        events: &[Projected],
     ) -> Result<(), ProjectionError> {
         let mut fold = Fold::default();
-        self.fold_all(tx, &mut fold, events).await?;
+        self.fold_all(tx, &mut fold, events, false).await?;
         fold.flush(tx, &self.batch, self.dialect).await
     }
 
     async fn rebuild_batch(
         &self,
         tx: &mut AnyConnection,
-        events: &[RecordedEvent],
+        events: &[Projected],
         keep: usize,
     ) -> Result<(), ProjectionError> {
         // Taken out for the batch (a failed batch fails the rebuild, and its fold with it).
         let mut fold = std::mem::take(&mut *self.carried());
-        self.fold_all(tx, &mut fold, events).await?;
+        self.fold_all(tx, &mut fold, events, true).await?;
         if fold.rooms_held() > keep {
             fold.flush(tx, &self.batch, self.dialect).await?;
         } else {

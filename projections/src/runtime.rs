@@ -2,7 +2,7 @@
 //! checkpoint, and a live loop per projector inside `serve`.
 
 use super::db::{Dialect, ReadDb, sql};
-use super::{Names, ProjectionError, ProjectorDef, schema};
+use super::{Names, Projected, ProjectionError, ProjectorDef, schema};
 use crate::metrics::{label, metrics};
 use neulbi_store::cipher::{self, Fields};
 use neulbi_store::codec;
@@ -43,6 +43,17 @@ pub async fn ensure_schema(
     def: &ProjectorDef,
     names: &Names,
 ) -> Result<(), ProjectionError> {
+    ensure_schema_with(db, def, names, |_| true).await
+}
+
+/// [`ensure_schema`] creating only the indexes `pick` chooses (a rebuild's shadow tables get
+/// the rest at the swap).
+pub(crate) async fn ensure_schema_with(
+    db: &ReadDb,
+    def: &ProjectorDef,
+    names: &Names,
+    pick: impl Fn(&schema::Index) -> bool,
+) -> Result<(), ProjectionError> {
     let mut tx = begin(db).await?;
     lock_ddl(&mut tx, db.dialect).await?;
     for statement in schema::statements(schema::RUNTIME) {
@@ -55,7 +66,13 @@ pub async fn ensure_schema(
         let stmt = names.render(table.ddl, &[table.base]);
         sqlx::query(sql(&stmt)).execute(&mut *tx).await?;
     }
-    run_all(&mut tx, schema.create_indexes(names)).await?;
+    let indexes = schema
+        .indexes
+        .iter()
+        .filter(|idx| pick(idx))
+        .map(|idx| idx.create(names))
+        .collect();
+    run_all(&mut tx, indexes).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -229,6 +246,7 @@ pub async fn step(
     let _traced: Vec<tracing::Span> = if live && neulbi_store::trace::exporting() {
         events
             .iter()
+            .map(|p| &p.event)
             .filter(|e| e.metadata.traceparent.is_some())
             .map(|e| {
                 let span = tracing::info_span!(
@@ -254,13 +272,18 @@ pub async fn step(
             return Ok(Batch::Raced);
         }
         apply_all(&mut tx, projector.as_ref(), &events).await?;
-        let next = events.last().map_or(from, |e| e.position + 1);
+        let next = events.last().map_or(from, |e| e.event.position + 1);
         set_checkpoint(&mut tx, key, next, def.version).await?;
         tx.commit().await?;
         if live {
-            observe(store, def.name, next, events.last().map(|e| e.recorded_at));
+            observe(
+                store,
+                def.name,
+                next,
+                events.last().map(|e| e.event.recorded_at),
+            );
         }
-        if db.dialect == Dialect::Sqlite && events.iter().any(|e| e.event_type == "Erased") {
+        if db.dialect == Dialect::Sqlite && events.iter().any(|e| e.event.event_type == "Erased") {
             // The scrubbed rows' old page images must not linger in the WAL file.
             sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
                 .execute(&db.pool)
@@ -303,7 +326,7 @@ pub async fn read_batch(
     store: &SharedStore,
     from: u64,
     limit: usize,
-) -> Result<Vec<RecordedEvent>, ProjectionError> {
+) -> Result<Vec<Projected>, ProjectionError> {
     let mut events = store.read_all_sealed(from, limit).await?;
     let corrupt = |e: &RecordedEvent, err: cipher::CipherError| StoreError::Corrupt {
         position: i64::try_from(e.position).unwrap_or(i64::MAX),
@@ -333,14 +356,14 @@ pub async fn read_batch(
             "personal fields an older version logged in the clear are left out of the read models"
         );
     }
-    Ok(events)
+    Ok(events.into_iter().map(Projected::of).collect())
 }
 
 /// Applies events in order inside an open transaction.
 pub async fn apply_all(
     tx: &mut sqlx::AnyConnection,
     projector: &dyn super::Projector,
-    events: &[RecordedEvent],
+    events: &[Projected],
 ) -> Result<(), ProjectionError> {
     projector.apply_batch(tx, events).await
 }

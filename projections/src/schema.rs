@@ -107,17 +107,7 @@ impl Schema {
 
     /// `CREATE INDEX` statements for every index, bound with `names` (live or shadow).
     pub fn create_indexes(&self, names: &Names) -> Vec<String> {
-        self.indexes
-            .iter()
-            .map(|idx| {
-                format!(
-                    "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
-                    idx.bound_name(names),
-                    names.table(idx.table),
-                    idx.columns
-                )
-            })
-            .collect()
+        self.indexes.iter().map(|idx| idx.create(names)).collect()
     }
 
     /// `DROP TABLE` statements for every table, bound with `names`.
@@ -129,6 +119,16 @@ impl Schema {
 }
 
 impl Index {
+    /// `CREATE INDEX IF NOT EXISTS`, bound with `names`.
+    pub fn create(&self, names: &Names) -> String {
+        format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
+            self.bound_name(names),
+            names.table(self.table),
+            self.columns
+        )
+    }
+
     /// The index's name with `names`' suffix: a shadow table's index is named apart from
     /// the live one (index names are global in both databases).
     pub fn bound_name(&self, names: &Names) -> String {
@@ -194,6 +194,13 @@ mod tests {
             for t in &schema.tables {
                 assert!(t.base.starts_with("rm_"), "{}: {}", def.name, t.base);
                 assert!(!t.ddl.contains("--"), "a comment inside {}", t.base);
+            }
+            for name in def.rebuild_indexes.unwrap_or_default() {
+                assert!(
+                    schema.indexes.iter().any(|idx| idx.name == *name),
+                    "{}: rebuild index {name} is not in its schema",
+                    def.name
+                );
             }
         }
         assert!(

@@ -21,6 +21,7 @@ pub static DEF: ProjectorDef = ProjectorDef {
     version: 3,
     schema: include_str!("../../migrations/read_models/users.sql"),
     bind,
+    rebuild_indexes: None,
 };
 
 fn role(r: Role) -> &'static str {

@@ -115,9 +115,16 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Config(format!("cannot create {}: {e}", dir.display())))?;
         }
+        // Readers map the file (up to 1 GiB) and keep up to 32 MiB of pages each: reading
+        // the log page by page (rebuilds, catch-ups) then copies no page through `pread`.
+        // The writer keeps the default, so a failing disk still reports errors, not SIGBUS.
+        let reader_options = options
+            .clone()
+            .pragma("mmap_size", "1073741824")
+            .pragma("cache_size", "-32768");
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options.clone())
+            .connect_with(reader_options)
             .await?;
         if migrate {
             MIGRATOR.run(&readers).await?;
