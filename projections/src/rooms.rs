@@ -5,7 +5,7 @@
 //! ([`neulbi_store::sealed`]); `last_message_preview` holds the last body's token, cut to
 //! a preview when a query opens it.
 
-use super::db::{Dialect, Sql, sql};
+use super::db::{Sql, sql};
 use super::rooms_batch::{BatchSql, Fold};
 use super::{Decoded, Names, Projected, ProjectionError, Projector, ProjectorDef, micros};
 use async_trait::async_trait;
@@ -37,7 +37,6 @@ struct Rooms {
     batch: BatchSql,
     /// A rebuild's fold, kept across its batches ([`Projector::rebuild_batch`]).
     carried: std::sync::Mutex<Fold>,
-    dialect: Dialect,
     open: Sql,
     member: Sql,
     count: Sql,
@@ -59,7 +58,6 @@ fn bind(n: &Names) -> Arc<dyn Projector> {
         indexed: std::sync::atomic::AtomicBool::new(false),
         batch: BatchSql::new(n),
         carried: std::sync::Mutex::default(),
-        dialect: n.dialect(),
         open: n.render(
             "INSERT INTO {rm_rooms} (room_id, client_id, counselor_id, opened_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (room_id) DO NOTHING",
@@ -124,7 +122,7 @@ impl Rooms {
                 _ => continue,
             };
             if !folded {
-                fold.flush(tx, &self.batch, self.dialect).await?;
+                fold.flush(tx, &self.batch, self.names.dialect()).await?;
                 if rebuilding {
                     self.build_deferred_indexes(tx).await?;
                 }
@@ -170,7 +168,7 @@ impl Projector for Rooms {
     ) -> Result<(), ProjectionError> {
         let mut fold = Fold::default();
         self.fold_all(tx, &mut fold, events, false).await?;
-        fold.flush(tx, &self.batch, self.dialect).await
+        fold.flush(tx, &self.batch, self.names.dialect()).await
     }
 
     async fn rebuild_batch(
@@ -183,11 +181,12 @@ impl Projector for Rooms {
         let mut fold = std::mem::take(&mut *self.carried());
         self.fold_all(tx, &mut fold, events, true).await?;
         if fold.rooms_held() > keep {
-            fold.flush(tx, &self.batch, self.dialect).await?;
+            fold.flush(tx, &self.batch, self.names.dialect()).await?;
         } else {
             // Messages are never read back from the fold, only counted: they go out every
             // batch, and the rooms and members they touched stay in memory.
-            fold.flush_messages(tx, &self.batch, self.dialect).await?;
+            fold.flush_messages(tx, &self.batch, self.names.dialect())
+                .await?;
         }
         *self.carried() = fold;
         Ok(())
@@ -195,7 +194,7 @@ impl Projector for Rooms {
 
     async fn finish_rebuild(&self, tx: &mut AnyConnection) -> Result<(), ProjectionError> {
         let mut fold = std::mem::take(&mut *self.carried());
-        fold.flush(tx, &self.batch, self.dialect).await
+        fold.flush(tx, &self.batch, self.names.dialect()).await
     }
 
     async fn apply(

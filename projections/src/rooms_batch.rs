@@ -31,9 +31,6 @@ struct RoomRow {
     last_author: Option<String>,
     preview: Option<String>,
     last_at: Option<i64>,
-    /// The highest `seq` already in the messages table; later ones are in the fold. Not a
-    /// column: it spares a read marker on an unwritten message its `COUNT` query.
-    written: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -123,7 +120,6 @@ impl Fold {
                 last_author: r.try_get(6)?,
                 preview: r.try_get(7)?,
                 last_at: r.try_get(8)?,
-                written: r.try_get(4)?,
             }),
             None => None,
         };
@@ -175,7 +171,6 @@ impl Fold {
                         last_author: None,
                         preview: None,
                         last_at: None,
-                        written: 0,
                     });
                 }
                 let members = self.members.entry(room.to_owned()).or_default();
@@ -255,8 +250,9 @@ impl Fold {
                 if current.is_none_or(|c| c >= seq) {
                     return Ok(true);
                 }
+                // The highest seq the table holds: the fold's own messages are the last ones.
                 let written = match self.rooms.get(room) {
-                    Some(Some(r)) => r.written,
+                    Some(Some(r)) => r.message_count - pending.map_or(0, |p| p.len() as i64),
                     _ => i64::MAX,
                 };
                 // Messages after `seq` that the table holds (none when all are in the fold).
@@ -395,9 +391,6 @@ impl Fold {
             query.execute(&mut *tx).await?;
         }
         self.pending.clear();
-        for room in self.rooms.values_mut().flatten() {
-            room.written = room.message_count;
-        }
         Ok(())
     }
 }
