@@ -421,8 +421,9 @@ async fn rooms_dump(db: &ReadDb) -> (Vec<String>, Vec<String>, Vec<String>) {
 }
 
 /// Live batches of any size, and rebuilds that keep any number of rooms in memory between
-/// their batches, give the same read model — also when a leave in the middle of the log
-/// makes the fold write out what it holds.
+/// their batches, give the same read model — also around what the fold hands to statements
+/// of their own (a read marker older than its tail, an erasure) and what it folds (a leave,
+/// a close).
 #[actix_rt::test]
 async fn batch_boundaries_do_not_change_the_read_models() {
     use neulbi::tools::seed::{SeedSpec, seed};
@@ -494,6 +495,50 @@ async fn batch_boundaries_do_not_change_the_read_models() {
         )
         .await
         .expect("close");
+    // A read marker for a message further back than the fold's tail of each room.
+    let (read_room, data) = &opened[2];
+    let (client, counselor) = (member(data, "client"), member(data, "counselor"));
+    let mut posted = Vec::new();
+    for i in 0..20 {
+        let message_id = MessageId(Uuid::now_v7());
+        posted.push(message_id);
+        let post = RoomCommand::PostMessage {
+            message_id,
+            body: format!("unread {i}"),
+            client_message_id: None,
+        };
+        rooms
+            .execute(
+                *read_room,
+                post,
+                as_user(counselor, Role::Counselor),
+                Metadata::default(),
+            )
+            .await
+            .expect("post");
+    }
+    let read = rooms
+        .execute(
+            *read_room,
+            RoomCommand::MarkRead { up_to: posted[1] },
+            as_user(client, Role::Client),
+            Metadata::default(),
+        )
+        .await
+        .expect("read an old message");
+    assert_eq!(read.events.len(), 1, "the read marker is in the log");
+    // A member of another room erased: bodies and previews of theirs blanked.
+    let users: Registry<UserDecider> = Registry::new(b.store.clone(), RegistryConfig::default());
+    let erased = member(&opened[3].1, "client");
+    users
+        .execute(
+            erased.as_uuid(),
+            UserCommand::Erase,
+            as_user(erased, Role::Client),
+            Metadata::default(),
+        )
+        .await
+        .expect("erase");
     seed(&b.store, SeedSpec { seed: 4, ..spec }, |_, _| {})
         .await
         .expect("more after the leave");
@@ -519,9 +564,15 @@ async fn batch_boundaries_do_not_change_the_read_models() {
         {}
         dumps.push((format!("live batches of {batch}"), rooms_dump(&db).await));
     }
-    for (i, (batch, keep)) in [(7usize, 1usize), (7, 3), (1, 50_000), (5000, 50_000)]
-        .into_iter()
-        .enumerate()
+    for (i, (batch, keep, readers)) in [
+        (7usize, 1usize, 2usize),
+        (7, 3, 3),
+        (1, 50_000, 2),
+        (5000, 50_000, 2),
+        (7, 50_000, 1),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let dir = tempfile::tempdir().expect("dir");
         let db = ReadDb::connect(&format!(
@@ -530,23 +581,36 @@ async fn batch_boundaries_do_not_change_the_read_models() {
         ))
         .await
         .expect("db");
-        let options = rebuild::RebuildOptions { batch, keep };
+        let options = rebuild::RebuildOptions {
+            batch,
+            keep,
+            readers,
+        };
         let report = rebuild::rebuild_with(&b.store, &db, def, options, |_, _| {})
             .await
             .expect("rebuild");
         assert!(report.events > 800, "{report:?}");
         dumps.push((
-            format!("rebuild in batches of {batch} keeping {keep} rooms"),
+            format!("rebuild in batches of {batch} keeping {keep} rooms, {readers} readers"),
             rooms_dump(&db).await,
         ));
     }
     let (first, expected) = &dumps[0];
-    assert_eq!(expected.2.len(), 805);
+    assert_eq!(expected.2.len(), 825);
     assert!(
         expected.1.iter().any(|m| !m.ends_with(':')),
         "the leave is in the read model: {:?}",
         expected.1
     );
+    // The old read marker: 18 of the 20 messages after it are unread.
+    let reader = format!("{read_room}:{client}:18:");
+    assert!(
+        expected.1.iter().any(|m| m.starts_with(&reader)),
+        "{reader} in {:?}",
+        expected.1
+    );
+    let blanked = expected.2.iter().filter(|m| m.ends_with(':')).count();
+    assert!(blanked > 0, "the erased member's bodies are blanked");
     for (how, dump) in &dumps[1..] {
         assert_eq!(dump, expected, "{how} differs from {first}");
     }

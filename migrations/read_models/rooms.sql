@@ -30,10 +30,12 @@ CREATE TABLE IF NOT EXISTS {rm_messages} (
     message_id TEXT NOT NULL,
     author_id TEXT NOT NULL,
     body TEXT,
-    posted_at BIGINT NOT NULL,
-    PRIMARY KEY (room_id, seq)
+    posted_at BIGINT NOT NULL
 );
 
+-- The history's key is a unique index rather than an inline primary key, so a rebuild can
+-- append message rows in log order and build it once at the end.
+CREATE UNIQUE INDEX IF NOT EXISTS rm_messages_by_seq ON {rm_messages} (room_id, seq);
 CREATE INDEX IF NOT EXISTS rm_room_members_by_user ON {rm_room_members} (user_id);
 CREATE INDEX IF NOT EXISTS rm_messages_by_author ON {rm_messages} (author_id);
 CREATE INDEX IF NOT EXISTS rm_messages_by_id ON {rm_messages} (room_id, message_id);

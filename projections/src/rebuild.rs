@@ -4,7 +4,7 @@
 use super::db::{Dialect, ReadDb};
 use super::runtime::{self, apply_all, begin, set_checkpoint};
 use super::{Names, Projected, ProjectionError, ProjectorDef};
-use neulbi_store::SharedStore;
+use neulbi_store::{Positions, SharedStore};
 use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -14,12 +14,16 @@ use tracing::Instrument;
 const REBUILD_BATCH: usize = 5000;
 
 /// Rooms (or whatever a projector folds by) whose state a rebuild keeps in memory between
-/// batches ([`crate::Projector::rebuild_batch`]): about 1 KiB each, so tens of MiB at most.
+/// batches ([`crate::Projector::rebuild_batch`]): about 1.5 KiB each (a room's row, its
+/// members and its last messages' ids), so about 75 MiB at most.
 pub const REBUILD_KEEP: usize = 50_000;
 
-/// Pages read ahead of the one being applied: reading and decoding the log runs on one core
-/// while the read-model writes run on another.
+/// Pages each reader keeps ready ahead of the one being applied.
 const READ_AHEAD: usize = 2;
+
+/// Tasks reading and decoding the log side by side: decoding costs about as much as
+/// applying, so one reader would hold the projector back on a machine with cores to spare.
+const READERS: usize = 2;
 
 /// How a rebuild batches its work; the defaults are what `projections rebuild` uses.
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +32,8 @@ pub struct RebuildOptions {
     pub batch: usize,
     /// Fold entries kept in memory between batches (see [`REBUILD_KEEP`]).
     pub keep: usize,
+    /// Tasks reading the log side by side where positions are gap-free (see [`READERS`]).
+    pub readers: usize,
 }
 
 impl Default for RebuildOptions {
@@ -35,6 +41,7 @@ impl Default for RebuildOptions {
         Self {
             batch: REBUILD_BATCH,
             keep: REBUILD_KEEP,
+            readers: READERS,
         }
     }
 }
@@ -59,8 +66,9 @@ pub async fn rebuild(
     rebuild_with(store, db, def, RebuildOptions::default(), progress).await
 }
 
-/// Rebuilds `def`: the log is read a page ahead by its own task while the projector applies
-/// the page before, each page in its own shadow transaction with the shadow's checkpoint.
+/// Rebuilds `def`: the log is read pages ahead by tasks of its own ([`ReadAhead`]) while
+/// the projector applies the page before, each page in its own shadow transaction with the
+/// shadow's checkpoint.
 pub async fn rebuild_with(
     store: &SharedStore,
     db: &ReadDb,
@@ -79,7 +87,7 @@ pub async fn rebuild_with(
     })
     .await?;
     let projector = (def.bind)(&shadow);
-    let mut pages = ReadAhead::start(store.clone(), options.batch.max(1));
+    let mut pages = ReadAhead::start(store.clone(), options.batch.max(1), options.readers);
     let mut from = 0u64;
     let mut events = 0u64;
     while let Some(page) = pages.next().await? {
@@ -114,6 +122,17 @@ pub async fn rebuild_with(
     let mut tx = begin(db).await?;
     projector.finish_rebuild(&mut tx).await?;
     tx.commit().await?;
+    if db.dialect == Dialect::Postgres {
+        // The swap renames the shadow's indexes, so the ones left for now are built here, one
+        // transaction each, outside the swap's locks. (SQLite cannot rename an index: it
+        // builds them under the live names at the swap.)
+        for statement in def.schema()?.create_indexes(&shadow) {
+            let mut tx = begin(db).await?;
+            runtime::lock_ddl(&mut tx, db.dialect).await?;
+            runtime::run_all(&mut tx, vec![statement]).await?;
+            tx.commit().await?;
+        }
+    }
     events += swap(store, db, def, &shadow, &key).await?;
     Ok(RebuildReport {
         events,
@@ -121,51 +140,103 @@ pub async fn rebuild_with(
     })
 }
 
-/// The task that reads the log for a rebuild, [`READ_AHEAD`] pages ahead; it ends at the
-/// first empty page (the head when it got there) and is stopped when dropped.
+/// The tasks that read the log for a rebuild, each [`READ_AHEAD`] pages ahead; stopped when
+/// dropped.
+///
+/// Where positions are gap-free ([`Positions::GapFree`]), page `i` starts at position
+/// `i × batch` and [`READERS`] tasks take turns by page; elsewhere (KurrentDB's byte
+/// offsets) one task reads each page from the position after the last (as it does when
+/// asked for one). Should a page run
+/// into the next one's range anyway, the events already handed out are dropped from the
+/// later page. The first short page is the last one (the log's head when it was read);
+/// what is appended after it is the swap's catch-up.
 struct ReadAhead {
-    pages: mpsc::Receiver<Result<Vec<Projected>, ProjectionError>>,
-    task: JoinHandle<()>,
+    lanes: Vec<mpsc::Receiver<Result<Vec<Projected>, ProjectionError>>>,
+    tasks: Vec<JoinHandle<()>>,
+    batch: usize,
+    /// The lane of the next page.
+    turn: usize,
+    /// The first position not yet handed out.
+    next: u64,
+    done: bool,
 }
 
 impl ReadAhead {
-    fn start(store: SharedStore, batch: usize) -> Self {
-        let (send, pages) = mpsc::channel(READ_AHEAD);
-        let span = tracing::debug_span!("rebuild_read");
-        let task = tokio::spawn(
-            async move {
-                let mut from = 0;
-                loop {
-                    let page = runtime::read_batch(&store, from, batch).await;
-                    let done = match &page {
-                        Ok(events) => match events.last() {
-                            Some(last) => {
-                                from = last.event.position + 1;
-                                false
-                            }
-                            None => true,
-                        },
-                        Err(_) => true,
-                    };
-                    if send.send(page).await.is_err() || done {
-                        return;
+    fn start(store: SharedStore, batch: usize, readers: usize) -> Self {
+        let readers = match store.positions() {
+            Positions::GapFree => readers.max(1),
+            Positions::Ordered => 1,
+        };
+        let mut lanes = Vec::with_capacity(readers);
+        let mut tasks = Vec::with_capacity(readers);
+        for lane in 0..readers {
+            let (send, pages) = mpsc::channel(READ_AHEAD);
+            let store = store.clone();
+            let span = tracing::debug_span!("rebuild_read", lane);
+            tasks.push(tokio::spawn(
+                async move {
+                    let stride = (batch * readers) as u64;
+                    let mut from = (batch * lane) as u64;
+                    loop {
+                        let page = runtime::read_batch(&store, from, batch).await;
+                        let next = match &page {
+                            Ok(events) if events.len() == batch => match events.last() {
+                                Some(last) if readers == 1 => Some(last.event.position + 1),
+                                _ => Some(from + stride),
+                            },
+                            _ => None,
+                        };
+                        if send.send(page).await.is_err() {
+                            return;
+                        }
+                        match next {
+                            Some(next) => from = next,
+                            None => return,
+                        }
                     }
                 }
-            }
-            .instrument(span),
-        );
-        Self { pages, task }
+                .instrument(span),
+            ));
+            lanes.push(pages);
+        }
+        Self {
+            lanes,
+            tasks,
+            batch,
+            turn: 0,
+            next: 0,
+            done: false,
+        }
     }
 
-    /// The next page; `None` (or an empty page) once the log is read to its head.
+    /// The next page in log order; `None` once the log is read to its head.
     async fn next(&mut self) -> Result<Option<Vec<Projected>>, ProjectionError> {
-        self.pages.recv().await.transpose()
+        while !self.done {
+            let lane = self.turn;
+            self.turn = (lane + 1) % self.lanes.len();
+            let Some(page) = self.lanes[lane].recv().await else {
+                break;
+            };
+            let mut page = page?;
+            self.done = page.len() < self.batch;
+            let next = self.next;
+            if page.first().is_some_and(|e| e.event.position < next) {
+                page.retain(|e| e.event.position >= next);
+            }
+            if let Some(last) = page.last() {
+                self.next = last.event.position + 1;
+                return Ok(Some(page));
+            }
+        }
+        Ok(None)
     }
 }
 
 impl Drop for ReadAhead {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 

@@ -23,11 +23,13 @@ pub static DEF: ProjectorDef = ProjectorDef {
     name: "rooms",
     description: "my rooms (last message, unread counts) and room message history",
     // 2: bodies and the last message are sealed tokens instead of plaintext.
-    version: 2,
+    // 3: the history's key is the unique index `rm_messages_by_seq`, built after a rebuild.
+    version: 3,
     schema: include_str!("../../migrations/read_models/rooms.sql"),
     bind,
-    // Read markers look a message's seq up by id; erasures, leaves and closes build the rest.
-    rebuild_indexes: Some(&["rm_messages_by_id"]),
+    // The fold never reads the message table; an event it cannot answer (an erasure, a read
+    // marker older than its tail) builds them all.
+    rebuild_indexes: Some(&[]),
 };
 
 struct Rooms {
@@ -103,8 +105,8 @@ fn bind(n: &Names) -> Arc<dyn Projector> {
 }
 
 impl Rooms {
-    /// Folds `events` in log order; an event the fold does not handle flushes it first and
-    /// is applied on its own, so effects keep the log's order.
+    /// Folds `events` in log order; an event the fold cannot answer is applied on its own
+    /// once the fold has written what it touches, so effects keep the log's order.
     async fn fold_all(
         &self,
         tx: &mut AnyConnection,
@@ -112,28 +114,33 @@ impl Rooms {
         events: &[Projected],
         rebuilding: bool,
     ) -> Result<(), ProjectionError> {
+        let dialect = self.names.dialect();
         for Projected { event: e, decoded } in events {
-            let folded = match decoded {
+            match decoded {
                 Decoded::Room(event) => {
-                    fold.add(tx, &self.batch, &e.stream.id().to_string(), event)
-                        .await?
+                    let room = e.stream.id().to_string();
+                    if fold.add(tx, &self.batch, &room, event).await? {
+                        continue;
+                    }
+                    fold.settle(tx, &self.batch, dialect, &room).await?;
                 }
-                Decoded::User(UserEvent::Erased { .. }) => false,
+                // An erasure blanks rows of any room: all of them are written and read again.
+                Decoded::User(UserEvent::Erased { .. }) => {
+                    fold.flush(tx, &self.batch, dialect).await?;
+                }
                 _ => continue,
-            };
-            if !folded {
-                fold.flush(tx, &self.batch, self.names.dialect()).await?;
-                if rebuilding {
-                    self.build_deferred_indexes(tx).await?;
-                }
-                self.apply(tx, e, decoded).await?;
             }
+            if rebuilding {
+                self.build_deferred_indexes(tx).await?;
+            }
+            self.apply(tx, e, decoded).await?;
         }
         Ok(())
     }
 
     /// Builds the indexes a rebuild left for the swap ([`ProjectorDef::rebuild_indexes`]):
-    /// the per-event statements (an erasure's `WHERE author_id`) need them.
+    /// the per-event statements (an erasure's `WHERE author_id`, a read marker's lookup by
+    /// message id) need them.
     async fn build_deferred_indexes(&self, tx: &mut AnyConnection) -> Result<(), ProjectionError> {
         use std::sync::atomic::Ordering;
         if self.indexed.load(Ordering::Acquire) {
@@ -179,15 +186,12 @@ impl Projector for Rooms {
     ) -> Result<(), ProjectionError> {
         // Taken out for the batch (a failed batch fails the rebuild, and its fold with it).
         let mut fold = std::mem::take(&mut *self.carried());
+        fold.tick();
         self.fold_all(tx, &mut fold, events, true).await?;
-        if fold.rooms_held() > keep {
-            fold.flush(tx, &self.batch, self.names.dialect()).await?;
-        } else {
-            // Messages are never read back from the fold, only counted: they go out every
-            // batch, and the rooms and members they touched stay in memory.
-            fold.flush_messages(tx, &self.batch, self.names.dialect())
-                .await?;
-        }
+        // Message rows go out every batch; rooms and members stay in memory up to `keep`.
+        let dialect = self.names.dialect();
+        fold.flush_messages(tx, &self.batch, dialect).await?;
+        fold.evict(tx, &self.batch, dialect, keep).await?;
         *self.carried() = fold;
         Ok(())
     }

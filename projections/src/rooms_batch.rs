@@ -2,23 +2,29 @@
 //! member unread counts, new message rows) and written with a few multi-row statements,
 //! because per-event statements cap a rebuild at a few ten thousand events per second.
 //!
-//! Only `Opened`, `MessagePosted` and `MessageRead` are folded; any other event that
-//! touches the tables (leave, close, erasure) flushes the fold first and then applies
-//! directly, so the order of effects is the log's order.
+//! Every room event is folded except two, which are applied on their own after the fold
+//! has written what they touch, so the order of effects is the log's order: a read marker
+//! for a message older than the room's remembered tail ([`TAIL`]) and an erasure.
 //!
 //! A rebuild carries one fold across its batches (`Rooms::rebuild_batch`): message rows are
-//! written every batch, rooms and members once at the end or when the fold holds more
-//! rooms than the rebuild allows.
+//! written every batch, rooms and members when the fold holds more rooms than the rebuild
+//! allows (the least recently touched go) and once at the end. Nothing in the fold reads
+//! the message table, so a rebuild appends message rows with no index to keep up to date.
 
 use super::db::{Dialect, Sql, sql};
 use super::{Names, ProjectionError, micros};
 use neulbi_domain::chat_room::RoomEvent;
+use neulbi_domain::ids::{MessageId, UserId};
 use sqlx::{AnyConnection, Row};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 /// Rows per multi-row statement (SQLite allows 32,766 parameters per statement).
 const CHUNK: usize = 100;
+
+/// Messages per room the fold remembers (the newest): a read marker names one of the last
+/// few messages, and these answer it without reading the message table.
+pub(super) const TAIL: usize = 16;
 
 #[derive(Debug, Clone)]
 struct RoomRow {
@@ -40,6 +46,27 @@ struct MemberRow {
     left_at: Option<i64>,
 }
 
+/// One of a room's last messages.
+#[derive(Debug, Clone, Copy)]
+struct Recent {
+    seq: i64,
+    id: MessageId,
+    author: UserId,
+}
+
+/// What the fold holds of one room.
+#[derive(Debug, Default)]
+struct RoomState {
+    /// `None` for a room never opened (messages to it have nothing to attach to).
+    row: Option<RoomRow>,
+    members: HashMap<String, MemberRow>,
+    /// The room's newest messages, oldest first, ending at `message_count`: a suffix of its
+    /// history (those before the fold loaded the room are in the table).
+    recent: VecDeque<Recent>,
+    /// The fold's tick when an event last touched the room.
+    touched: u64,
+}
+
 struct MessageRow {
     room: String,
     seq: i64,
@@ -53,8 +80,6 @@ struct MessageRow {
 pub(super) struct BatchSql {
     room: Sql,
     members: Sql,
-    seq_of: Sql,
-    others_after: Sql,
     rooms_table: String,
     members_table: String,
     messages_table: String,
@@ -73,11 +98,6 @@ impl BatchSql {
                 "SELECT user_id, unread_count, last_read_seq, left_at FROM {rm_room_members} WHERE room_id = $1",
                 t,
             ),
-            seq_of: n.render("SELECT seq FROM {rm_messages} WHERE room_id = $1 AND message_id = $2", t),
-            others_after: n.render(
-                "SELECT COUNT(*) FROM {rm_messages} WHERE room_id = $1 AND seq > $2 AND author_id <> $3",
-                t,
-            ),
             rooms_table: n.table("rm_rooms"),
             members_table: n.table("rm_room_members"),
             messages_table: n.table("rm_messages"),
@@ -85,65 +105,82 @@ impl BatchSql {
     }
 }
 
-/// The in-memory fold of one batch.
+/// The in-memory fold of one batch (or of a whole rebuild).
 #[derive(Default)]
 pub(super) struct Fold {
-    rooms: HashMap<String, Option<RoomRow>>,
-    members: HashMap<String, HashMap<String, MemberRow>>,
+    rooms: HashMap<String, RoomState>,
+    /// Message rows not yet written.
     messages: Vec<MessageRow>,
-    /// Messages of this fold by room: (seq, message id, author).
-    pending: HashMap<String, Vec<(i64, String, String)>>,
+    tick: u64,
 }
 
 impl Fold {
+    /// The room's state, read from the tables the first time the fold sees it.
     async fn load(
         &mut self,
         tx: &mut AnyConnection,
         q: &BatchSql,
         room: &str,
-    ) -> Result<(), ProjectionError> {
-        if self.rooms.contains_key(room) {
-            return Ok(());
-        }
-        let row = sqlx::query(sql(&q.room))
-            .bind(room)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let row = match row {
-            Some(r) => Some(RoomRow {
-                client: r.try_get(0)?,
-                counselor: r.try_get(1)?,
-                opened_at: r.try_get(2)?,
-                closed_at: r.try_get(3)?,
-                message_count: r.try_get(4)?,
-                last_id: r.try_get(5)?,
-                last_author: r.try_get(6)?,
-                preview: r.try_get(7)?,
-                last_at: r.try_get(8)?,
-            }),
-            None => None,
-        };
-        let mut members = HashMap::new();
-        for r in sqlx::query(sql(&q.members))
-            .bind(room)
-            .fetch_all(&mut *tx)
-            .await?
-        {
-            members.insert(
-                r.try_get::<String, _>(0)?,
-                MemberRow {
-                    unread: r.try_get(1)?,
-                    last_read_seq: r.try_get(2)?,
-                    left_at: r.try_get(3)?,
+    ) -> Result<&mut RoomState, ProjectionError> {
+        if !self.rooms.contains_key(room) {
+            let row = sqlx::query(sql(&q.room))
+                .bind(room)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let row = match row {
+                Some(r) => Some(RoomRow {
+                    client: r.try_get(0)?,
+                    counselor: r.try_get(1)?,
+                    opened_at: r.try_get(2)?,
+                    closed_at: r.try_get(3)?,
+                    message_count: r.try_get(4)?,
+                    last_id: r.try_get(5)?,
+                    last_author: r.try_get(6)?,
+                    preview: r.try_get(7)?,
+                    last_at: r.try_get(8)?,
+                }),
+                None => None,
+            };
+            let mut members = HashMap::new();
+            for r in sqlx::query(sql(&q.members))
+                .bind(room)
+                .fetch_all(&mut *tx)
+                .await?
+            {
+                members.insert(
+                    r.try_get::<String, _>(0)?,
+                    MemberRow {
+                        unread: r.try_get(1)?,
+                        last_read_seq: r.try_get(2)?,
+                        left_at: r.try_get(3)?,
+                    },
+                );
+            }
+            self.rooms.insert(
+                room.to_owned(),
+                RoomState {
+                    row,
+                    members,
+                    ..RoomState::default()
                 },
             );
         }
-        self.rooms.insert(room.to_owned(), row);
-        self.members.insert(room.to_owned(), members);
-        Ok(())
+        let tick = self.tick;
+        let state = self
+            .rooms
+            .get_mut(room)
+            .ok_or_else(|| ProjectionError::Unknown(room.to_owned(), "fold lost a room".into()))?;
+        state.touched = tick;
+        Ok(state)
     }
 
-    /// Folds one room event in; returns false for events the fold does not handle.
+    /// Starts a new batch of a carried fold (the eviction order).
+    pub(super) fn tick(&mut self) {
+        self.tick += 1;
+    }
+
+    /// Folds one room event in; returns false for an event the fold cannot answer, which the
+    /// caller applies on its own after [`Fold::settle`].
     pub(super) async fn add(
         &mut self,
         tx: &mut AnyConnection,
@@ -158,10 +195,9 @@ impl Fold {
                 at,
                 ..
             } => {
-                self.load(tx, q, room).await?;
-                let slot = self.rooms.entry(room.to_owned()).or_default();
-                if slot.is_none() {
-                    *slot = Some(RoomRow {
+                let state = self.load(tx, q, room).await?;
+                if state.row.is_none() {
+                    state.row = Some(RoomRow {
                         client: client.to_string(),
                         counselor: counselor.to_string(),
                         opened_at: micros(*at),
@@ -173,15 +209,13 @@ impl Fold {
                         last_at: None,
                     });
                 }
-                let members = self.members.entry(room.to_owned()).or_default();
                 for m in [client, counselor] {
-                    members.entry(m.to_string()).or_insert(MemberRow {
+                    state.members.entry(m.to_string()).or_insert(MemberRow {
                         unread: 0,
                         last_read_seq: 0,
                         left_at: None,
                     });
                 }
-                Ok(true)
             }
             RoomEvent::MessagePosted {
                 message_id,
@@ -190,173 +224,135 @@ impl Fold {
                 at,
                 ..
             } => {
-                self.load(tx, q, room).await?;
-                let Some(Some(r)) = self.rooms.get_mut(room) else {
+                let state = self.load(tx, q, room).await?;
+                let Some(r) = state.row.as_mut() else {
                     // A message for a room never opened: nothing to attach it to (as the
                     // per-event path, whose UPDATE matches no row).
                     return Ok(true);
                 };
                 r.message_count += 1;
                 let seq = r.message_count;
-                let author = author.to_string();
+                let author_id = author.to_string();
                 let body = body.value().cloned();
                 r.last_id = Some(message_id.to_string());
-                r.last_author = Some(author.clone());
+                r.last_author = Some(author_id.clone());
                 r.preview = body.clone();
                 r.last_at = Some(micros(*at));
-                if let Some(members) = self.members.get_mut(room) {
-                    for (user, m) in members.iter_mut() {
-                        if *user != author && m.left_at.is_none() {
-                            m.unread += 1;
-                        }
+                for (user, m) in state.members.iter_mut() {
+                    if *user != author_id && m.left_at.is_none() {
+                        m.unread += 1;
                     }
                 }
-                self.pending.entry(room.to_owned()).or_default().push((
+                if state.recent.len() == TAIL {
+                    state.recent.pop_front();
+                }
+                state.recent.push_back(Recent {
                     seq,
-                    message_id.to_string(),
-                    author.clone(),
-                ));
+                    id: *message_id,
+                    author: *author,
+                });
                 self.messages.push(MessageRow {
                     room: room.to_owned(),
                     seq,
                     id: message_id.to_string(),
-                    author,
+                    author: author_id,
                     body,
                     at: micros(*at),
                 });
-                Ok(true)
             }
             RoomEvent::MessageRead { reader, up_to, .. } => {
-                self.load(tx, q, room).await?;
-                let reader = reader.to_string();
-                let up_to = up_to.to_string();
-                let pending = self.pending.get(room);
-                let seq = match pending.and_then(|p| p.iter().find(|(_, id, _)| *id == up_to)) {
-                    Some((seq, _, _)) => Some(*seq),
-                    None => {
-                        sqlx::query_scalar::<_, i64>(sql(&q.seq_of))
-                            .bind(room)
-                            .bind(&up_to)
-                            .fetch_optional(&mut *tx)
-                            .await?
-                    }
+                let state = self.load(tx, q, room).await?;
+                let Some(at) = state.recent.iter().position(|m| m.id == *up_to) else {
+                    // Older than the tail (or no message of the room): the table answers.
+                    return Ok(false);
                 };
-                let Some(seq) = seq else { return Ok(true) };
-                let current = self
-                    .members
-                    .get(room)
-                    .and_then(|m| m.get(&reader))
-                    .map(|m| m.last_read_seq);
-                if current.is_none_or(|c| c >= seq) {
-                    return Ok(true);
-                }
-                // The highest seq the table holds: the fold's own messages are the last ones.
-                let written = match self.rooms.get(room) {
-                    Some(Some(r)) => r.message_count - pending.map_or(0, |p| p.len() as i64),
-                    _ => i64::MAX,
-                };
-                // Messages after `seq` that the table holds (none when all are in the fold).
-                let stored: i64 = if seq >= written {
-                    0
-                } else {
-                    sqlx::query_scalar(sql(&q.others_after))
-                        .bind(room)
-                        .bind(seq)
-                        .bind(&reader)
-                        .fetch_one(&mut *tx)
-                        .await?
-                };
-                let in_fold = pending.map_or(0, |p| {
-                    p.iter()
-                        .filter(|(s, _, a)| *s > seq && *a != reader)
-                        .count()
-                });
-                if let Some(m) = self.members.get_mut(room).and_then(|m| m.get_mut(&reader)) {
+                let seq = state.recent[at].seq;
+                // Every message after `seq` is in the tail: it is a suffix of the history.
+                let unread = state
+                    .recent
+                    .iter()
+                    .skip(at + 1)
+                    .filter(|m| m.author != *reader)
+                    .count() as i64;
+                if let Some(m) = state.members.get_mut(&reader.to_string())
+                    && m.last_read_seq < seq
+                {
                     m.last_read_seq = seq;
-                    m.unread = stored + in_fold as i64;
+                    m.unread = unread;
                 }
-                Ok(true)
             }
-            _ => Ok(false),
+            RoomEvent::MemberLeft { user_id, at } => {
+                let state = self.load(tx, q, room).await?;
+                if let Some(m) = state.members.get_mut(&user_id.to_string()) {
+                    m.left_at = Some(micros(*at));
+                    m.unread = 0;
+                }
+            }
+            RoomEvent::Closed { at, .. } => {
+                let state = self.load(tx, q, room).await?;
+                if let Some(r) = state.row.as_mut() {
+                    r.closed_at = Some(micros(*at));
+                }
+            }
         }
+        Ok(true)
     }
 
-    /// Writes the fold and starts a new one.
+    /// Writes everything and starts a new fold.
     pub(super) async fn flush(
         &mut self,
         tx: &mut AnyConnection,
         q: &BatchSql,
         dialect: Dialect,
     ) -> Result<(), ProjectionError> {
-        let rooms: Vec<(String, RoomRow)> = self
-            .rooms
-            .drain()
-            .filter_map(|(id, r)| r.map(|r| (id, r)))
-            .collect();
-        for chunk in rooms.chunks(CHUNK) {
-            let stmt = multi_row(
-                &format!(
-                    "INSERT INTO {} (room_id, client_id, counselor_id, opened_at, closed_at, message_count, last_message_id, \
-                     last_message_author, last_message_preview, last_message_at) VALUES ",
-                    q.rooms_table
-                ),
-                10,
-                chunk.len(),
-                dialect,
-                " ON CONFLICT (room_id) DO UPDATE SET closed_at = excluded.closed_at, message_count = excluded.message_count, \
-                 last_message_id = excluded.last_message_id, last_message_author = excluded.last_message_author, \
-                 last_message_preview = excluded.last_message_preview, last_message_at = excluded.last_message_at",
-            );
-            let mut query = sqlx::query(sql(&stmt));
-            for (id, r) in chunk {
-                query = query
-                    .bind(id.clone())
-                    .bind(r.client.clone())
-                    .bind(r.counselor.clone())
-                    .bind(r.opened_at)
-                    .bind(r.closed_at)
-                    .bind(r.message_count)
-                    .bind(r.last_id.clone())
-                    .bind(r.last_author.clone())
-                    .bind(r.preview.clone())
-                    .bind(r.last_at);
-            }
-            query.execute(&mut *tx).await?;
-        }
-        let members: Vec<(String, String, MemberRow)> = self
-            .members
-            .drain()
-            .flat_map(|(room, ms)| ms.into_iter().map(move |(u, m)| (room.clone(), u, m)))
-            .collect();
-        for chunk in members.chunks(CHUNK) {
-            let stmt = multi_row(
-                &format!(
-                    "INSERT INTO {} (room_id, user_id, unread_count, last_read_seq, left_at) VALUES ",
-                    q.members_table
-                ),
-                5,
-                chunk.len(),
-                dialect,
-                " ON CONFLICT (room_id, user_id) DO UPDATE SET unread_count = excluded.unread_count, \
-                 last_read_seq = excluded.last_read_seq, left_at = excluded.left_at",
-            );
-            let mut query = sqlx::query(sql(&stmt));
-            for (room, user, m) in chunk {
-                query = query
-                    .bind(room.clone())
-                    .bind(user.clone())
-                    .bind(m.unread)
-                    .bind(m.last_read_seq)
-                    .bind(m.left_at);
-            }
-            query.execute(&mut *tx).await?;
-        }
-        self.flush_messages(tx, q, dialect).await
+        self.flush_messages(tx, q, dialect).await?;
+        write_rooms(tx, q, dialect, self.rooms.iter()).await?;
+        self.rooms.clear();
+        Ok(())
     }
 
-    /// Rooms whose state the fold holds.
-    pub(super) fn rooms_held(&self) -> usize {
-        self.rooms.len()
+    /// Writes the new messages and `room`'s rows and forgets the room, so a statement of its
+    /// own can change them (the room is read again when an event next touches it).
+    pub(super) async fn settle(
+        &mut self,
+        tx: &mut AnyConnection,
+        q: &BatchSql,
+        dialect: Dialect,
+        room: &str,
+    ) -> Result<(), ProjectionError> {
+        self.flush_messages(tx, q, dialect).await?;
+        if let Some((id, state)) = self.rooms.remove_entry(room) {
+            write_rooms(tx, q, dialect, std::iter::once((&id, &state))).await?;
+        }
+        Ok(())
+    }
+
+    /// When the fold holds more than `keep` rooms: writes them all and keeps the half most
+    /// recently touched (the others are read again when an event next touches them).
+    pub(super) async fn evict(
+        &mut self,
+        tx: &mut AnyConnection,
+        q: &BatchSql,
+        dialect: Dialect,
+        keep: usize,
+    ) -> Result<(), ProjectionError> {
+        if self.rooms.len() <= keep {
+            return Ok(());
+        }
+        self.flush_messages(tx, q, dialect).await?;
+        write_rooms(tx, q, dialect, self.rooms.iter()).await?;
+        let mut ticks: Vec<u64> = self.rooms.values().map(|r| r.touched).collect();
+        let stay = keep / 2;
+        if stay == 0 {
+            self.rooms.clear();
+            return Ok(());
+        }
+        let at = ticks.len() - stay;
+        let (_, oldest_kept, _) = ticks.select_nth_unstable(at);
+        let oldest_kept = *oldest_kept;
+        // Rooms touched in the same tick as the cut stay or go together.
+        self.rooms.retain(|_, r| r.touched > oldest_kept);
+        Ok(())
     }
 
     /// Writes the fold's new messages only; the rooms and members stay in the fold.
@@ -390,9 +386,79 @@ impl Fold {
             }
             query.execute(&mut *tx).await?;
         }
-        self.pending.clear();
         Ok(())
     }
+}
+
+/// Upserts the room and member rows of `rooms`.
+async fn write_rooms<'a>(
+    tx: &mut AnyConnection,
+    q: &BatchSql,
+    dialect: Dialect,
+    rooms: impl Iterator<Item = (&'a String, &'a RoomState)>,
+) -> Result<(), ProjectionError> {
+    let mut opened: Vec<(&String, &RoomRow)> = Vec::new();
+    let mut members: Vec<(&String, &String, &MemberRow)> = Vec::new();
+    for (id, state) in rooms {
+        if let Some(row) = &state.row {
+            opened.push((id, row));
+        }
+        members.extend(state.members.iter().map(|(u, m)| (id, u, m)));
+    }
+    for chunk in opened.chunks(CHUNK) {
+        let stmt = multi_row(
+            &format!(
+                "INSERT INTO {} (room_id, client_id, counselor_id, opened_at, closed_at, message_count, last_message_id, \
+                 last_message_author, last_message_preview, last_message_at) VALUES ",
+                q.rooms_table
+            ),
+            10,
+            chunk.len(),
+            dialect,
+            " ON CONFLICT (room_id) DO UPDATE SET closed_at = excluded.closed_at, message_count = excluded.message_count, \
+             last_message_id = excluded.last_message_id, last_message_author = excluded.last_message_author, \
+             last_message_preview = excluded.last_message_preview, last_message_at = excluded.last_message_at",
+        );
+        let mut query = sqlx::query(sql(&stmt));
+        for (id, r) in chunk {
+            query = query
+                .bind((*id).clone())
+                .bind(r.client.clone())
+                .bind(r.counselor.clone())
+                .bind(r.opened_at)
+                .bind(r.closed_at)
+                .bind(r.message_count)
+                .bind(r.last_id.clone())
+                .bind(r.last_author.clone())
+                .bind(r.preview.clone())
+                .bind(r.last_at);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    for chunk in members.chunks(CHUNK) {
+        let stmt = multi_row(
+            &format!(
+                "INSERT INTO {} (room_id, user_id, unread_count, last_read_seq, left_at) VALUES ",
+                q.members_table
+            ),
+            5,
+            chunk.len(),
+            dialect,
+            " ON CONFLICT (room_id, user_id) DO UPDATE SET unread_count = excluded.unread_count, \
+             last_read_seq = excluded.last_read_seq, left_at = excluded.left_at",
+        );
+        let mut query = sqlx::query(sql(&stmt));
+        for (room, user, m) in chunk {
+            query = query
+                .bind((*room).clone())
+                .bind((*user).clone())
+                .bind(m.unread)
+                .bind(m.last_read_seq)
+                .bind(m.left_at);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 /// `prefix (..$1..$cols), (...), ... suffix` with numbered placeholders on PostgreSQL, and

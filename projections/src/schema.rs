@@ -6,8 +6,8 @@
 //! becomes `rm_rooms` or `rm_rooms__shadow`), and a changed shape is a new projector
 //! `version`, rebuilt from the log, never an `ALTER` of rows that may hold old tokens. Each
 //! file holds `CREATE TABLE IF NOT EXISTS {base} (...)` and
-//! `CREATE INDEX IF NOT EXISTS name ON {base} (columns)` statements, one dialect for both
-//! databases (`BIGINT`, `TEXT`).
+//! `CREATE [UNIQUE] INDEX IF NOT EXISTS name ON {base} (columns)` statements, one dialect for
+//! both databases (`BIGINT`, `TEXT`).
 
 use crate::Names;
 use thiserror::Error;
@@ -38,6 +38,10 @@ pub struct Index {
     pub table: &'static str,
     /// The indexed columns, comma-separated.
     pub columns: &'static str,
+    /// A unique index: a key that a rebuild can leave until its rows are in
+    /// ([`crate::ProjectorDef::rebuild_indexes`]), where an inline `PRIMARY KEY` is kept up
+    /// to date on every insert.
+    pub unique: bool,
 }
 
 /// A projector's tables and indexes, in file order.
@@ -51,6 +55,7 @@ pub struct Schema {
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS ";
 const CREATE_INDEX: &str = "CREATE INDEX IF NOT EXISTS ";
+const CREATE_UNIQUE_INDEX: &str = "CREATE UNIQUE INDEX IF NOT EXISTS ";
 
 impl Schema {
     /// Reads a schema file: `--` comments dropped, statements split on `;`.
@@ -71,7 +76,15 @@ impl Schema {
                     base,
                     ddl: statement,
                 });
-            } else if let Some(rest) = statement.strip_prefix(CREATE_INDEX) {
+            } else if let Some((rest, unique)) = statement
+                .strip_prefix(CREATE_INDEX)
+                .map(|rest| (rest, false))
+                .or_else(|| {
+                    statement
+                        .strip_prefix(CREATE_UNIQUE_INDEX)
+                        .map(|rest| (rest, true))
+                })
+            {
                 let (name, on) = rest
                     .split_once(" ON ")
                     .ok_or_else(|| bad("an index needs ON {table} (columns)", statement))?;
@@ -89,10 +102,11 @@ impl Schema {
                     name: name.trim(),
                     table,
                     columns: columns.trim(),
+                    unique,
                 });
             } else {
                 return Err(bad(
-                    "only CREATE TABLE and CREATE INDEX IF NOT EXISTS",
+                    "only CREATE TABLE and CREATE [UNIQUE] INDEX IF NOT EXISTS",
                     statement,
                 ));
             }
@@ -119,10 +133,15 @@ impl Schema {
 }
 
 impl Index {
-    /// `CREATE INDEX IF NOT EXISTS`, bound with `names`.
+    /// `CREATE [UNIQUE] INDEX IF NOT EXISTS`, bound with `names`.
     pub fn create(&self, names: &Names) -> String {
         format!(
-            "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
+            "{}{} ON {} ({})",
+            if self.unique {
+                CREATE_UNIQUE_INDEX
+            } else {
+                CREATE_INDEX
+            },
             self.bound_name(names),
             names.table(self.table),
             self.columns
@@ -231,7 +250,7 @@ mod tests {
         // tables are then rebuilt from the log at start) and record the new pair here.
         const KNOWN: [(&str, i64, u64); 5] = [
             ("users", 3, 0xae87b3a82854d9b),
-            ("rooms", 2, 0x18f31a07b93e69f1),
+            ("rooms", 3, 0x870e4672cadc593c),
             ("calls", 1, 0x42138e5dea3f7a8c),
             ("audit", 2, 0x738c72926178f2bf),
             ("images", 1, 0x668bd94ed07c16a4),
@@ -248,7 +267,8 @@ mod tests {
         let schema = Schema::parse(
             "-- a comment\nCREATE TABLE IF NOT EXISTS {rm_a} (id TEXT PRIMARY KEY,\n  n BIGINT);\n\n\
              -- its index; a comment may hold a semicolon\n\
-             CREATE INDEX IF NOT EXISTS rm_a_by_n ON {rm_a} (n, id);\n",
+             CREATE INDEX IF NOT EXISTS rm_a_by_n ON {rm_a} (n, id);\n\
+             CREATE UNIQUE INDEX IF NOT EXISTS rm_a_key ON {rm_a} (id);\n",
         )
         .expect("parse");
         assert_eq!(
@@ -260,11 +280,28 @@ mod tests {
         );
         assert_eq!(
             schema.indexes,
-            [Index {
-                name: "rm_a_by_n",
-                table: "rm_a",
-                columns: "n, id",
-            }]
+            [
+                Index {
+                    name: "rm_a_by_n",
+                    table: "rm_a",
+                    columns: "n, id",
+                    unique: false,
+                },
+                Index {
+                    name: "rm_a_key",
+                    table: "rm_a",
+                    columns: "id",
+                    unique: true,
+                }
+            ]
+        );
+        let live = Names::new("", crate::db::Dialect::Sqlite);
+        assert_eq!(
+            schema.create_indexes(&live),
+            [
+                "CREATE INDEX IF NOT EXISTS rm_a_by_n ON rm_a (n, id)",
+                "CREATE UNIQUE INDEX IF NOT EXISTS rm_a_key ON rm_a (id)"
+            ]
         );
     }
 
