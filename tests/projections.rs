@@ -420,6 +420,36 @@ async fn rooms_dump(db: &ReadDb) -> (Vec<String>, Vec<String>, Vec<String>) {
     (rooms, members, messages)
 }
 
+/// Posts `n` messages (`"{text} {i}"`) to `room` as its counselor; returns their ids.
+async fn post_as_counselor(
+    rooms: &Registry<ChatRoomDecider>,
+    room: Uuid,
+    counselor: neulbi_domain::UserId,
+    text: &str,
+    n: usize,
+) -> Vec<MessageId> {
+    let mut posted = Vec::with_capacity(n);
+    for i in 0..n {
+        let message_id = MessageId(Uuid::now_v7());
+        let post = RoomCommand::PostMessage {
+            message_id,
+            body: format!("{text} {i}"),
+            client_message_id: None,
+        };
+        rooms
+            .execute(
+                room,
+                post,
+                as_user(counselor, Role::Counselor),
+                Metadata::default(),
+            )
+            .await
+            .expect("post");
+        posted.push(message_id);
+    }
+    posted
+}
+
 /// Live batches of any size, and rebuilds that keep any number of rooms in memory between
 /// their batches, give the same read model — also around what the fold hands to statements
 /// of their own (a read marker older than its tail, an erasure) and what it folds (a leave,
@@ -469,22 +499,7 @@ async fn batch_boundaries_do_not_change_the_read_models() {
         )
         .await
         .expect("leave");
-    for i in 0..5 {
-        let post = RoomCommand::PostMessage {
-            message_id: MessageId(Uuid::now_v7()),
-            body: format!("after the leave {i}"),
-            client_message_id: None,
-        };
-        rooms
-            .execute(
-                *left_room,
-                post,
-                as_user(counselor, Role::Counselor),
-                Metadata::default(),
-            )
-            .await
-            .expect("post after leave");
-    }
+    post_as_counselor(&rooms, *left_room, counselor, "after the leave", 5).await;
     let (closed_room, data) = &opened[1];
     rooms
         .execute(
@@ -498,25 +513,7 @@ async fn batch_boundaries_do_not_change_the_read_models() {
     // A read marker for a message further back than the fold's tail of each room.
     let (read_room, data) = &opened[2];
     let (client, counselor) = (member(data, "client"), member(data, "counselor"));
-    let mut posted = Vec::new();
-    for i in 0..20 {
-        let message_id = MessageId(Uuid::now_v7());
-        posted.push(message_id);
-        let post = RoomCommand::PostMessage {
-            message_id,
-            body: format!("unread {i}"),
-            client_message_id: None,
-        };
-        rooms
-            .execute(
-                *read_room,
-                post,
-                as_user(counselor, Role::Counselor),
-                Metadata::default(),
-            )
-            .await
-            .expect("post");
-    }
+    let posted = post_as_counselor(&rooms, *read_room, counselor, "unread", 20).await;
     let read = rooms
         .execute(
             *read_room,
