@@ -373,6 +373,7 @@ impl Config {
             max_event_bytes: self.store.max_event_bytes,
             max_events_per_append: self.store.max_events_per_append.max(1),
             max_group_commit: self.store.max_group_commit.max(1),
+            ..StoreLimits::default()
         }
     }
 

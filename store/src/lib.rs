@@ -49,6 +49,10 @@ pub struct StoreLimits {
     pub max_events_per_append: usize,
     /// Most appends folded into one group commit.
     pub max_group_commit: usize,
+    /// SQLite: the WAL size past which the checkpointer makes it start over, holding new
+    /// appends back for a moment (see `sqlite::checkpoint_loop`); also the size a WAL that
+    /// starts over is cut back to.
+    pub wal_restart_bytes: u64,
 }
 
 impl Default for StoreLimits {
@@ -57,6 +61,7 @@ impl Default for StoreLimits {
             max_event_bytes: 1024 * 1024,
             max_events_per_append: 1000,
             max_group_commit: 512,
+            wal_restart_bytes: 64 * 1024 * 1024,
         }
     }
 }

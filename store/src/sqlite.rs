@@ -23,6 +23,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// Embedded migrations for SQLite.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -79,18 +80,61 @@ impl Drop for Inner {
     }
 }
 
+/// How long a RESTART checkpoint may hold new appends back waiting for readers to leave
+/// the WAL; past it, it gives up and tries again on a later tick.
+const RESTART_WAIT: Duration = Duration::from_millis(200);
+
+/// How long the checkpointer waits before trying RESTART again after readers kept one from
+/// finishing.
+const RESTART_BACKOFF: Duration = Duration::from_secs(2);
+
 /// Copies the WAL back into the database file twice a second, off the commit path. PASSIVE
 /// never blocks the writer or readers; it does what it can and tries again next time.
-async fn checkpoint_loop(pool: SqlitePool) {
+///
+/// PASSIVE alone never lets the WAL start over under appends that never pause: SQLite
+/// reuses the WAL from its start only when a write begins after a checkpoint copied every
+/// frame, and the writer is always mid-append (a 10M-event burst left a 7.4 GB WAL). So
+/// once the WAL holds more
+/// than `restart_frames`, the checkpointer runs RESTART: new appends wait (at most
+/// [`RESTART_WAIT`], plus copying what the last PASSIVE left) until every reader is past
+/// the WAL, and the next append writes it from the start; `journal_size_limit` cuts the
+/// file back.
+async fn checkpoint_loop(mut conn: SqliteConnection, restart_frames: i64) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // After a RESTART that readers kept from finishing, the next waits a while: each attempt
+    // holds appends back.
+    let mut restart_after = tokio::time::Instant::now();
     loop {
         tick.tick().await;
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
+        let frames = match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&mut conn)
             .await
         {
-            tracing::debug!(error = %e, "WAL checkpoint skipped");
+            Ok((_, frames, _)) => frames,
+            Err(e) => {
+                tracing::debug!(error = %e, "WAL checkpoint skipped");
+                continue;
+            }
+        };
+        if frames <= restart_frames || tokio::time::Instant::now() < restart_after {
+            continue;
+        }
+        let span = tracing::debug_span!("wal_restart", frames);
+        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(RESTART)")
+            .fetch_one(&mut conn)
+            .instrument(span)
+            .await
+        {
+            Ok((0, _, _)) => tracing::debug!(frames, "WAL restarted"),
+            Ok(_) => {
+                restart_after = tokio::time::Instant::now() + RESTART_BACKOFF;
+                tracing::debug!(frames, "WAL restart deferred: readers still in it");
+            }
+            Err(e) => {
+                restart_after = tokio::time::Instant::now() + RESTART_BACKOFF;
+                tracing::debug!(error = %e, "WAL restart skipped");
+            }
         }
     }
 }
@@ -104,6 +148,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             // Erased data (keys, read-model rows) must not survive in free pages.
             .pragma("secure_delete", "ON")
+            .pragma("journal_size_limit", limits.wal_restart_bytes.to_string())
             .busy_timeout(Duration::from_secs(10));
         let path = options.get_filename();
         if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {
@@ -129,6 +174,15 @@ impl SqliteStore {
         if migrate {
             MIGRATOR.run(&readers).await?;
         }
+        // The checkpointer's own connection, which waits at most RESTART_WAIT for a lock.
+        let checkpointer_conn =
+            SqliteConnection::connect_with(&options.clone().busy_timeout(RESTART_WAIT)).await?;
+        let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(&readers)
+            .await?;
+        let page_size = u64::try_from(page_size).unwrap_or(4096).max(512);
+        let restart_frames =
+            i64::try_from(limits.wal_restart_bytes / page_size).unwrap_or(i64::MAX);
         // The writer never checkpoints inline: a checkpoint syncs the database file and would
         // stall the commit that triggers it. A background task checkpoints instead.
         let writer_options = options.clone().pragma("wal_autocheckpoint", "0");
@@ -143,7 +197,7 @@ impl SqliteStore {
             head: None,
         };
         let writer = GroupCommit::start("sqlite", committer, limits, head_tx.clone());
-        let checkpointer = tokio::spawn(checkpoint_loop(readers.clone()));
+        let checkpointer = tokio::spawn(checkpoint_loop(checkpointer_conn, restart_frames));
         Ok(Self {
             inner: Arc::new(Inner {
                 readers: SqlReader::new(readers, head_tx),
