@@ -14,8 +14,8 @@ use tracing::Instrument;
 const REBUILD_BATCH: usize = 5000;
 
 /// Rooms (or whatever a projector folds by) whose state a rebuild keeps in memory between
-/// batches ([`crate::Projector::rebuild_batch`]): about 1.5 KiB each (a room's row, its
-/// members and its last messages' ids), so about 75 MiB at most.
+/// batches ([`crate::Projector::rebuild_batch`]): about 1 KiB each (a room's row, its
+/// members and its last messages' ids), so about 50 MiB at most.
 pub const REBUILD_KEEP: usize = 50_000;
 
 /// Pages each reader keeps ready ahead of the one being applied.

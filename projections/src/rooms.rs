@@ -118,11 +118,11 @@ impl Rooms {
         for Projected { event: e, decoded } in events {
             match decoded {
                 Decoded::Room(event) => {
-                    let room = e.stream.id().to_string();
-                    if fold.add(tx, &self.batch, &room, event).await? {
+                    let room = e.stream.id();
+                    if fold.add(tx, &self.batch, room, event).await? {
                         continue;
                     }
-                    fold.settle(tx, &self.batch, dialect, &room).await?;
+                    fold.settle(tx, &self.batch, dialect, room).await?;
                 }
                 // An erasure blanks rows of any room: all of them are written and read again.
                 Decoded::User(UserEvent::Erased { .. }) => {

@@ -2,9 +2,9 @@
 //! member unread counts, new message rows) and written with a few multi-row statements,
 //! because per-event statements cap a rebuild at a few ten thousand events per second.
 //!
-//! Every room event is folded except two, which are applied on their own after the fold
-//! has written what they touch, so the order of effects is the log's order: a read marker
-//! for a message older than the room's remembered tail ([`TAIL`]) and an erasure.
+//! Every room event is folded except a read marker for a message older than the room's
+//! remembered tail ([`TAIL`]); it, and a user's erasure, are applied on their own after the
+//! fold has written what they touch, so the order of effects is the log's order.
 //!
 //! A rebuild carries one fold across its batches (`Rooms::rebuild_batch`): message rows are
 //! written every batch, rooms and members when the fold holds more rooms than the rebuild
@@ -16,8 +16,10 @@ use super::{Names, ProjectionError, micros};
 use neulbi_domain::chat_room::RoomEvent;
 use neulbi_domain::ids::{MessageId, UserId};
 use sqlx::{AnyConnection, Row};
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use uuid::Uuid;
 
 /// Rows per multi-row statement (SQLite allows 32,766 parameters per statement).
 const CHUNK: usize = 100;
@@ -26,15 +28,16 @@ const CHUNK: usize = 100;
 /// few messages, and these answer it without reading the message table.
 pub(super) const TAIL: usize = 16;
 
+/// Ids are kept as UUIDs (16 bytes, no allocation) and turned into text when written.
 #[derive(Debug, Clone)]
 struct RoomRow {
-    client: String,
-    counselor: String,
+    client: UserId,
+    counselor: UserId,
     opened_at: i64,
     closed_at: Option<i64>,
     message_count: i64,
-    last_id: Option<String>,
-    last_author: Option<String>,
+    last_id: Option<MessageId>,
+    last_author: Option<UserId>,
     preview: Option<String>,
     last_at: Option<i64>,
 }
@@ -59,7 +62,7 @@ struct Recent {
 struct RoomState {
     /// `None` for a room never opened (messages to it have nothing to attach to).
     row: Option<RoomRow>,
-    members: HashMap<String, MemberRow>,
+    members: HashMap<UserId, MemberRow>,
     /// The room's newest messages, oldest first, ending at `message_count`: a suffix of its
     /// history (those before the fold loaded the room are in the table).
     recent: VecDeque<Recent>,
@@ -68,10 +71,10 @@ struct RoomState {
 }
 
 struct MessageRow {
-    room: String,
+    room: Uuid,
     seq: i64,
-    id: String,
-    author: String,
+    id: MessageId,
+    author: UserId,
     body: Option<String>,
     at: i64,
 }
@@ -108,7 +111,7 @@ impl BatchSql {
 /// The in-memory fold of one batch (or of a whole rebuild).
 #[derive(Default)]
 pub(super) struct Fold {
-    rooms: HashMap<String, RoomState>,
+    rooms: HashMap<Uuid, RoomState>,
     /// Message rows not yet written.
     messages: Vec<MessageRow>,
     tick: u64,
@@ -120,57 +123,13 @@ impl Fold {
         &mut self,
         tx: &mut AnyConnection,
         q: &BatchSql,
-        room: &str,
+        room: Uuid,
     ) -> Result<&mut RoomState, ProjectionError> {
-        if !self.rooms.contains_key(room) {
-            let row = sqlx::query(sql(&q.room))
-                .bind(room)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let row = match row {
-                Some(r) => Some(RoomRow {
-                    client: r.try_get(0)?,
-                    counselor: r.try_get(1)?,
-                    opened_at: r.try_get(2)?,
-                    closed_at: r.try_get(3)?,
-                    message_count: r.try_get(4)?,
-                    last_id: r.try_get(5)?,
-                    last_author: r.try_get(6)?,
-                    preview: r.try_get(7)?,
-                    last_at: r.try_get(8)?,
-                }),
-                None => None,
-            };
-            let mut members = HashMap::new();
-            for r in sqlx::query(sql(&q.members))
-                .bind(room)
-                .fetch_all(&mut *tx)
-                .await?
-            {
-                members.insert(
-                    r.try_get::<String, _>(0)?,
-                    MemberRow {
-                        unread: r.try_get(1)?,
-                        last_read_seq: r.try_get(2)?,
-                        left_at: r.try_get(3)?,
-                    },
-                );
-            }
-            self.rooms.insert(
-                room.to_owned(),
-                RoomState {
-                    row,
-                    members,
-                    ..RoomState::default()
-                },
-            );
-        }
-        let tick = self.tick;
-        let state = self
-            .rooms
-            .get_mut(room)
-            .ok_or_else(|| ProjectionError::Unknown(room.to_owned(), "fold lost a room".into()))?;
-        state.touched = tick;
+        let state = match self.rooms.entry(room) {
+            Entry::Occupied(held) => held.into_mut(),
+            Entry::Vacant(slot) => slot.insert(read_room(tx, q, room).await?),
+        };
+        state.touched = self.tick;
         Ok(state)
     }
 
@@ -185,7 +144,7 @@ impl Fold {
         &mut self,
         tx: &mut AnyConnection,
         q: &BatchSql,
-        room: &str,
+        room: Uuid,
         event: &RoomEvent,
     ) -> Result<bool, ProjectionError> {
         match event {
@@ -198,8 +157,8 @@ impl Fold {
                 let state = self.load(tx, q, room).await?;
                 if state.row.is_none() {
                     state.row = Some(RoomRow {
-                        client: client.to_string(),
-                        counselor: counselor.to_string(),
+                        client: *client,
+                        counselor: *counselor,
                         opened_at: micros(*at),
                         closed_at: None,
                         message_count: 0,
@@ -210,7 +169,7 @@ impl Fold {
                     });
                 }
                 for m in [client, counselor] {
-                    state.members.entry(m.to_string()).or_insert(MemberRow {
+                    state.members.entry(*m).or_insert(MemberRow {
                         unread: 0,
                         last_read_seq: 0,
                         left_at: None,
@@ -232,14 +191,13 @@ impl Fold {
                 };
                 r.message_count += 1;
                 let seq = r.message_count;
-                let author_id = author.to_string();
                 let body = body.value().cloned();
-                r.last_id = Some(message_id.to_string());
-                r.last_author = Some(author_id.clone());
-                r.preview = body.clone();
+                r.last_id = Some(*message_id);
+                r.last_author = Some(*author);
+                r.preview.clone_from(&body);
                 r.last_at = Some(micros(*at));
                 for (user, m) in state.members.iter_mut() {
-                    if *user != author_id && m.left_at.is_none() {
+                    if user != author && m.left_at.is_none() {
                         m.unread += 1;
                     }
                 }
@@ -252,10 +210,10 @@ impl Fold {
                     author: *author,
                 });
                 self.messages.push(MessageRow {
-                    room: room.to_owned(),
+                    room,
                     seq,
-                    id: message_id.to_string(),
-                    author: author_id,
+                    id: *message_id,
+                    author: *author,
                     body,
                     at: micros(*at),
                 });
@@ -274,7 +232,7 @@ impl Fold {
                     .skip(at + 1)
                     .filter(|m| m.author != *reader)
                     .count() as i64;
-                if let Some(m) = state.members.get_mut(&reader.to_string())
+                if let Some(m) = state.members.get_mut(reader)
                     && m.last_read_seq < seq
                 {
                     m.last_read_seq = seq;
@@ -283,7 +241,7 @@ impl Fold {
             }
             RoomEvent::MemberLeft { user_id, at } => {
                 let state = self.load(tx, q, room).await?;
-                if let Some(m) = state.members.get_mut(&user_id.to_string()) {
+                if let Some(m) = state.members.get_mut(user_id) {
                     m.left_at = Some(micros(*at));
                     m.unread = 0;
                 }
@@ -318,10 +276,10 @@ impl Fold {
         tx: &mut AnyConnection,
         q: &BatchSql,
         dialect: Dialect,
-        room: &str,
+        room: Uuid,
     ) -> Result<(), ProjectionError> {
         self.flush_messages(tx, q, dialect).await?;
-        if let Some((id, state)) = self.rooms.remove_entry(room) {
+        if let Some((id, state)) = self.rooms.remove_entry(&room) {
             write_rooms(tx, q, dialect, std::iter::once((&id, &state))).await?;
         }
         Ok(())
@@ -377,11 +335,11 @@ impl Fold {
             let mut query = sqlx::query(sql(&stmt));
             for m in chunk {
                 query = query
-                    .bind(m.room.clone())
+                    .bind(m.room.to_string())
                     .bind(m.seq)
-                    .bind(m.id.clone())
-                    .bind(m.author.clone())
-                    .bind(m.body.clone())
+                    .bind(m.id.to_string())
+                    .bind(m.author.to_string())
+                    .bind(m.body.as_deref())
                     .bind(m.at);
             }
             query.execute(&mut *tx).await?;
@@ -390,15 +348,83 @@ impl Fold {
     }
 }
 
+/// A room's row and members as the tables hold them (the fold's starting point for it).
+async fn read_room(
+    tx: &mut AnyConnection,
+    q: &BatchSql,
+    room: Uuid,
+) -> Result<RoomState, ProjectionError> {
+    let room = room.to_string();
+    let row = sqlx::query(sql(&q.room))
+        .bind(&room)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let row = match row {
+        Some(r) => Some(RoomRow {
+            client: UserId(id_in(&r, 0)?),
+            counselor: UserId(id_in(&r, 1)?),
+            opened_at: r.try_get(2)?,
+            closed_at: r.try_get(3)?,
+            message_count: r.try_get(4)?,
+            last_id: optional_id_in(&r, 5)?.map(MessageId),
+            last_author: optional_id_in(&r, 6)?.map(UserId),
+            preview: r.try_get(7)?,
+            last_at: r.try_get(8)?,
+        }),
+        None => None,
+    };
+    let mut members = HashMap::new();
+    for r in sqlx::query(sql(&q.members))
+        .bind(&room)
+        .fetch_all(&mut *tx)
+        .await?
+    {
+        members.insert(
+            UserId(id_in(&r, 0)?),
+            MemberRow {
+                unread: r.try_get(1)?,
+                last_read_seq: r.try_get(2)?,
+                left_at: r.try_get(3)?,
+            },
+        );
+    }
+    Ok(RoomState {
+        row,
+        members,
+        ..RoomState::default()
+    })
+}
+
+/// The id in column `i` (text in the tables).
+fn id_in(row: &sqlx::any::AnyRow, i: usize) -> Result<Uuid, ProjectionError> {
+    let text: String = row.try_get(i)?;
+    parse_id(&text, i)
+}
+
+/// The id in column `i`, which may be NULL.
+fn optional_id_in(row: &sqlx::any::AnyRow, i: usize) -> Result<Option<Uuid>, ProjectionError> {
+    let text: Option<String> = row.try_get(i)?;
+    text.map(|t| parse_id(&t, i)).transpose()
+}
+
+fn parse_id(text: &str, i: usize) -> Result<Uuid, ProjectionError> {
+    Uuid::parse_str(text).map_err(|e| {
+        ProjectionError::Database(sqlx::Error::ColumnDecode {
+            index: i.to_string(),
+            source: Box::new(e),
+        })
+    })
+}
+
 /// Upserts the room and member rows of `rooms`.
 async fn write_rooms<'a>(
     tx: &mut AnyConnection,
     q: &BatchSql,
     dialect: Dialect,
-    rooms: impl Iterator<Item = (&'a String, &'a RoomState)>,
+    rooms: impl Iterator<Item = (&'a Uuid, &'a RoomState)>,
 ) -> Result<(), ProjectionError> {
-    let mut opened: Vec<(&String, &RoomRow)> = Vec::new();
-    let mut members: Vec<(&String, &String, &MemberRow)> = Vec::new();
+    let mut opened: Vec<(&Uuid, &RoomRow)> = Vec::new();
+    let mut members: Vec<(&Uuid, &UserId, &MemberRow)> = Vec::new();
     for (id, state) in rooms {
         if let Some(row) = &state.row {
             opened.push((id, row));
@@ -422,15 +448,15 @@ async fn write_rooms<'a>(
         let mut query = sqlx::query(sql(&stmt));
         for (id, r) in chunk {
             query = query
-                .bind((*id).clone())
-                .bind(r.client.clone())
-                .bind(r.counselor.clone())
+                .bind(id.to_string())
+                .bind(r.client.to_string())
+                .bind(r.counselor.to_string())
                 .bind(r.opened_at)
                 .bind(r.closed_at)
                 .bind(r.message_count)
-                .bind(r.last_id.clone())
-                .bind(r.last_author.clone())
-                .bind(r.preview.clone())
+                .bind(r.last_id.map(|m| m.to_string()))
+                .bind(r.last_author.map(|a| a.to_string()))
+                .bind(r.preview.as_deref())
                 .bind(r.last_at);
         }
         query.execute(&mut *tx).await?;
@@ -450,8 +476,8 @@ async fn write_rooms<'a>(
         let mut query = sqlx::query(sql(&stmt));
         for (room, user, m) in chunk {
             query = query
-                .bind((*room).clone())
-                .bind((*user).clone())
+                .bind(room.to_string())
+                .bind(user.to_string())
                 .bind(m.unread)
                 .bind(m.last_read_seq)
                 .bind(m.left_at);
