@@ -308,7 +308,7 @@ impl Fold {
         let at = ticks.len() - stay;
         let (_, oldest_kept, _) = ticks.select_nth_unstable(at);
         let oldest_kept = *oldest_kept;
-        // Rooms touched in the same tick as the cut stay or go together.
+        // Rooms touched in the same tick as the cut go together (so at most `stay` remain).
         self.rooms.retain(|_, r| r.touched > oldest_kept);
         Ok(())
     }
