@@ -832,10 +832,9 @@ contract!(
     reading_backward_from_the_head,
 );
 
-/// Appends that never pause still let SQLite's WAL start over: it stays near
-/// `wal_restart_bytes` (plus what is appended between checkpoints) instead of growing with
-/// the log (PASSIVE checkpoints alone let a 10M-event burst leave a 7.4 GB WAL), while a
-/// reader keeps reading.
+/// Appends that never pause still let SQLite's WAL start over (and its file be cut back to
+/// `wal_restart_bytes`) while a reader keeps reading: with PASSIVE checkpoints alone it only
+/// ever grows (a 10M-event burst left a 7.4 GB WAL).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_wal_stays_bounded_under_appends_that_never_pause() {
     use neulbi::store::StoreLimits;
@@ -884,13 +883,18 @@ async fn sqlite_wal_stays_bounded_under_appends_that_never_pause() {
             }
         })
     };
-    // Six seconds of appends, the WAL's size sampled every 50 ms.
+    // Appends until the WAL file is seen to shrink to under half its largest size while
+    // they go on (at most 15 s), its size sampled every 20 ms.
     let wal = dir.path().join("log.db-wal");
-    let mut largest = 0u64;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
-    while tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+    let (mut largest, mut shrank) = (0u64, None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while shrank.is_none() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        if largest > 4 << 20 && size < largest / 2 {
+            shrank = Some(size);
+        }
+        largest = largest.max(size);
     }
     stop.store(true, Ordering::Relaxed);
     for w in writers {
@@ -901,11 +905,8 @@ async fn sqlite_wal_stays_bounded_under_appends_that_never_pause() {
     store.close().await;
     let log = std::fs::metadata(&path).expect("log file").len();
     assert!(
-        log > 16 << 20,
-        "the appends wrote too little to tell: {head} events, {log} bytes"
-    );
-    assert!(
-        largest < log / 2,
-        "the WAL grew to {largest} bytes beside a {log}-byte log"
+        shrank.is_some(),
+        "the WAL never started over: it grew to {largest} bytes beside a {log}-byte log \
+         ({head} events)"
     );
 }
