@@ -146,9 +146,8 @@ pub async fn rebuild_with(
 /// Where positions are gap-free ([`Positions::GapFree`]), page `i` starts at position
 /// `i × batch` and [`READERS`] tasks take turns by page; elsewhere (KurrentDB's byte
 /// offsets) one task reads each page from the position after the last (as it does when
-/// asked for one). Should a page run
-/// into the next one's range anyway, the events already handed out are dropped from the
-/// later page. The first short page is the last one (the log's head when it was read);
+/// asked for one). Should a page run into the next one's range anyway, the events already
+/// handed out are dropped from the later page. The first short page is the last one (the log's head when it was read);
 /// what is appended after it is the swap's catch-up.
 struct ReadAhead {
     lanes: Vec<mpsc::Receiver<Result<Vec<Projected>, ProjectionError>>>,
@@ -220,9 +219,7 @@ impl ReadAhead {
             let mut page = page?;
             self.done = page.len() < self.batch;
             let next = self.next;
-            if page.first().is_some_and(|e| e.event.position < next) {
-                page.retain(|e| e.event.position >= next);
-            }
+            page.retain(|e| e.event.position >= next);
             if let Some(last) = page.last() {
                 self.next = last.event.position + 1;
                 return Ok(Some(page));

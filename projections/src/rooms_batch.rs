@@ -299,12 +299,12 @@ impl Fold {
         }
         self.flush_messages(tx, q, dialect).await?;
         write_rooms(tx, q, dialect, self.rooms.iter()).await?;
-        let mut ticks: Vec<u64> = self.rooms.values().map(|r| r.touched).collect();
         let stay = keep / 2;
         if stay == 0 {
             self.rooms.clear();
             return Ok(());
         }
+        let mut ticks: Vec<u64> = self.rooms.values().map(|r| r.touched).collect();
         let at = ticks.len() - stay;
         let (_, oldest_kept, _) = ticks.select_nth_unstable(at);
         let oldest_kept = *oldest_kept;
@@ -321,30 +321,20 @@ impl Fold {
         dialect: Dialect,
     ) -> Result<(), ProjectionError> {
         let messages = std::mem::take(&mut self.messages);
-        for chunk in messages.chunks(CHUNK) {
-            let stmt = multi_row(
-                &format!(
-                    "INSERT INTO {} (room_id, seq, message_id, author_id, body, posted_at) VALUES ",
-                    q.messages_table
-                ),
-                6,
-                chunk.len(),
-                dialect,
-                "",
-            );
-            let mut query = sqlx::query(sql(&stmt));
-            for m in chunk {
-                query = query
-                    .bind(m.room.to_string())
-                    .bind(m.seq)
-                    .bind(m.id.to_string())
-                    .bind(m.author.to_string())
-                    .bind(m.body.as_deref())
-                    .bind(m.at);
-            }
-            query.execute(&mut *tx).await?;
-        }
-        Ok(())
+        let into = format!(
+            "INSERT INTO {} (room_id, seq, message_id, author_id, body, posted_at) VALUES ",
+            q.messages_table
+        );
+        insert_rows(tx, dialect, &into, 6, "", &messages, |query, m| {
+            query
+                .bind(m.room.to_string())
+                .bind(m.seq)
+                .bind(m.id.to_string())
+                .bind(m.author.to_string())
+                .bind(m.body.as_deref())
+                .bind(m.at)
+        })
+        .await
     }
 }
 
@@ -431,57 +421,71 @@ async fn write_rooms<'a>(
         }
         members.extend(state.members.iter().map(|(u, m)| (id, u, m)));
     }
-    for chunk in opened.chunks(CHUNK) {
-        let stmt = multi_row(
-            &format!(
-                "INSERT INTO {} (room_id, client_id, counselor_id, opened_at, closed_at, message_count, last_message_id, \
-                 last_message_author, last_message_preview, last_message_at) VALUES ",
-                q.rooms_table
-            ),
-            10,
-            chunk.len(),
-            dialect,
-            " ON CONFLICT (room_id) DO UPDATE SET closed_at = excluded.closed_at, message_count = excluded.message_count, \
-             last_message_id = excluded.last_message_id, last_message_author = excluded.last_message_author, \
-             last_message_preview = excluded.last_message_preview, last_message_at = excluded.last_message_at",
-        );
-        let mut query = sqlx::query(sql(&stmt));
-        for (id, r) in chunk {
-            query = query
-                .bind(id.to_string())
-                .bind(r.client.to_string())
-                .bind(r.counselor.to_string())
-                .bind(r.opened_at)
-                .bind(r.closed_at)
-                .bind(r.message_count)
-                .bind(r.last_id.map(|m| m.to_string()))
-                .bind(r.last_author.map(|a| a.to_string()))
-                .bind(r.preview.as_deref())
-                .bind(r.last_at);
-        }
-        query.execute(&mut *tx).await?;
-    }
-    for chunk in members.chunks(CHUNK) {
-        let stmt = multi_row(
-            &format!(
-                "INSERT INTO {} (room_id, user_id, unread_count, last_read_seq, left_at) VALUES ",
-                q.members_table
-            ),
-            5,
-            chunk.len(),
-            dialect,
-            " ON CONFLICT (room_id, user_id) DO UPDATE SET unread_count = excluded.unread_count, \
-             last_read_seq = excluded.last_read_seq, left_at = excluded.left_at",
-        );
-        let mut query = sqlx::query(sql(&stmt));
-        for (room, user, m) in chunk {
-            query = query
+    let into = format!(
+        "INSERT INTO {} (room_id, client_id, counselor_id, opened_at, closed_at, message_count, last_message_id, \
+         last_message_author, last_message_preview, last_message_at) VALUES ",
+        q.rooms_table
+    );
+    let upsert = " ON CONFLICT (room_id) DO UPDATE SET closed_at = excluded.closed_at, message_count = excluded.message_count, \
+         last_message_id = excluded.last_message_id, last_message_author = excluded.last_message_author, \
+         last_message_preview = excluded.last_message_preview, last_message_at = excluded.last_message_at";
+    insert_rows(tx, dialect, &into, 10, upsert, &opened, |query, (id, r)| {
+        query
+            .bind(id.to_string())
+            .bind(r.client.to_string())
+            .bind(r.counselor.to_string())
+            .bind(r.opened_at)
+            .bind(r.closed_at)
+            .bind(r.message_count)
+            .bind(r.last_id.map(|m| m.to_string()))
+            .bind(r.last_author.map(|a| a.to_string()))
+            .bind(r.preview.as_deref())
+            .bind(r.last_at)
+    })
+    .await?;
+    let into = format!(
+        "INSERT INTO {} (room_id, user_id, unread_count, last_read_seq, left_at) VALUES ",
+        q.members_table
+    );
+    let upsert = " ON CONFLICT (room_id, user_id) DO UPDATE SET unread_count = excluded.unread_count, \
+         last_read_seq = excluded.last_read_seq, left_at = excluded.left_at";
+    insert_rows(
+        tx,
+        dialect,
+        &into,
+        5,
+        upsert,
+        &members,
+        |query, (room, user, m)| {
+            query
                 .bind(room.to_string())
                 .bind(user.to_string())
                 .bind(m.unread)
                 .bind(m.last_read_seq)
-                .bind(m.left_at);
-        }
+                .bind(m.left_at)
+        },
+    )
+    .await
+}
+
+/// A query being bound.
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, <sqlx::Any as sqlx::Database>::Arguments>;
+
+/// Writes `rows` with multi-row statements of up to [`CHUNK`] rows each ([`multi_row`]):
+/// `into` is the statement up to `VALUES `, `suffix` follows the values, and `bind` binds
+/// one row's `cols` values.
+async fn insert_rows<T: Sync>(
+    tx: &mut AnyConnection,
+    dialect: Dialect,
+    into: &str,
+    cols: usize,
+    suffix: &str,
+    rows: &[T],
+    bind: impl for<'q> Fn(AnyQuery<'q>, &'q T) -> AnyQuery<'q> + Send + Sync,
+) -> Result<(), ProjectionError> {
+    for chunk in rows.chunks(CHUNK) {
+        let stmt = multi_row(into, cols, chunk.len(), dialect, suffix);
+        let query = chunk.iter().fold(sqlx::query(sql(&stmt)), &bind);
         query.execute(&mut *tx).await?;
     }
     Ok(())
