@@ -7,6 +7,10 @@
 //!
 //! With more than one size, each backend's rebuild times are compared at the end: a linear
 //! rebuild takes (size ratio) × the time, and the table says how far from that each is.
+//!
+//! To explore: `--keep N` and `--readers N` set the rebuild's options
+//! ([`rebuild::RebuildOptions`]), `--no-read` skips the read+decode pass; the time of each
+//! million events applied goes to stderr as the rebuild runs.
 
 #[allow(dead_code)]
 #[path = "../tests/support/pg.rs"]
@@ -50,6 +54,16 @@ fn main() {
     let backends: Vec<String> = arg(&args, "--backends")
         .map(|v| v.split(',').map(str::to_owned).collect())
         .unwrap_or_else(|| vec!["sqlite".into(), "postgres".into()]);
+    let mut options = rebuild::RebuildOptions::default();
+    let number =
+        |flag: &str| arg(&args, flag).map(|v| v.parse::<usize>().expect("a number after the flag"));
+    if let Some(keep) = number("--keep") {
+        options.keep = keep;
+    }
+    if let Some(readers) = number("--readers") {
+        options.readers = readers;
+    }
+    let read_pass = !args.iter().any(|a| a == "--no-read");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -93,22 +107,41 @@ fn main() {
             let mut from = 0;
             let mut decoded = 0u64;
             loop {
+                if !read_pass {
+                    break;
+                }
                 let page = s.read_all(from, 5000).await.expect("read");
                 let Some(last) = page.last() else { break };
                 from = last.position + 1;
-                for e in &page {
-                    if !matches!(Decoded::of(e), Decoded::Unknown) {
-                        decoded += 1;
-                    }
-                }
+                decoded += page
+                    .iter()
+                    .filter(|e| !matches!(Decoded::of(e), Decoded::Unknown))
+                    .count() as u64;
             }
             read_rates.push(decoded as f64 / t.elapsed().as_secs_f64().max(1e-9));
             let db = ReadDb::connect(&read_model_url(&url))
                 .await
                 .expect("read db");
-            let report = rebuild::rebuild(&s, &db, by_name("rooms").expect("rooms"), |_, _| {})
-                .await
-                .expect("rebuild");
+            let (started, mut lap, mut millions) = (Instant::now(), Instant::now(), 0u64);
+            let report = rebuild::rebuild_with(
+                &s,
+                &db,
+                by_name("rooms").expect("rooms"),
+                options,
+                |at, _| {
+                    if at / 1_000_000 > millions {
+                        millions = at / 1_000_000;
+                        eprintln!(
+                            "{backend} {events}: {millions}M applied in {:.2} s (at {:.1} s)",
+                            lap.elapsed().as_secs_f64(),
+                            started.elapsed().as_secs_f64()
+                        );
+                        lap = Instant::now();
+                    }
+                },
+            )
+            .await
+            .expect("rebuild");
             rows.push((backend.clone(), seeded, seed_secs, report));
             s.close().await;
         }

@@ -37,5 +37,7 @@ CREATE TABLE IF NOT EXISTS {rm_messages} (
 -- append message rows in log order and build it once at the end.
 CREATE UNIQUE INDEX IF NOT EXISTS rm_messages_by_seq ON {rm_messages} (room_id, seq);
 CREATE INDEX IF NOT EXISTS rm_room_members_by_user ON {rm_room_members} (user_id);
-CREATE INDEX IF NOT EXISTS rm_messages_by_author ON {rm_messages} (author_id);
-CREATE INDEX IF NOT EXISTS rm_messages_by_id ON {rm_messages} (room_id, message_id);
+-- No index by author or by message id: an erasure finds its messages through the rooms the
+-- author is a member of, and a read marker (which only moves forward, so it names one of
+-- the newest messages) walks the room's key back from the end. Each of them cost every post
+-- a random B-tree insert and a rebuild a sort of the whole table.

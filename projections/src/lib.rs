@@ -192,18 +192,44 @@ impl ProjectorDef {
 }
 
 /// Maps base table names to the bound ones.
+#[derive(Debug, Clone)]
 pub struct Names {
     suffix: String,
+    /// Appended to index names: `""` for tables created live, a generation of its own for
+    /// each rebuild's shadow ([`Names::generation`]).
+    index_suffix: String,
     dialect: Dialect,
 }
 
+/// What separates an index's name from its rebuild generation (`rm_messages_by_seq__g…`).
+pub const GENERATION: &str = "__g";
+
 impl Names {
-    /// Names with `suffix` appended (`""` for live, `"__shadow"` while rebuilding).
+    /// Names with `suffix` appended (`""` for live, `"__shadow"` while rebuilding), to the
+    /// indexes too.
     pub fn new(suffix: &str, dialect: Dialect) -> Self {
         Self {
             suffix: suffix.to_owned(),
+            index_suffix: suffix.to_owned(),
             dialect,
         }
+    }
+
+    /// A rebuild's shadow tables (`suffix`), whose indexes are named for generation `id`:
+    /// a swap renames the tables and the indexes go with them under the names they were
+    /// built with (SQLite cannot rename an index), so each generation's must differ from
+    /// the last one's, which the live tables still carry.
+    pub fn generation(suffix: &str, id: u64, dialect: Dialect) -> Self {
+        Self {
+            suffix: suffix.to_owned(),
+            index_suffix: format!("{GENERATION}{id:x}"),
+            dialect,
+        }
+    }
+
+    /// What index names get appended.
+    pub fn index_suffix(&self) -> &str {
+        &self.index_suffix
     }
 
     /// Renders a statement template: every `{base}` becomes `base{suffix}`; `{blob}` and

@@ -1,7 +1,7 @@
 //! `neulbi projections rebuild NAME`: rebuild a read model from position 0 into shadow
 //! tables while the live ones keep serving, then swap them in one transaction.
 
-use super::db::{Dialect, ReadDb};
+use super::db::ReadDb;
 use super::runtime::{self, apply_all, begin, set_checkpoint};
 use super::{Names, Projected, ProjectionError, ProjectorDef};
 use neulbi_store::{Positions, SharedStore};
@@ -78,7 +78,11 @@ pub async fn rebuild_with(
 ) -> Result<RebuildReport, ProjectionError> {
     let start = Instant::now();
     runtime::prepare(db).await?;
-    let shadow = Names::new("__shadow", db.dialect);
+    // Indexes named for this rebuild: the swap leaves them on the live tables as they are.
+    let generation = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let shadow = Names::generation("__shadow", generation, db.dialect);
     let key = format!("{}__shadow", def.name);
     runtime::drop_tables(db, def, &shadow, &key).await?;
     runtime::ensure_schema_with(db, def, &shadow, |idx| {
@@ -122,16 +126,13 @@ pub async fn rebuild_with(
     let mut tx = begin(db).await?;
     projector.finish_rebuild(&mut tx).await?;
     tx.commit().await?;
-    if db.dialect == Dialect::Postgres {
-        // The swap renames the shadow's indexes, so the ones left for now are built here, one
-        // transaction each, outside the swap's locks. (SQLite cannot rename an index: it
-        // builds them under the live names at the swap.)
-        for statement in def.schema()?.create_indexes(&shadow) {
-            let mut tx = begin(db).await?;
-            runtime::lock_ddl(&mut tx, db.dialect).await?;
-            runtime::run_all(&mut tx, vec![statement]).await?;
-            tx.commit().await?;
-        }
+    // The indexes left for now ([`ProjectorDef::rebuild_indexes`]) are built here, one
+    // transaction each, outside the swap's locks (live projectors go on between them).
+    for statement in def.schema()?.create_indexes(&shadow) {
+        let mut tx = begin(db).await?;
+        runtime::lock_ddl(&mut tx, db.dialect).await?;
+        runtime::run_all(&mut tx, vec![statement]).await?;
+        tx.commit().await?;
     }
     events += swap(store, db, def, &shadow, &key).await?;
     Ok(RebuildReport {
@@ -282,24 +283,9 @@ async fn swap(
             )
         })
         .collect();
+    // The renamed tables keep their indexes, named for this rebuild's generation (the
+    // dropped live tables took the last generation's with them): the swap builds nothing.
     runtime::run_all(&mut tx, renames).await?;
-    // The renamed tables keep their indexes under the shadow's names. PostgreSQL renames
-    // them; SQLite cannot rename an index, so it builds them again under the live names.
-    // Then the indexes the rebuild left for now ([`ProjectorDef::rebuild_indexes`]) are built.
-    let mut indexes: Vec<String> = schema
-        .indexes
-        .iter()
-        .map(|idx| match db.dialect {
-            Dialect::Postgres => format!(
-                "ALTER INDEX IF EXISTS {} RENAME TO {}",
-                idx.bound_name(shadow),
-                idx.bound_name(&live_names)
-            ),
-            Dialect::Sqlite => format!("DROP INDEX IF EXISTS {}", idx.bound_name(shadow)),
-        })
-        .collect();
-    indexes.extend(schema.create_indexes(&live_names));
-    runtime::run_all(&mut tx, indexes).await?;
     set_checkpoint(&mut tx, def.name, at, def.version).await?;
     sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
         .bind(key)

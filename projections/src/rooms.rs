@@ -24,7 +24,8 @@ pub static DEF: ProjectorDef = ProjectorDef {
     description: "my rooms (last message, unread counts) and room message history",
     // 2: bodies and the last message are sealed tokens instead of plaintext.
     // 3: the history's key is the unique index `rm_messages_by_seq`, built after a rebuild.
-    version: 3,
+    // 4: no index by author or by message id.
+    version: 4,
     schema: include_str!("../../migrations/read_models/rooms.sql"),
     bind,
     // The fold never reads the message table; an event it cannot answer (an erasure, a read
@@ -56,7 +57,7 @@ struct Rooms {
 fn bind(n: &Names) -> Arc<dyn Projector> {
     let t = &["rm_rooms", "rm_room_members", "rm_messages"];
     Arc::new(Rooms {
-        names: Names::new(n.suffix(), n.dialect()),
+        names: n.clone(),
         indexed: std::sync::atomic::AtomicBool::new(false),
         batch: BatchSql::new(n),
         carried: std::sync::Mutex::default(),
@@ -84,7 +85,12 @@ fn bind(n: &Names) -> Arc<dyn Projector> {
              WHERE room_id = $1 AND user_id <> $2 AND left_at IS NULL",
             t,
         ),
-        seq_of: n.render("SELECT seq FROM {rm_messages} WHERE room_id = $1 AND message_id = $2", t),
+        // Read markers only move forward, so the newest messages are the likely ones: the
+        // room's key is walked back from its end.
+        seq_of: n.render(
+            "SELECT seq FROM {rm_messages} WHERE room_id = $1 AND message_id = $2 ORDER BY seq DESC LIMIT 1",
+            t,
+        ),
         read: n.render(
             "UPDATE {rm_room_members} SET last_read_seq = $1, \
              unread_count = (SELECT COUNT(*) FROM {rm_messages} m WHERE m.room_id = $2 AND m.seq > $1 AND m.author_id <> $3) \
@@ -96,7 +102,12 @@ fn bind(n: &Names) -> Arc<dyn Projector> {
             t,
         ),
         closed: n.render("UPDATE {rm_rooms} SET closed_at = $1 WHERE room_id = $2", t),
-        erase_bodies: n.render("UPDATE {rm_messages} SET body = NULL WHERE author_id = $1", t),
+        // Authors are members of the rooms they wrote in (membership rows outlive a leave).
+        erase_bodies: n.render(
+            "UPDATE {rm_messages} SET body = NULL WHERE author_id = $1 AND room_id IN \
+             (SELECT room_id FROM {rm_room_members} WHERE user_id = $1)",
+            t,
+        ),
         erase_previews: n.render(
             "UPDATE {rm_rooms} SET last_message_preview = NULL WHERE last_message_author = $1",
             t,
@@ -139,8 +150,8 @@ impl Rooms {
     }
 
     /// Builds the indexes a rebuild left for the swap ([`ProjectorDef::rebuild_indexes`]):
-    /// the per-event statements (an erasure's `WHERE author_id`, a read marker's lookup by
-    /// message id) need them.
+    /// the per-event statements (an erasure's walk through the author's rooms, a read
+    /// marker's lookup in its room) need them.
     async fn build_deferred_indexes(&self, tx: &mut AnyConnection) -> Result<(), ProjectionError> {
         use std::sync::atomic::Ordering;
         if self.indexed.load(Ordering::Acquire) {

@@ -47,7 +47,7 @@ pub async fn ensure_schema(
 }
 
 /// [`ensure_schema`] creating only the indexes `pick` chooses (a rebuild's shadow tables get
-/// the rest at the swap).
+/// the rest before the swap).
 pub(crate) async fn ensure_schema_with(
     db: &ReadDb,
     def: &ProjectorDef,
@@ -66,15 +66,35 @@ pub(crate) async fn ensure_schema_with(
         let stmt = names.render(table.ddl, &[table.base]);
         sqlx::query(sql(&stmt)).execute(&mut *tx).await?;
     }
-    let indexes = schema
-        .indexes
-        .iter()
-        .filter(|idx| pick(idx))
-        .map(|idx| idx.create(names))
-        .collect();
+    let mut indexes = Vec::new();
+    for idx in schema.indexes.iter().filter(|idx| pick(idx)) {
+        // A rebuild's swap leaves the live tables with indexes named for its generation.
+        let existing = index_names(&mut tx, db.dialect, &names.table(idx.table)).await?;
+        if !existing.iter().any(|name| idx.is_named(name)) {
+            indexes.push(idx.create(names));
+        }
+    }
     run_all(&mut tx, indexes).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// The names of the indexes on `table`.
+pub(crate) async fn index_names(
+    tx: &mut sqlx::AnyConnection,
+    dialect: Dialect,
+    table: &str,
+) -> Result<Vec<String>, ProjectionError> {
+    let query = match dialect {
+        Dialect::Sqlite => "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = $1",
+        Dialect::Postgres => {
+            "SELECT indexname::text FROM pg_indexes WHERE tablename = $1 AND schemaname = current_schema()"
+        }
+    };
+    Ok(sqlx::query_scalar(query)
+        .bind(table)
+        .fetch_all(&mut *tx)
+        .await?)
 }
 
 /// Runs generated DDL statements in order inside `tx`.

@@ -148,10 +148,18 @@ impl Index {
         )
     }
 
-    /// The index's name with `names`' suffix: a shadow table's index is named apart from
-    /// the live one (index names are global in both databases).
+    /// The index's name with `names`' index suffix: a shadow table's index is named apart
+    /// from the live one (index names are global in both databases).
     pub fn bound_name(&self, names: &Names) -> String {
-        format!("{}{}", self.name, names.suffix())
+        format!("{}{}", self.name, names.index_suffix())
+    }
+
+    /// True if `existing` is this index under any generation's name (see
+    /// [`Names::generation`]): the live tables carry the names their rebuild built them with.
+    pub fn is_named(&self, existing: &str) -> bool {
+        existing
+            .strip_prefix(self.name)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(crate::GENERATION))
     }
 }
 
@@ -250,7 +258,7 @@ mod tests {
         // tables are then rebuilt from the log at start) and record the new pair here.
         const KNOWN: [(&str, i64, u64); 5] = [
             ("users", 3, 0xae87b3a82854d9b),
-            ("rooms", 3, 0x870e4672cadc593c),
+            ("rooms", 4, 0xdfd4290c52479e87),
             ("calls", 1, 0x42138e5dea3f7a8c),
             ("audit", 2, 0x738c72926178f2bf),
             ("images", 1, 0x668bd94ed07c16a4),
@@ -260,6 +268,30 @@ mod tests {
             .map(|d| (d.name, d.version, fingerprint(d.schema)))
             .collect();
         assert_eq!(found, KNOWN, "a schema changed without a new version");
+    }
+
+    #[test]
+    fn an_index_is_known_under_any_generations_name() {
+        let idx = Index {
+            name: "rm_a_by_n",
+            table: "rm_a",
+            columns: "n",
+            unique: false,
+        };
+        let live = Names::new("", crate::db::Dialect::Sqlite);
+        let shadow = Names::generation("__shadow", 0x1f, crate::db::Dialect::Sqlite);
+        assert_eq!(idx.bound_name(&live), "rm_a_by_n");
+        assert_eq!(idx.bound_name(&shadow), "rm_a_by_n__g1f");
+        assert_eq!(
+            idx.create(&shadow),
+            "CREATE INDEX IF NOT EXISTS rm_a_by_n__g1f ON rm_a__shadow (n)"
+        );
+        for name in ["rm_a_by_n", "rm_a_by_n__g1f"] {
+            assert!(idx.is_named(name), "{name}");
+        }
+        for name in ["rm_a_by_n2", "rm_a_by_n__shadow", "rm_a", "rm_a_by_n_g1"] {
+            assert!(!idx.is_named(name), "{name}");
+        }
     }
 
     #[test]
