@@ -10,7 +10,9 @@
 //!
 //! To explore: `--keep N` and `--readers N` set the rebuild's options
 //! ([`rebuild::RebuildOptions`]), `--no-read` skips the read+decode pass; the time of each
-//! million events applied goes to stderr as the rebuild runs.
+//! million events applied goes to stderr as the rebuild runs. `--logs DIR` (SQLite) keeps
+//! each seeded log as `DIR/log-N.db` and reuses it in later runs, so a rebuild can be run
+//! again over the same log in a fresh process without seeding it again.
 
 #[allow(dead_code)]
 #[path = "../tests/support/pg.rs"]
@@ -64,6 +66,7 @@ fn main() {
         options.readers = readers;
     }
     let read_pass = !args.iter().any(|a| a == "--no-read");
+    let logs = arg(&args, "--logs").map(std::path::PathBuf::from);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -79,7 +82,16 @@ fn main() {
             let dir = tempfile::tempdir().expect("dir");
             let server;
             let url = match backend.as_str() {
-                "sqlite" => format!("sqlite://{}", dir.path().join("bench.db").display()),
+                "sqlite" => {
+                    let file = match &logs {
+                        Some(logs) => {
+                            std::fs::create_dir_all(logs).expect("--logs dir");
+                            logs.join(format!("log-{events}.db"))
+                        }
+                        None => dir.path().join("bench.db"),
+                    };
+                    format!("sqlite://{}", file.display())
+                }
                 "postgres" => {
                     server = pg::TempPostgres::start_with("-c fsync=on");
                     server.url()
@@ -99,8 +111,14 @@ fn main() {
                 seed: 1,
             };
             let t = Instant::now();
-            let seeded = seed(&s, spec, |_, _| {}).await.expect("seed");
-            let seed_secs = t.elapsed().as_secs_f64();
+            let (seeded, seed_secs) = match s.head_position().await.expect("head") {
+                // A kept log (`--logs`): positions are gap-free on SQLite.
+                Some(head) => (head + 1, f64::NAN),
+                None => {
+                    let seeded = seed(&s, spec, |_, _| {}).await.expect("seed");
+                    (seeded, t.elapsed().as_secs_f64())
+                }
+            };
             // The read side alone: the log read with personal fields opened, then decoded
             // into domain events. Every rebuild pays this; it is the floor under the rate.
             let t = Instant::now();
@@ -119,9 +137,16 @@ fn main() {
                     .count() as u64;
             }
             read_rates.push(decoded as f64 / t.elapsed().as_secs_f64().max(1e-9));
-            let db = ReadDb::connect(&read_model_url(&url))
-                .await
-                .expect("read db");
+            let read_url = read_model_url(&url);
+            if let Some(path) = read_url
+                .strip_prefix("sqlite://")
+                .and_then(|p| p.split('?').next())
+            {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{path}{suffix}"));
+                }
+            }
+            let db = ReadDb::connect(&read_url).await.expect("read db");
             let (started, mut lap, mut millions) = (Instant::now(), Instant::now(), 0u64);
             let report = rebuild::rebuild_with(
                 &s,
@@ -152,11 +177,17 @@ fn main() {
         "backend", "events", "seed ev/s", "read+decode ev/s", "rebuild s", "rebuild ev/s"
     );
     for ((name, n, seed_secs, r), read) in rows.iter().zip(&read_rates) {
+        // A kept log (`--logs`) was seeded by an earlier run.
+        let seed_rate = if seed_secs.is_nan() {
+            "kept".to_owned()
+        } else {
+            format!("{:.0}", *n as f64 / seed_secs.max(1e-9))
+        };
         println!(
-            "{:<10} {:>10} {:>12.0} {:>16.0} {:>10.2} {:>14.0}",
+            "{:<10} {:>10} {:>12} {:>16.0} {:>10.2} {:>14.0}",
             name,
             n,
-            *n as f64 / seed_secs.max(1e-9),
+            seed_rate,
             read,
             r.secs,
             r.events as f64 / r.secs.max(1e-9)
