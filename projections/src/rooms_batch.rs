@@ -285,8 +285,9 @@ impl Fold {
         Ok(())
     }
 
-    /// When the fold holds more than `keep` rooms: writes them all and keeps the half most
-    /// recently touched (the others are read again when an event next touches them).
+    /// When the fold holds more than `keep` rooms: writes and forgets all but the half most
+    /// recently touched (those are read again when an event next touches them; the ones kept
+    /// are written when they go in turn, or at the end).
     pub(super) async fn evict(
         &mut self,
         tx: &mut AnyConnection,
@@ -297,20 +298,20 @@ impl Fold {
         if self.rooms.len() <= keep {
             return Ok(());
         }
-        self.flush_messages(tx, q, dialect).await?;
-        write_rooms(tx, q, dialect, self.rooms.iter()).await?;
         let stay = keep / 2;
         if stay == 0 {
-            self.rooms.clear();
-            return Ok(());
+            return self.flush(tx, q, dialect).await;
         }
         let mut ticks: Vec<u64> = self.rooms.values().map(|r| r.touched).collect();
         let at = ticks.len() - stay;
         let (_, oldest_kept, _) = ticks.select_nth_unstable(at);
         let oldest_kept = *oldest_kept;
         // Rooms touched in the same tick as the cut go together (so at most `stay` remain).
-        self.rooms.retain(|_, r| r.touched > oldest_kept);
-        Ok(())
+        let (kept, gone): (HashMap<_, _>, HashMap<_, _>) = std::mem::take(&mut self.rooms)
+            .into_iter()
+            .partition(|(_, r)| r.touched > oldest_kept);
+        self.rooms = kept;
+        write_rooms(tx, q, dialect, gone.iter()).await
     }
 
     /// Writes the fold's new messages only; the rooms and members stay in the fold.
