@@ -79,9 +79,9 @@ async fn a_poison_event_stalls_one_projector_visibly_and_it_resumes_after_the_fi
         .await
         .expect("read db");
     let trigger = format!(
-        "CREATE TRIGGER poison BEFORE INSERT ON rm_messages WHEN NEW.author_id = '{}' \
+        "CREATE TRIGGER poison BEFORE INSERT ON rm_messages WHEN NEW.author_id = X'{}' \
          BEGIN SELECT RAISE(ABORT, 'read model refuses this row'); END",
-        counselor.id
+        counselor.id.0.simple()
     );
     sqlx::query(sqlx::AssertSqlSafe(trigger))
         .execute(&read.pool)
@@ -147,7 +147,7 @@ async fn a_poison_event_stalls_one_projector_visibly_and_it_resumes_after_the_fi
     .await;
     let bodies: Vec<Option<String>> =
         sqlx::query_scalar("SELECT body FROM rm_messages WHERE room_id = $1 ORDER BY seq")
-            .bind(room.to_string())
+            .bind(room.0.as_bytes().to_vec())
             .fetch_all(&read.pool)
             .await
             .expect("messages");

@@ -24,11 +24,13 @@ CREATE TABLE IF NOT EXISTS {rm_room_members} (
     PRIMARY KEY (room_id, user_id)
 );
 
+-- Ids are 16-byte UUIDs ({blob}: BLOB or BYTEA), not 36 characters of text: the table
+-- has a row per message and its key leads with the room.
 CREATE TABLE IF NOT EXISTS {rm_messages} (
-    room_id TEXT NOT NULL,
+    room_id {blob} NOT NULL,
     seq BIGINT NOT NULL,
-    message_id TEXT NOT NULL,
-    author_id TEXT NOT NULL,
+    message_id {blob} NOT NULL,
+    author_id {blob} NOT NULL,
     body TEXT,
     posted_at BIGINT NOT NULL
 );

@@ -235,7 +235,13 @@ impl Names {
     /// Renders a statement template: every `{base}` becomes `base{suffix}`; `{blob}` and
     /// `{bigint}` become the dialect's types.
     pub fn render(&self, template: &str, bases: &[&str]) -> Sql {
-        let mut s = template.replace("{bigint}", "BIGINT");
+        let blob = match self.dialect {
+            Dialect::Sqlite => "BLOB",
+            Dialect::Postgres => "BYTEA",
+        };
+        let mut s = template
+            .replace("{bigint}", "BIGINT")
+            .replace("{blob}", blob);
         for base in bases {
             s = s.replace(&format!("{{{base}}}"), &format!("{base}{}", self.suffix));
         }

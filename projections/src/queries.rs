@@ -318,6 +318,19 @@ pub struct Message {
     pub posted_at: DateTime<Utc>,
 }
 
+/// The id stored as 16 bytes in column `i`, as text.
+fn id_text(row: &sqlx::any::AnyRow, i: usize) -> Result<String, ProjectionError> {
+    let bytes: Vec<u8> = row.try_get(i)?;
+    uuid::Uuid::from_slice(&bytes)
+        .map(|id| id.to_string())
+        .map_err(|e| {
+            ProjectionError::Database(sqlx::Error::ColumnDecode {
+                index: i.to_string(),
+                source: Box::new(e),
+            })
+        })
+}
+
 /// A page of a room's messages, newest first, older than the cursor `before`.
 pub async fn messages(
     db: &ReadDb,
@@ -334,11 +347,18 @@ pub async fn messages(
         None => i64::MAX,
     };
     let limit = limit.clamp(1, MAX_PAGE);
+    // The message table keeps ids as 16 bytes; what is not a UUID names no room.
+    let Ok(room) = uuid::Uuid::parse_str(room_id) else {
+        return Ok(Page {
+            items: Vec::new(),
+            next_cursor: None,
+        });
+    };
     let rows = sqlx::query(
         "SELECT seq, message_id, author_id, body, posted_at FROM rm_messages \
          WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
     )
-    .bind(room_id)
+    .bind(room.as_bytes().as_slice())
     .bind(before)
     .bind(limit + 1)
     .fetch_all(&db.pool)
@@ -348,8 +368,8 @@ pub async fn messages(
         .map(|r| {
             Ok(Message {
                 seq: r.try_get(0)?,
-                message_id: r.try_get(1)?,
-                author_id: r.try_get(2)?,
+                message_id: id_text(&r, 1)?,
+                author_id: id_text(&r, 2)?,
                 body: r.try_get(3)?,
                 posted_at: time(r.try_get(4)?),
             })

@@ -6,7 +6,7 @@
 //! a preview when a query opens it.
 
 use super::db::{Sql, sql};
-use super::rooms_batch::{BatchSql, Fold};
+use super::rooms_batch::{BatchSql, Fold, parse_id};
 use super::{Decoded, Names, Projected, ProjectionError, Projector, ProjectorDef, micros};
 use async_trait::async_trait;
 use neulbi_domain::chat_room::RoomEvent;
@@ -25,7 +25,8 @@ pub static DEF: ProjectorDef = ProjectorDef {
     // 2: bodies and the last message are sealed tokens instead of plaintext.
     // 3: the history's key is the unique index `rm_messages_by_seq`, built after a rebuild.
     // 4: no index by author or by message id.
-    version: 4,
+    // 5: the message table's ids are 16 bytes.
+    version: 5,
     schema: include_str!("../../migrations/read_models/rooms.sql"),
     bind,
     // The fold never reads the message table; an event it cannot answer (an erasure, a read
@@ -50,6 +51,7 @@ struct Rooms {
     read: Sql,
     left: Sql,
     closed: Sql,
+    rooms_of: Sql,
     erase_bodies: Sql,
     erase_previews: Sql,
 }
@@ -91,9 +93,10 @@ fn bind(n: &Names) -> Arc<dyn Projector> {
             "SELECT seq FROM {rm_messages} WHERE room_id = $1 AND message_id = $2 ORDER BY seq DESC LIMIT 1",
             t,
         ),
+        // $2 and $3 are the room and reader as text, $4 and $5 as the message table's bytes.
         read: n.render(
             "UPDATE {rm_room_members} SET last_read_seq = $1, \
-             unread_count = (SELECT COUNT(*) FROM {rm_messages} m WHERE m.room_id = $2 AND m.seq > $1 AND m.author_id <> $3) \
+             unread_count = (SELECT COUNT(*) FROM {rm_messages} m WHERE m.room_id = $4 AND m.seq > $1 AND m.author_id <> $5) \
              WHERE room_id = $2 AND user_id = $3 AND last_read_seq < $1",
             t,
         ),
@@ -102,10 +105,11 @@ fn bind(n: &Names) -> Arc<dyn Projector> {
             t,
         ),
         closed: n.render("UPDATE {rm_rooms} SET closed_at = $1 WHERE room_id = $2", t),
-        // Authors are members of the rooms they wrote in (membership rows outlive a leave).
+        // Authors are members of the rooms they wrote in (membership rows outlive a leave):
+        // an erasure blanks their messages room by room.
+        rooms_of: n.render("SELECT room_id FROM {rm_room_members} WHERE user_id = $1", t),
         erase_bodies: n.render(
-            "UPDATE {rm_messages} SET body = NULL WHERE author_id = $1 AND room_id IN \
-             (SELECT room_id FROM {rm_room_members} WHERE user_id = $1)",
+            "UPDATE {rm_messages} SET body = NULL WHERE room_id = $1 AND author_id = $2",
             t,
         ),
         erase_previews: n.render(
@@ -264,10 +268,10 @@ impl Projector for Rooms {
                     .execute(&mut *tx)
                     .await?;
                 sqlx::query(sql(&self.post_message))
-                    .bind(&room)
+                    .bind(e.stream.id().as_bytes().as_slice())
                     .bind(seq)
-                    .bind(message_id.to_string())
-                    .bind(author.to_string())
+                    .bind(message_id.as_uuid().as_bytes().as_slice())
+                    .bind(author.as_uuid().as_bytes().as_slice())
                     .bind(body)
                     .bind(micros(*at))
                     .execute(&mut *tx)
@@ -280,8 +284,8 @@ impl Projector for Rooms {
             }
             Decoded::Room(RoomEvent::MessageRead { reader, up_to, .. }) => {
                 let seq: Option<i64> = sqlx::query_scalar(sql(&self.seq_of))
-                    .bind(&room)
-                    .bind(up_to.to_string())
+                    .bind(e.stream.id().as_bytes().as_slice())
+                    .bind(up_to.as_uuid().as_bytes().as_slice())
                     .fetch_optional(&mut *tx)
                     .await?;
                 if let Some(seq) = seq {
@@ -289,6 +293,8 @@ impl Projector for Rooms {
                         .bind(seq)
                         .bind(&room)
                         .bind(reader.to_string())
+                        .bind(e.stream.id().as_bytes().as_slice())
+                        .bind(reader.as_uuid().as_bytes().as_slice())
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -311,10 +317,18 @@ impl Projector for Rooms {
             Decoded::User(UserEvent::Erased { .. }) => {
                 // The log already reads erased; the plaintext copies here must go too.
                 let user = e.stream.id().to_string();
-                sqlx::query(sql(&self.erase_bodies))
+                let rooms: Vec<String> = sqlx::query_scalar(sql(&self.rooms_of))
                     .bind(&user)
-                    .execute(&mut *tx)
+                    .fetch_all(&mut *tx)
                     .await?;
+                for room in rooms {
+                    let room = parse_id(&room, 0)?;
+                    sqlx::query(sql(&self.erase_bodies))
+                        .bind(room.as_bytes().as_slice())
+                        .bind(e.stream.id().as_bytes().as_slice())
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 sqlx::query(sql(&self.erase_previews))
                     .bind(&user)
                     .execute(&mut *tx)

@@ -328,10 +328,10 @@ impl Fold {
         );
         insert_rows(tx, dialect, &into, 6, "", &messages, |query, m| {
             query
-                .bind(m.room.to_string())
+                .bind(m.room.as_bytes().as_slice())
                 .bind(m.seq)
-                .bind(m.id.to_string())
-                .bind(m.author.to_string())
+                .bind(m.id.0.as_bytes().as_slice())
+                .bind(m.author.0.as_bytes().as_slice())
                 .bind(m.body.as_deref())
                 .bind(m.at)
         })
@@ -398,7 +398,8 @@ fn optional_id_in(row: &sqlx::any::AnyRow, i: usize) -> Result<Option<Uuid>, Pro
     text.map(|t| parse_id(&t, i)).transpose()
 }
 
-fn parse_id(text: &str, i: usize) -> Result<Uuid, ProjectionError> {
+/// An id read back as text (column `i`), as a UUID.
+pub(super) fn parse_id(text: &str, i: usize) -> Result<Uuid, ProjectionError> {
     Uuid::parse_str(text).map_err(|e| {
         ProjectionError::Database(sqlx::Error::ColumnDecode {
             index: i.to_string(),

@@ -7,7 +7,7 @@
 //! `version`, rebuilt from the log, never an `ALTER` of rows that may hold old tokens. Each
 //! file holds `CREATE TABLE IF NOT EXISTS {base} (...)` and
 //! `CREATE [UNIQUE] INDEX IF NOT EXISTS name ON {base} (columns)` statements, one dialect for
-//! both databases (`BIGINT`, `TEXT`).
+//! both databases (`BIGINT`, `TEXT`, and `{blob}` for bytes: `BLOB` or `BYTEA`).
 
 use crate::Names;
 use thiserror::Error;
@@ -258,7 +258,7 @@ mod tests {
         // tables are then rebuilt from the log at start) and record the new pair here.
         const KNOWN: [(&str, i64, u64); 5] = [
             ("users", 3, 0xae87b3a82854d9b),
-            ("rooms", 4, 0xdfd4290c52479e87),
+            ("rooms", 5, 0xa855613e2ecfbd95),
             ("calls", 1, 0x42138e5dea3f7a8c),
             ("audit", 2, 0x738c72926178f2bf),
             ("images", 1, 0x668bd94ed07c16a4),
@@ -268,6 +268,21 @@ mod tests {
             .map(|d| (d.name, d.version, fingerprint(d.schema)))
             .collect();
         assert_eq!(found, KNOWN, "a schema changed without a new version");
+    }
+
+    #[test]
+    fn types_follow_the_dialect() {
+        let template = "CREATE TABLE IF NOT EXISTS {rm_a} (id {blob}, n {bigint})";
+        let sqlite = Names::new("", crate::db::Dialect::Sqlite).render(template, &["rm_a"]);
+        let pg = Names::new("__shadow", crate::db::Dialect::Postgres).render(template, &["rm_a"]);
+        assert_eq!(
+            &*sqlite,
+            "CREATE TABLE IF NOT EXISTS rm_a (id BLOB, n BIGINT)"
+        );
+        assert_eq!(
+            &*pg,
+            "CREATE TABLE IF NOT EXISTS rm_a__shadow (id BYTEA, n BIGINT)"
+        );
     }
 
     #[test]
