@@ -97,6 +97,20 @@ pub(crate) async fn index_names(
         .await?)
 }
 
+/// Empties a SQLite read model's WAL ([`neulbi_store::sqlite::truncate_wal`]); one that
+/// stays blocked is logged as an error, since the old page images then stay in the WAL until
+/// it is written over.
+async fn truncate_wal(db: &ReadDb) -> Result<(), ProjectionError> {
+    let truncated = neulbi_store::sqlite::truncate_wal(neulbi_store::sqlite::TRUNCATE_WAIT, || {
+        sqlx::query_scalar::<_, i64>("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(&db.pool)
+    })
+    .await?;
+    if !truncated {
+        tracing::error!("read-model WAL not emptied: another checkpoint kept running");
+    }
+    Ok(())
+}
+
 /// Runs generated DDL statements in order inside `tx`.
 pub(crate) async fn run_all(
     tx: &mut sqlx::AnyConnection,
@@ -305,9 +319,7 @@ pub async fn step(
         }
         if db.dialect == Dialect::Sqlite && events.iter().any(|e| e.event.event_type == "Erased") {
             // The scrubbed rows' old page images must not linger in the WAL file.
-            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                .execute(&db.pool)
-                .await?;
+            truncate_wal(db).await?;
         }
         Ok(Batch::Applied(events.len()))
     }
@@ -473,9 +485,7 @@ pub async fn prepare(db: &ReadDb) -> Result<(), ProjectionError> {
                 // An older shape may have held plaintext (before version 2 of `users` and
                 // `rooms`): with secure_delete the freed pages are zeroed, and the WAL that
                 // still holds them is emptied.
-                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                    .execute(&db.pool)
-                    .await?;
+                truncate_wal(db).await?;
             }
         }
         ensure_schema(db, def, &names).await?;

@@ -55,9 +55,17 @@ pub async fn erase_user(
 /// `secure_delete`, and a truncating checkpoint drops old page images from the WAL.
 pub(crate) async fn scrub_free_space(database: &Database) -> Result<(), crate::store::StoreError> {
     if let Database::Sqlite(pool) = database {
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(pool)
+        let truncated =
+            crate::store::sqlite::truncate_wal(crate::store::sqlite::TRUNCATE_WAIT, || {
+                sqlx::query_scalar::<_, i64>("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(pool)
+            })
             .await?;
+        if !truncated {
+            // The erasure itself stands; running it again scrubs again.
+            return Err(crate::store::StoreError::Unavailable(
+                "the WAL could not be emptied of old page images (a checkpoint kept running); erase again".into(),
+            ));
+        }
     }
     Ok(())
 }

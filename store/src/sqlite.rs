@@ -139,6 +139,33 @@ async fn checkpoint_loop(mut conn: SqliteConnection, restart_frames: i64) {
     }
 }
 
+/// How long a truncating checkpoint keeps trying while another checkpoint holds SQLite's
+/// checkpoint lock (the store's checkpointer runs one twice a second; a read-model commit
+/// may run one too).
+pub const TRUNCATE_WAIT: Duration = Duration::from_secs(5);
+
+/// Runs `attempt` — one `PRAGMA wal_checkpoint(TRUNCATE)`, answering the first column of its
+/// row — until it reports the WAL emptied (0), for at most `wait`. Returns false if it never
+/// did. SQLite does not wait for a checkpoint already running (not even with a busy
+/// timeout): it answers 1 at once, so a single try can leave the WAL, and the old page
+/// images in it, where they were.
+pub async fn truncate_wal<E, F, Fut>(wait: Duration, mut attempt: F) -> Result<bool, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<i64, E>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if attempt().await? == 0 {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// How much of the log a reader maps: all of it, in practice (see `SqliteStore::open`).
 /// SQLite silently caps it at `SQLITE_MAX_MMAP_SIZE`, which `.cargo/config.toml` raises to
 /// this for every build from the repository.
@@ -438,5 +465,30 @@ impl SqliteCommitter {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_blocked_truncation_is_tried_again_until_it_is_done_or_time_is_up() {
+        let mut answers = vec![1, 1, 0].into_iter();
+        let done = truncate_wal(TRUNCATE_WAIT, || {
+            let busy = answers.next().unwrap_or(0);
+            async move { Ok::<_, ()>(busy) }
+        })
+        .await;
+        assert_eq!(done, Ok(true));
+        assert_eq!(answers.next(), None, "three tries");
+
+        let started = tokio::time::Instant::now();
+        let done = truncate_wal(Duration::from_secs(1), || async { Ok::<_, ()>(1) }).await;
+        assert_eq!(done, Ok(false));
+        assert!(started.elapsed() >= Duration::from_secs(1));
+
+        let failed = truncate_wal(TRUNCATE_WAIT, || async { Err::<i64, _>("gone") }).await;
+        assert_eq!(failed, Err("gone"));
     }
 }
