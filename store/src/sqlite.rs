@@ -88,6 +88,24 @@ const RESTART_WAIT: Duration = Duration::from_millis(200);
 /// finishing.
 const RESTART_BACKOFF: Duration = Duration::from_secs(2);
 
+/// Starts [`checkpoint_loop`] on a connection of its own to the database `options` open
+/// (already in WAL mode): commits on connections with `wal_autocheckpoint=0` then never
+/// copy the WAL back themselves. It runs until the handle is aborted.
+pub async fn spawn_checkpointer(
+    options: &SqliteConnectOptions,
+    restart_bytes: u64,
+) -> Result<tokio::task::JoinHandle<()>, sqlx::Error> {
+    // Waits at most RESTART_WAIT for a lock.
+    let mut conn =
+        SqliteConnection::connect_with(&options.clone().busy_timeout(RESTART_WAIT)).await?;
+    let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(&mut conn)
+        .await?;
+    let page_size = u64::try_from(page_size).unwrap_or(4096).max(512);
+    let restart_frames = i64::try_from(restart_bytes / page_size).unwrap_or(i64::MAX);
+    Ok(tokio::spawn(checkpoint_loop(conn, restart_frames)))
+}
+
 /// Copies the WAL back into the database file twice a second, off the commit path. PASSIVE
 /// never blocks the writer or readers; it does what it can and tries again next time.
 ///
@@ -208,15 +226,7 @@ impl SqliteStore {
         if migrate {
             MIGRATOR.run(&readers).await?;
         }
-        // The checkpointer's own connection, which waits at most RESTART_WAIT for a lock.
-        let checkpointer_conn =
-            SqliteConnection::connect_with(&options.clone().busy_timeout(RESTART_WAIT)).await?;
-        let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
-            .fetch_one(&readers)
-            .await?;
-        let page_size = u64::try_from(page_size).unwrap_or(4096).max(512);
-        let restart_frames =
-            i64::try_from(limits.wal_restart_bytes / page_size).unwrap_or(i64::MAX);
+        let checkpointer = spawn_checkpointer(&options, limits.wal_restart_bytes).await?;
         // The writer never checkpoints inline: a checkpoint syncs the database file and would
         // stall the commit that triggers it. A background task checkpoints instead.
         let writer_options = options.clone().pragma("wal_autocheckpoint", "0");
@@ -231,7 +241,6 @@ impl SqliteStore {
             head: None,
         };
         let writer = GroupCommit::start("sqlite", committer, limits, head_tx.clone());
-        let checkpointer = tokio::spawn(checkpoint_loop(checkpointer_conn, restart_frames));
         Ok(Self {
             inner: Arc::new(Inner {
                 readers: SqlReader::new(readers, head_tx),
