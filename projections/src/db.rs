@@ -7,8 +7,8 @@
 //! competes with appends for the log's write lock.
 
 use neulbi_store::DataKeys;
+use sqlx::AnyPool;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Executor};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +54,17 @@ impl std::fmt::Debug for ReadDb {
             .field("keys", &self.keys.is_some())
             .finish_non_exhaustive()
     }
+}
+
+/// Column `i` held a value its type cannot be read from (an id that is not a UUID).
+pub(crate) fn undecodable(
+    i: usize,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> crate::ProjectionError {
+    crate::ProjectionError::Database(sqlx::Error::ColumnDecode {
+        index: i.to_string(),
+        source: Box::new(e),
+    })
 }
 
 /// A prebuilt statement: built once per projector instance (table names vary by suffix
@@ -113,13 +124,16 @@ impl ReadDb {
                         // 64 MiB per connection (and statement journals in memory) keeps a
                         // batch's B-tree pages from spilling to the WAL mid-transaction. No
                         // commit checkpoints: a background task does (see `connect`).
-                        conn.execute(
+                        // The WAL file is cut back to what the checkpointer restarts at.
+                        let pragmas = format!(
                             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
                              PRAGMA busy_timeout=10000; PRAGMA secure_delete=ON; \
                              PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY; \
-                             PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=67108864;",
-                        )
-                        .await?;
+                             PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit={WAL_RESTART_BYTES};"
+                        );
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(pragmas))
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 })
@@ -167,6 +181,21 @@ mod tests {
         let db = ReadDb::connect(&format!("sqlite://{}?mode=rwc", file.display()))
             .await
             .expect("connect");
+        let mut conn = db.pool.acquire().await.expect("connection");
+        for (pragma, expected) in [
+            ("wal_autocheckpoint", 0),
+            (
+                "journal_size_limit",
+                i64::try_from(super::WAL_RESTART_BYTES).expect("fits"),
+            ),
+        ] {
+            let value: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("PRAGMA {pragma}")))
+                .fetch_one(&mut *conn)
+                .await
+                .expect("pragma");
+            assert_eq!(value, expected, "{pragma}");
+        }
+        drop(conn);
         sqlx::query("CREATE TABLE t (b BLOB)")
             .execute(&db.pool)
             .await

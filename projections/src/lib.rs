@@ -256,11 +256,6 @@ impl Names {
         format!("{base}{}", self.suffix)
     }
 
-    /// The suffix in use.
-    pub fn suffix(&self) -> &str {
-        &self.suffix
-    }
-
     /// The dialect in use.
     pub fn dialect(&self) -> Dialect {
         self.dialect

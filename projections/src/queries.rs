@@ -323,12 +323,7 @@ fn id_text(row: &sqlx::any::AnyRow, i: usize) -> Result<String, ProjectionError>
     let bytes: Vec<u8> = row.try_get(i)?;
     uuid::Uuid::from_slice(&bytes)
         .map(|id| id.to_string())
-        .map_err(|e| {
-            ProjectionError::Database(sqlx::Error::ColumnDecode {
-                index: i.to_string(),
-                source: Box::new(e),
-            })
-        })
+        .map_err(|e| super::db::undecodable(i, e))
 }
 
 /// A page of a room's messages, newest first, older than the cursor `before`.

@@ -11,7 +11,7 @@
 //! allows (the least recently touched go) and once at the end. Nothing in the fold reads
 //! the message table, so a rebuild appends message rows with no index to keep up to date.
 
-use super::db::{Dialect, Sql, sql};
+use super::db::{Dialect, Sql, sql, undecodable};
 use super::{Names, ProjectionError, micros};
 use neulbi_domain::chat_room::RoomEvent;
 use neulbi_domain::ids::{MessageId, UserId};
@@ -307,11 +307,11 @@ impl Fold {
         let (_, oldest_kept, _) = ticks.select_nth_unstable(at);
         let oldest_kept = *oldest_kept;
         // Rooms touched in the same tick as the cut go together (so at most `stay` remain).
-        let (kept, gone): (HashMap<_, _>, HashMap<_, _>) = std::mem::take(&mut self.rooms)
-            .into_iter()
-            .partition(|(_, r)| r.touched > oldest_kept);
-        self.rooms = kept;
-        write_rooms(tx, q, dialect, gone.iter()).await
+        let gone: Vec<(Uuid, RoomState)> = self
+            .rooms
+            .extract_if(|_, r| r.touched <= oldest_kept)
+            .collect();
+        write_rooms(tx, q, dialect, gone.iter().map(|(id, state)| (id, state))).await
     }
 
     /// Writes the fold's new messages only; the rooms and members stay in the fold.
@@ -400,12 +400,7 @@ fn optional_id_in(row: &sqlx::any::AnyRow, i: usize) -> Result<Option<Uuid>, Pro
 
 /// An id read back as text (column `i`), as a UUID.
 pub(super) fn parse_id(text: &str, i: usize) -> Result<Uuid, ProjectionError> {
-    Uuid::parse_str(text).map_err(|e| {
-        ProjectionError::Database(sqlx::Error::ColumnDecode {
-            index: i.to_string(),
-            source: Box::new(e),
-        })
-    })
+    Uuid::parse_str(text).map_err(|e| undecodable(i, e))
 }
 
 /// Upserts the room and member rows of `rooms`.
