@@ -454,6 +454,56 @@ mod cases {
         assert_eq!(per_stream.len(), WRITERS as usize + 1);
     }
 
+    /// A subscriber that stops reading while the log moves on by more than a writer keeps
+    /// in memory (the recent commits live readers are served from) still gets every event,
+    /// in order, from the database; a live subscriber meanwhile misses nothing either.
+    pub async fn a_slow_subscriber_falls_back_to_the_database(b: &Backend) {
+        const APPENDS: u64 = 24;
+        const PER_APPEND: u64 = 1000;
+        let start = start_position(b).await;
+        let mut slow = b.store.subscribe_all(start);
+        let live = b.store.subscribe_all(start);
+        let s = room();
+        // The slow one takes its first event, then nothing until the writers are done.
+        let first = b
+            .store
+            .append(&s, ExpectedVersion::NoStream, vec![ev(0)])
+            .await
+            .expect("first");
+        let got = tokio::time::timeout(Duration::from_secs(10), slow.next())
+            .await
+            .expect("first event in time")
+            .expect("open")
+            .expect("event");
+        assert_eq!(got.position, first.first_position);
+        let writer = {
+            let store = b.store.clone();
+            tokio::spawn(async move {
+                for i in 0..APPENDS {
+                    let events = (0..PER_APPEND).map(|n| ev(i * PER_APPEND + n)).collect();
+                    store
+                        .append(&s, ExpectedVersion::Exact(i * PER_APPEND), events)
+                        .await
+                        .expect("append");
+                }
+            })
+        };
+        let total = (1 + APPENDS * PER_APPEND) as usize;
+        let live_seen = collect_where(live, |e| e.stream == s, total, 120).await;
+        writer.await.expect("writer");
+        let mut versions = vec![got.version];
+        versions.extend(
+            collect_where(slow, |e| e.stream == s, total - 1, 120)
+                .await
+                .iter()
+                .map(|e| e.version),
+        );
+        let expected: Vec<u64> = (0..total as u64).collect();
+        assert_eq!(versions, expected, "the slow subscriber");
+        let live_versions: Vec<u64> = live_seen.iter().map(|e| e.version).collect();
+        assert_eq!(live_versions, expected, "the live subscriber");
+    }
+
     pub async fn concurrent_conflicting_appends_admit_one(b: &Backend) {
         let s = room();
         b.store
@@ -568,13 +618,14 @@ mod cases {
             .expect("append");
         b.execute_raw("UPDATE events SET data = '{not json' WHERE position = 1")
             .await;
-        let err = b.store.read_all(0, 10).await.expect_err("corrupt");
+        // Another instance reads the rows (this one still holds its commit in memory).
+        let reader = b.open_again().await;
+        let err = reader.read_all(0, 10).await.expect_err("corrupt");
         assert!(
             matches!(err, StoreError::Corrupt { position: 1, .. }),
             "{err}"
         );
-        let err = b
-            .store
+        let err = reader
             .read_stream(&s, 0, Direction::Forward, 10)
             .await
             .expect_err("corrupt");
@@ -584,13 +635,14 @@ mod cases {
         );
         b.execute_raw("UPDATE events SET data = '{}', stream = 'bogus' WHERE position = 1")
             .await;
-        let err = b.store.read_all(1, 10).await.expect_err("bad stream");
+        let err = reader.read_all(1, 10).await.expect_err("bad stream");
         assert!(
             matches!(err, StoreError::Corrupt { position: 1, .. }),
             "{err}"
         );
         // The healthy row before it still reads.
-        assert_eq!(b.store.read_all(0, 1).await.expect("healthy").len(), 1);
+        assert_eq!(reader.read_all(0, 1).await.expect("healthy").len(), 1);
+        reader.close().await;
     }
 
     /// KurrentDB has no rows to corrupt: another client writes an event Neulbi did not
@@ -823,6 +875,7 @@ contract!(
     batches_are_atomic_and_bounded,
     global_order_is_gap_free,
     concurrent_writers_and_a_live_subscriber,
+    a_slow_subscriber_falls_back_to_the_database,
     concurrent_conflicting_appends_admit_one,
     subscription_resumes_from_a_checkpoint,
     another_instance_sees_commits,

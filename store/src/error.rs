@@ -65,6 +65,9 @@ pub enum StoreError {
     /// The database reported an error or could not be reached.
     #[error("database error: {0}")]
     Database(sqlx::Error),
+    /// The SQLite log's writer (a plain connection, not sqlx) reported an error.
+    #[error("database error: {0}")]
+    Sqlite(rusqlite::Error),
 }
 
 // Not `#[from]`: the driver's message is already in our Display, and marking it as the

@@ -7,14 +7,19 @@
 //! because the batch is *planned* (versions checked, positions assigned) before any row is
 //! written, and rejected appends contribute no rows.
 
-use super::{EventData, ExpectedVersion, StoreError, StoreLimits, model::AppendResult};
+use super::recent::Recent;
+use super::{
+    EventData, ExpectedVersion, RecordedEvent, StoreError, StoreLimits, model::AppendResult,
+};
 use crate::metrics::{label, metrics};
 use async_trait::async_trait;
+use chrono::DateTime;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use neulbi_domain::StreamName;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -28,6 +33,27 @@ pub(crate) struct SerializedEvent {
     pub metadata: String,
     /// The original commit time of an imported event (microseconds).
     pub recorded_at: Option<i64>,
+    /// `data` and `metadata` as the caller gave them: the commit hands its events to
+    /// [`Recent`] without parsing the text back.
+    pub value: serde_json::Value,
+    pub meta: super::Metadata,
+}
+
+#[cfg(test)]
+impl SerializedEvent {
+    /// An event with empty data and metadata, for tests of the writers.
+    pub(crate) fn empty(event_id: Uuid, event_type: &str) -> Self {
+        Self {
+            event_id,
+            event_type: event_type.into(),
+            schema_version: 1,
+            data: "{}".into(),
+            metadata: "{}".into(),
+            recorded_at: None,
+            value: serde_json::json!({}),
+            meta: Default::default(),
+        }
+    }
 }
 
 /// One caller's append as the writer sees it.
@@ -62,6 +88,8 @@ pub(crate) struct Plan {
     pub results: Vec<Result<AppendResult, StoreError>>,
     /// The log's head after the batch commits.
     pub head: Option<u64>,
+    /// The commit time of the batch's events (microseconds; imports keep their own).
+    pub recorded_at: i64,
 }
 
 /// Checks every request of a batch against the stored state and assigns positions and
@@ -72,6 +100,7 @@ pub(crate) fn plan(
     head: Option<u64>,
     mut versions: HashMap<String, u64>,
     mut existing: HashMap<Uuid, StoredId>,
+    recorded_at: i64,
 ) -> Plan {
     let mut next_position = head.map_or(0, |h| h + 1);
     let mut rows = Vec::new();
@@ -140,6 +169,7 @@ pub(crate) fn plan(
         rows,
         results,
         head: next_position.checked_sub(1),
+        recorded_at,
     }
 }
 
@@ -214,6 +244,8 @@ pub(crate) fn prepare(
             data,
             metadata,
             recorded_at: e.recorded_at.map(|t| t.timestamp_micros()),
+            value: e.data,
+            meta: e.metadata,
         });
     }
     Ok(AppendRequest {
@@ -237,10 +269,11 @@ struct Pending {
     span: tracing::Span,
 }
 
-/// The queue in front of the writer task, shared by all callers of one store.
+/// The queue in front of the writer, shared by all callers of one store.
 pub(crate) struct GroupCommit {
     sender: RwLock<Option<mpsc::Sender<Pending>>>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    /// Resolves when the writer has answered its last append and stopped.
+    done: Mutex<Option<BoxFuture<'static, ()>>>,
     limits: StoreLimits,
 }
 
@@ -250,15 +283,43 @@ impl GroupCommit {
         backend: &'static str,
         committer: C,
         limits: StoreLimits,
-        head: watch::Sender<Option<u64>>,
+        out: Committed,
     ) -> Self {
         let (tx, rx) = mpsc::channel(limits.max_group_commit * 4);
-        let task = tokio::spawn(run(backend, committer, rx, limits.max_group_commit, head));
+        let task = tokio::spawn(run(backend, committer, rx, limits.max_group_commit, out));
         Self {
             sender: RwLock::new(Some(tx)),
-            task: Mutex::new(Some(task)),
+            done: Mutex::new(Some(task.map(|_| ()).boxed())),
             limits,
         }
+    }
+
+    /// Starts the writer on an OS thread of its own, for a committer that never waits on
+    /// anything but its database (a synchronous SQLite connection): an append then costs two
+    /// thread wake-ups (to the writer and back), not one per statement through a driver's
+    /// worker, and the writer never competes with the runtime's tasks for a worker thread.
+    pub fn start_on_thread<C: Committer>(
+        backend: &'static str,
+        committer: C,
+        limits: StoreLimits,
+        out: Committed,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel(limits.max_group_commit * 4);
+        let (stopped, done) = oneshot::channel();
+        let max_batch = limits.max_group_commit;
+        std::thread::Builder::new()
+            .name(format!("{backend}-writer"))
+            .spawn(move || {
+                // The committer's futures complete without yielding; the thread parks only
+                // while the queue is empty.
+                futures::executor::block_on(run(backend, committer, rx, max_batch, out));
+                let _ = stopped.send(());
+            })?;
+        Ok(Self {
+            sender: RwLock::new(Some(tx)),
+            done: Mutex::new(Some(done.map(|_| ()).boxed())),
+            limits,
+        })
     }
 
     /// A backend's `append`: validates, queues, waits for the commit, all in an `append`
@@ -328,10 +389,51 @@ impl GroupCommit {
         if let Ok(mut s) = self.sender.write() {
             s.take();
         }
-        let task = self.task.lock().ok().and_then(|mut t| t.take());
-        if let Some(task) = task {
-            let _ = task.await;
+        let done = self.done.lock().ok().and_then(|mut t| t.take());
+        if let Some(done) = done {
+            done.await;
         }
+    }
+}
+
+/// Where a writer tells what it committed: the head announcements and the recent events.
+#[derive(Clone)]
+pub(crate) struct Committed {
+    pub head: watch::Sender<Option<u64>>,
+    pub recent: Arc<Recent>,
+}
+
+impl Committed {
+    /// Hands a committed plan's events to [`Recent`] (taking their values out of `batch`),
+    /// then announces the new head: a reader woken by the announcement finds them there.
+    fn publish(&self, batch: &mut [AppendRequest], plan: &Plan) {
+        if !plan.rows.is_empty() {
+            let events = plan
+                .rows
+                .iter()
+                .filter_map(|row| {
+                    let req = batch.get_mut(row.req)?;
+                    let stream = req.stream;
+                    let e = req.events.get_mut(row.ev)?;
+                    Some(RecordedEvent {
+                        position: row.position,
+                        stream,
+                        version: row.version,
+                        event_id: e.event_id,
+                        event_type: std::mem::take(&mut e.event_type),
+                        schema_version: e.schema_version,
+                        data: e.value.take(),
+                        metadata: std::mem::take(&mut e.meta),
+                        recorded_at: DateTime::from_timestamp_micros(
+                            e.recorded_at.unwrap_or(plan.recorded_at),
+                        )
+                        .unwrap_or_default(),
+                    })
+                })
+                .collect();
+            self.recent.push(events);
+        }
+        publish_head(&self.head, plan.head);
     }
 }
 
@@ -340,12 +442,12 @@ async fn run<C: Committer>(
     mut committer: C,
     mut rx: mpsc::Receiver<Pending>,
     max_batch: usize,
-    head: watch::Sender<Option<u64>>,
+    out: Committed,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut batch, max_batch).await > 0 {
         let group = batch.len();
-        let (requests, replies): (Vec<_>, Vec<_>) = batch
+        let (mut requests, replies): (Vec<_>, Vec<_>) = batch
             .drain(..)
             .map(|p| {
                 p.span.record("group_size", group);
@@ -365,7 +467,7 @@ async fn run<C: Committer>(
         );
         match outcome {
             Ok(plan) => {
-                publish_head(&head, plan.head);
+                out.publish(&mut requests, &plan);
                 for (reply, result) in replies.into_iter().zip(plan.results) {
                     let _ = reply.send(result);
                 }
@@ -375,10 +477,10 @@ async fn run<C: Committer>(
                 // plan could not foresee); commit each alone so the others still land.
                 tracing::warn!(parent: &span, error = %err, "group commit failed; retrying appends one by one");
                 for (request, reply) in requests.into_iter().zip(replies) {
-                    let single = std::slice::from_ref(&request);
-                    let result = match committer.commit(single).await {
+                    let mut single = [request];
+                    let result = match committer.commit(&single).await {
                         Ok(mut plan) => {
-                            publish_head(&head, plan.head);
+                            out.publish(&mut single, &plan);
                             plan.results.pop().unwrap_or(Err(StoreError::Closed))
                         }
                         Err(e) => Err(e),
@@ -444,14 +546,7 @@ mod tests {
             expected,
             events: ids
                 .iter()
-                .map(|&id| SerializedEvent {
-                    event_id: Uuid::from_u128(id),
-                    event_type: "T".into(),
-                    schema_version: 1,
-                    data: "{}".into(),
-                    metadata: "{}".into(),
-                    recorded_at: None,
-                })
+                .map(|&id| SerializedEvent::empty(Uuid::from_u128(id), "T"))
                 .collect(),
         }
     }
@@ -465,7 +560,7 @@ mod tests {
             req(b, ExpectedVersion::Exact(3), &[12]),
             req(a, ExpectedVersion::Exact(1), &[13]),
         ];
-        let plan = plan(&batch, Some(4), HashMap::new(), HashMap::new());
+        let plan = plan(&batch, Some(4), HashMap::new(), HashMap::new(), 0);
         assert_eq!(plan.rows.len(), 3);
         assert!(matches!(
             plan.results[0],
@@ -498,7 +593,7 @@ mod tests {
             req(a, ExpectedVersion::NoStream, &[10]),
             req(a, ExpectedVersion::Any, &[10, 11]),
         ];
-        let plan = plan(&batch, None, HashMap::new(), HashMap::new());
+        let plan = plan(&batch, None, HashMap::new(), HashMap::new(), 0);
         assert_eq!(plan.rows.len(), 1);
         assert!(matches!(
             plan.results[1],
@@ -542,7 +637,7 @@ mod tests {
                         req(stream, expected, ids)
                     })
                     .collect();
-                let plan = plan(&batch, head, HashMap::new(), HashMap::new());
+                let plan = plan(&batch, head, HashMap::new(), HashMap::new(), 0);
                 let first = head.map_or(0, |h| h + 1);
                 let positions: Vec<u64> = plan.rows.iter().map(|r| r.position).collect();
                 prop_assert_eq!(positions, (first..first + plan.rows.len() as u64).collect::<Vec<_>>());

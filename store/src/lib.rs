@@ -24,9 +24,11 @@ pub mod lanes;
 pub mod metrics;
 pub mod model;
 pub mod postgres;
+mod recent;
 pub mod sealed;
 mod sql_read;
 pub mod sqlite;
+mod sqlite_writer;
 pub mod subscription;
 pub mod trace;
 

@@ -8,7 +8,7 @@
 //! folds all its concurrent appends into a single transaction. Commits are announced with
 //! `NOTIFY`, so other nodes' subscribers wake without waiting for their poll.
 
-use super::group_commit::{self, AppendRequest, Committer, GroupCommit, Plan, StoredId};
+use super::group_commit::{self, AppendRequest, Committed, Committer, GroupCommit, Plan, StoredId};
 use super::model::RawRow;
 use super::sql_read::{SqlBackend, SqlReader, clamp, select_events};
 use super::{
@@ -109,19 +109,22 @@ impl PostgresStore {
         let head: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
             .fetch_one(&pool)
             .await?;
-        let (head_tx, _) = watch::channel(head.and_then(|h| u64::try_from(h).ok()));
+        let committed = Committed {
+            head: watch::channel(head.and_then(|h| u64::try_from(h).ok())).0,
+            recent: Default::default(),
+        };
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(CHANNEL).await?;
-        let listener = tokio::spawn(listen(listener, head_tx.clone()));
+        let listener = tokio::spawn(listen(listener, committed.head.clone()));
         let writer = GroupCommit::start(
             "postgres",
             PgCommitter { pool: pool.clone() },
             limits,
-            head_tx.clone(),
+            committed.clone(),
         );
         Ok(Self {
             inner: Arc::new(Inner {
-                reader: SqlReader::new(pool, head_tx),
+                reader: SqlReader::new(pool, &committed),
                 writer,
                 listener,
             }),
@@ -218,57 +221,67 @@ struct PgCommitter {
 #[async_trait]
 impl Committer for PgCommitter {
     async fn commit(&mut self, batch: &[AppendRequest]) -> Result<Plan, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(APPEND_LOCK)
-            .execute(&mut *tx)
+        // Four round trips: begin with the lock, one look at the log, the insert with its
+        // notification, commit. The lock is its own statement: the look after it then reads
+        // a snapshot taken once the previous batch has committed.
+        let mut tx = self
+            .pool
+            .begin_with(sqlx::AssertSqlSafe(format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK})"
+            )))
             .await?;
-        let head: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
-            .fetch_one(&mut *tx)
-            .await?;
-        let head = head.map(|h| u64::try_from(h).unwrap_or(0));
-
         let mut names: Vec<String> = batch.iter().map(|r| r.stream.to_string()).collect();
         names.sort();
         names.dedup();
-        let versions: HashMap<String, u64> = sqlx::query(
-            "SELECT stream, MAX(version) FROM events WHERE stream = ANY($1) GROUP BY stream",
-        )
-        .bind(&names)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|r| -> Result<(String, u64), sqlx::Error> {
-            let v: i64 = r.try_get(1)?;
-            Ok((r.try_get(0)?, u64::try_from(v).unwrap_or(0)))
-        })
-        .collect::<Result<_, _>>()?;
         let ids: Vec<Uuid> = batch
             .iter()
             .flat_map(|r| r.events.iter().map(|e| e.event_id))
             .collect();
-        let existing: HashMap<Uuid, StoredId> = sqlx::query(
-            "SELECT event_id, stream, version, position FROM events WHERE event_id = ANY($1)",
+        // Kind 0: the head; 1: a stream's last version (one index probe per stream: `GROUP
+        // BY` over `= ANY` read every version of every stream); 2: where an event id is stored.
+        let rows = sqlx::query(
+            "SELECT 0 AS k, NULL::text, NULL::uuid, MAX(position), NULL::bigint FROM events \
+             UNION ALL \
+             SELECT 1, s, NULL, (SELECT MAX(version) FROM events WHERE stream = s), NULL FROM UNNEST($1::text[]) AS s \
+             UNION ALL \
+             SELECT 2, stream, event_id, version, position FROM events WHERE event_id = ANY($2)",
         )
+        .bind(&names)
         .bind(&ids)
         .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|r| -> Result<(Uuid, StoredId), sqlx::Error> {
-            let version: i64 = r.try_get(2)?;
-            let position: i64 = r.try_get(3)?;
-            Ok((
-                r.try_get(0)?,
-                StoredId {
-                    stream: r.try_get(1)?,
-                    version: u64::try_from(version).unwrap_or(0),
-                    position: u64::try_from(position).unwrap_or(0),
-                },
-            ))
-        })
-        .collect::<Result<_, _>>()?;
+        .await?;
+        let mut head = None;
+        let mut versions = HashMap::new();
+        let mut existing = HashMap::new();
+        let count = |v: i64| u64::try_from(v).unwrap_or(0);
+        for r in rows {
+            match r.try_get::<i32, _>(0)? {
+                0 => head = r.try_get::<Option<i64>, _>(3)?.map(count),
+                1 => {
+                    if let Some(v) = r.try_get::<Option<i64>, _>(3)? {
+                        versions.insert(r.try_get(1)?, count(v));
+                    }
+                }
+                _ => {
+                    existing.insert(
+                        r.try_get(2)?,
+                        StoredId {
+                            stream: r.try_get(1)?,
+                            version: count(r.try_get(3)?),
+                            position: count(r.try_get(4)?),
+                        },
+                    );
+                }
+            }
+        }
 
-        let plan = group_commit::plan(batch, head, versions, existing);
+        let plan = group_commit::plan(
+            batch,
+            head,
+            versions,
+            existing,
+            Utc::now().timestamp_micros(),
+        );
         if plan.rows.is_empty() {
             tx.rollback().await?;
             return Ok(plan);
@@ -283,7 +296,6 @@ impl Committer for PgCommitter {
         let mut datas = Vec::with_capacity(n);
         let mut metas = Vec::with_capacity(n);
         let mut times = Vec::with_capacity(n);
-        let now = Utc::now().timestamp_micros();
         for row in &plan.rows {
             let req = &batch[row.req];
             let e = &req.events[row.ev];
@@ -295,12 +307,13 @@ impl Committer for PgCommitter {
             schemas.push(i32::try_from(e.schema_version).unwrap_or(i32::MAX));
             datas.push(e.data.as_str());
             metas.push(e.metadata.as_str());
-            times.push(e.recorded_at.unwrap_or(now));
+            times.push(e.recorded_at.unwrap_or(plan.recorded_at));
         }
         sqlx::query(
-            "INSERT INTO events (position, event_id, stream, version, event_type, schema_version, data, metadata, recorded_at) \
+            "WITH ins AS (INSERT INTO events (position, event_id, stream, version, event_type, schema_version, data, metadata, recorded_at) \
              SELECT p, i, s, v, t, sv, d, m, r FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::text[], $8::text[], $9::bigint[]) \
-             AS x(p, i, s, v, t, sv, d, m, r)",
+             AS x(p, i, s, v, t, sv, d, m, r)) \
+             SELECT pg_notify($10, $11)",
         )
         .bind(&positions)
         .bind(&event_ids)
@@ -311,15 +324,10 @@ impl Committer for PgCommitter {
         .bind(&datas)
         .bind(&metas)
         .bind(&times)
+        .bind(CHANNEL)
+        .bind(plan.head.map_or_else(String::new, |h| h.to_string()))
         .execute(&mut *tx)
         .await?;
-        if let Some(head) = plan.head {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(head.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
         tx.commit().await?;
         Ok(plan)
     }

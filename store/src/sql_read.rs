@@ -3,7 +3,9 @@
 //! decode, and how often a subscriber polls differ; [`SqlBackend`] names those, and
 //! [`SqlReader`] is the one body that serves SQLite and PostgreSQL.
 
+use super::group_commit::Committed;
 use super::model::RawRow;
+use super::recent::Recent;
 use super::subscription::{self, ReadPage};
 use super::{Direction, RecordedEvent, StoreError};
 use futures::FutureExt;
@@ -47,10 +49,12 @@ pub(super) trait SqlBackend: Database {
     fn head(row: &Self::Row) -> Result<Option<i64>, StoreError>;
 }
 
-/// The read half of a SQL event store: a pool and the head announcements.
+/// The read half of a SQL event store: a pool, the head announcements, and the recent
+/// commits a read of the log's tail is served from.
 pub(super) struct SqlReader<DB: SqlBackend> {
     pool: Pool<DB>,
     head: watch::Sender<Option<u64>>,
+    recent: Arc<Recent>,
 }
 
 /// A position, version or count as SQL's signed 64-bit integer (saturating).
@@ -66,19 +70,30 @@ where
     for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
     for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
 {
-    pub(super) fn new(pool: Pool<DB>, head: watch::Sender<Option<u64>>) -> Self {
-        Self { pool, head }
+    pub(super) fn new(pool: Pool<DB>, committed: &Committed) -> Self {
+        Self {
+            pool,
+            head: committed.head.clone(),
+            recent: committed.recent.clone(),
+        }
     }
 
     pub(super) fn pool(&self) -> &Pool<DB> {
         &self.pool
     }
 
+    /// A page of the log from `from`: from [`Recent`] when it certainly holds the answer,
+    /// else from the database.
     async fn page(
         pool: &Pool<DB>,
+        recent: &Recent,
+        announced: Option<u64>,
         from: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if let Some(events) = recent.page(from, limit, announced) {
+            return Ok(events);
+        }
         let rows = sqlx::query::<DB>(DB::READ_ALL)
             .bind(clamp(from))
             .bind(clamp(limit as u64))
@@ -92,7 +107,8 @@ where
         from: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        Self::page(&self.pool, from, limit).await
+        let announced = *self.head.borrow();
+        Self::page(&self.pool, &self.recent, announced, from, limit).await
     }
 
     pub(super) async fn read_stream(
@@ -131,9 +147,13 @@ where
         from_position: u64,
     ) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
         let pool = self.pool.clone();
+        let recent = self.recent.clone();
+        let head = self.head.subscribe();
         let read: ReadPage = Arc::new(move |from, limit| {
             let pool = pool.clone();
-            async move { Self::page(&pool, from, limit).await }.boxed()
+            let recent = recent.clone();
+            let announced = *head.borrow();
+            async move { Self::page(&pool, &recent, announced, from, limit).await }.boxed()
         });
         subscription::follow(read, self.head.subscribe(), from_position, DB::POLL)
     }

@@ -1,24 +1,24 @@
 //! The embedded default backend: one SQLite file in WAL mode with `synchronous=FULL`, so an
-//! acknowledged append survives a power cut. One writer connection (fed by group commit) and
-//! a small pool of readers, which WAL lets run alongside the writer.
+//! acknowledged append survives a power cut. One writer connection on a thread of its own
+//! (fed by group commit, see `sqlite_writer`) and a small pool of readers, which WAL lets run
+//! alongside the writer.
 
-use super::group_commit::{self, AppendRequest, Committer, GroupCommit, Plan, StoredId};
+use super::group_commit::{Committed, GroupCommit};
 use super::model::RawRow;
-use super::sql_read::{SqlBackend, SqlReader, clamp, select_events};
+use super::sql_read::{SqlBackend, SqlReader, select_events};
+use super::sqlite_writer::SqliteCommitter;
 use super::{
     AppendResult, Direction, EventData, EventStore, ExpectedVersion, RecordedEvent, StoreError,
     StoreLimits,
 };
 use async_trait::async_trait;
-use chrono::Utc;
 use futures::stream::BoxStream;
 use neulbi_domain::StreamName;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{Connection, Executor, Row};
-use std::collections::{HashMap, HashSet};
+use sqlx::{Connection, Row};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -229,21 +229,19 @@ impl SqliteStore {
         let checkpointer = spawn_checkpointer(&options, limits.wal_restart_bytes).await?;
         // The writer never checkpoints inline: a checkpoint syncs the database file and would
         // stall the commit that triggers it. A background task checkpoints instead.
-        let writer_options = options.clone().pragma("wal_autocheckpoint", "0");
-        let mut writer = SqliteConnection::connect_with(&writer_options).await?;
-        let head: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
-            .fetch_one(&mut writer)
-            .await?;
-        let head = head.and_then(|h| u64::try_from(h).ok());
-        let (head_tx, _) = watch::channel(head);
-        let committer = SqliteCommitter {
-            conn: writer,
-            head: None,
+        let mut committer = SqliteCommitter::open(path, &limits)?;
+        let head = committer.head()?;
+        let committed = Committed {
+            head: watch::channel(head).0,
+            recent: Default::default(),
         };
-        let writer = GroupCommit::start("sqlite", committer, limits, head_tx.clone());
+        let writer = GroupCommit::start_on_thread("sqlite", committer, limits, committed.clone())
+            .map_err(|e| {
+            StoreError::Unavailable(format!("cannot start the log's writer: {e}"))
+        })?;
         Ok(Self {
             inner: Arc::new(Inner {
-                readers: SqlReader::new(readers, head_tx),
+                readers: SqlReader::new(readers, &committed),
                 writer,
                 checkpointer,
             }),
@@ -312,168 +310,6 @@ impl EventStore for SqliteStore {
 
     async fn close(&self) {
         self.inner.writer.close().await;
-    }
-}
-
-struct SqliteCommitter {
-    conn: SqliteConnection,
-    /// The head after our last commit, so a batch need not ask for it. Another process may
-    /// append to the same file meanwhile: then our first insert collides with its position
-    /// (primary key), the batch fails as a whole, the cache is dropped, and the retry reads
-    /// the real head. A stale cache can cost a retry, never a wrong position.
-    head: Option<Option<u64>>,
-}
-
-/// Ids per `IN (...)` lookup and rows per multi-row insert: few statements per batch (each
-/// one is a round trip to SQLite's worker thread), well under SQLite's parameter limit.
-const LOOKUP_CHUNK: usize = 400;
-const INSERT_CHUNK: usize = 300;
-
-/// `?, ?, ...` with `n` placeholders.
-fn placeholders(n: usize) -> String {
-    let mut s = "?,".repeat(n);
-    s.pop();
-    s
-}
-
-impl SqliteCommitter {
-    async fn write(&mut self, batch: &[AppendRequest]) -> Result<Plan, StoreError> {
-        let conn = &mut self.conn;
-        let head = match self.head {
-            Some(head) => head,
-            None => {
-                let head: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
-                    .fetch_one(&mut *conn)
-                    .await?;
-                head.map(|h| u64::try_from(h).unwrap_or(0))
-            }
-        };
-
-        let names: Vec<String> = batch
-            .iter()
-            .map(|r| r.stream.to_string())
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let mut versions = HashMap::new();
-        for chunk in names.chunks(LOOKUP_CHUNK) {
-            let q = format!(
-                "SELECT stream, MAX(version) FROM events WHERE stream IN ({}) GROUP BY stream",
-                placeholders(chunk.len())
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-            for n in chunk {
-                query = query.bind(n);
-            }
-            for row in query.fetch_all(&mut *conn).await? {
-                let v: i64 = row.try_get(1)?;
-                versions.insert(row.try_get::<String, _>(0)?, u64::try_from(v).unwrap_or(0));
-            }
-        }
-
-        let ids: Vec<String> = batch
-            .iter()
-            .flat_map(|r| r.events.iter().map(|e| e.event_id.to_string()))
-            .collect();
-        let mut existing = HashMap::new();
-        for chunk in ids.chunks(LOOKUP_CHUNK) {
-            let q = format!(
-                "SELECT event_id, stream, version, position FROM events WHERE event_id IN ({})",
-                placeholders(chunk.len())
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-            for id in chunk {
-                query = query.bind(id);
-            }
-            for row in query.fetch_all(&mut *conn).await? {
-                let id: String = row.try_get(0)?;
-                let version: i64 = row.try_get(2)?;
-                let position: i64 = row.try_get(3)?;
-                if let Ok(id) = uuid::Uuid::parse_str(&id) {
-                    existing.insert(
-                        id,
-                        StoredId {
-                            stream: row.try_get(1)?,
-                            version: u64::try_from(version).unwrap_or(0),
-                            position: u64::try_from(position).unwrap_or(0),
-                        },
-                    );
-                }
-            }
-        }
-
-        let plan = group_commit::plan(batch, head, versions, existing);
-        let recorded_at = Utc::now().timestamp_micros();
-        for rows in plan.rows.chunks(INSERT_CHUNK) {
-            let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows.len()].join(", ");
-            let q = format!(
-                "INSERT INTO events (position, event_id, stream, version, event_type, schema_version, data, metadata, recorded_at) \
-                 VALUES {values}"
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-            for row in rows {
-                let req = &batch[row.req];
-                let e = &req.events[row.ev];
-                query = query
-                    .bind(clamp(row.position))
-                    .bind(e.event_id.to_string())
-                    .bind(req.stream.to_string())
-                    .bind(clamp(row.version))
-                    .bind(&e.event_type)
-                    .bind(i64::from(e.schema_version))
-                    .bind(&e.data)
-                    .bind(&e.metadata)
-                    .bind(e.recorded_at.unwrap_or(recorded_at));
-            }
-            query.execute(&mut *conn).await?;
-        }
-        Ok(plan)
-    }
-}
-
-#[async_trait]
-impl Committer for SqliteCommitter {
-    async fn commit(&mut self, batch: &[AppendRequest]) -> Result<Plan, StoreError> {
-        let cached = self.head.is_some();
-        match self.commit_once(batch).await {
-            // Another process moved the head under our cache: try again with the real one.
-            Err(StoreError::Database(e)) if cached && is_unique_violation(&e) => {
-                self.commit_once(batch).await
-            }
-            other => other,
-        }
-    }
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.kind() == sqlx::error::ErrorKind::UniqueViolation)
-}
-
-impl SqliteCommitter {
-    async fn commit_once(&mut self, batch: &[AppendRequest]) -> Result<Plan, StoreError> {
-        self.conn.execute("BEGIN IMMEDIATE").await?;
-        match self.write(batch).await {
-            Ok(plan) if plan.rows.is_empty() => {
-                self.conn.execute("ROLLBACK").await?;
-                Ok(plan)
-            }
-            Ok(plan) => match self.conn.execute("COMMIT").await {
-                Ok(_) => {
-                    self.head = Some(plan.head);
-                    Ok(plan)
-                }
-                Err(e) => {
-                    self.head = None;
-                    let _ = self.conn.execute("ROLLBACK").await;
-                    Err(e.into())
-                }
-            },
-            Err(e) => {
-                self.head = None;
-                let _ = self.conn.execute("ROLLBACK").await;
-                Err(e)
-            }
-        }
     }
 }
 
