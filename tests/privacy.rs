@@ -116,11 +116,14 @@ async fn tampered_ciphertext_is_a_typed_error(b: Backend) {
         .expect("append");
     b.execute_raw("UPDATE events SET data = replace(data, '\"sealed\":\"', '\"sealed\":\"AAAA')")
         .await;
-    let err = b.store.read_all(0, 10).await.expect_err("tampered");
+    // Another instance reads the row (this one still holds its commit in memory).
+    let reader = b.open_again().await;
+    let err = reader.read_all(0, 10).await.expect_err("tampered");
     assert!(
         matches!(err, store::StoreError::Corrupt { position: 0, .. }),
         "{err}"
     );
+    reader.close().await;
 }
 
 #[tokio::test]
