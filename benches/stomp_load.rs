@@ -15,6 +15,10 @@
 //!             --scenarios a,b,c,d --secs 10 --warmup 2 --rooms 500 --subscribers 1000
 //!             --idle 10000 --idle-hold 15 --window 4 --fanout-window 16 --rate MSGS_PER_S
 //!             --timeline; raise `ulimit -n` to 20000 for 10,000 idle connections)
+//! Paced cell: cargo bench --bench stomp_load -- --paced-10k   (a and d, 500 rooms × 2 at
+//!             5 msg/s = 10,000 deliveries/s, 60 s after a 5 s warm-up)
+//! Growth:     cargo bench --bench stomp_load -- --scenarios a --rooms 100,1000,5000
+//!             (everything once per room count, a fresh server each time)
 //! Any server: --servers custom --url ws://HOST/PATH --login L --passcode P [--host H]
 //!             [--subscribe '/topic/rooms.{room}'] [--send '/topic/rooms.{room}'] [--pid PID]
 //!             (or --fixture FILE.json from `neulbi dev bench-fixture` for bearer tokens)
@@ -43,6 +47,7 @@ const CONNECT_CONCURRENCY: usize = 128;
 const PAYLOAD: &str =
     "안녕하세요, 요즘 잠을 잘 못 자요. How have you been feeling since our last session?";
 
+#[derive(Clone)]
 struct Options {
     full: bool,
     servers: Vec<String>,
@@ -50,6 +55,9 @@ struct Options {
     secs: f64,
     warmup: f64,
     rooms: usize,
+    /// Each run's room count: `--rooms 100,1000,5000` runs everything once per count (the
+    /// growth curve), one server started per count.
+    room_counts: Vec<usize>,
     subscribers: usize,
     idle: usize,
     idle_hold: f64,
@@ -63,7 +71,7 @@ struct Options {
 }
 
 /// A STOMP server given on the command line.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Custom {
     url: Option<String>,
     login: Option<String>,
@@ -92,20 +100,24 @@ fn options() -> Options {
                 .unwrap_or_else(|_| panic!("{flag} takes a number"))
         })
     };
+    // `--paced-10k`: the sustained cell of 10,000 deliveries/s (500 rooms × 2 senders × 5
+    // messages/s), with and without receipts, for 60 s: a backlog shows only after ~10 s.
+    let paced_10k = args.iter().any(|a| a == "--paced-10k");
     let mut o = if full {
         Options {
             full,
             servers: list("neulbi,rabbitmq".into()),
-            scenarios: list("a,b,c,d".into()),
-            secs: num("--secs", 10.0),
-            warmup: num("--warmup", 2.0),
-            rooms: num("--rooms", 500.0) as usize,
+            scenarios: list(if paced_10k { "a,d" } else { "a,b,c,d" }.into()),
+            secs: num("--secs", if paced_10k { 60.0 } else { 10.0 }),
+            warmup: num("--warmup", if paced_10k { 5.0 } else { 2.0 }),
+            rooms: 500,
+            room_counts: vec![500],
             subscribers: num("--subscribers", 1000.0) as usize,
             idle: num("--idle", 10_000.0) as usize,
             idle_hold: num("--idle-hold", 15.0),
             window: num("--window", 4.0) as usize,
             fanout_window: num("--fanout-window", 16.0) as usize,
-            rate: num("--rate", 0.0),
+            rate: num("--rate", if paced_10k { 5.0 } else { 0.0 }),
             timeline: args.iter().any(|a| a == "--timeline"),
             custom: Custom::default(),
         }
@@ -116,7 +128,8 @@ fn options() -> Options {
             scenarios: list("a,b,c,d".into()),
             secs: num("--secs", 1.5),
             warmup: num("--warmup", 0.3),
-            rooms: num("--rooms", 8.0) as usize,
+            rooms: 8,
+            room_counts: vec![8],
             subscribers: num("--subscribers", 20.0) as usize,
             idle: num("--idle", 50.0) as usize,
             idle_hold: num("--idle-hold", 1.0),
@@ -127,6 +140,12 @@ fn options() -> Options {
             custom: Custom::default(),
         }
     };
+    if let Some(v) = value("--rooms") {
+        o.room_counts = list(v)
+            .iter()
+            .map(|n| n.parse().expect("--rooms takes numbers"))
+            .collect();
+    }
     if let Some(v) = value("--servers") {
         o.servers = list(v);
     }
@@ -943,10 +962,28 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     let mut rows = Vec::new();
+    for &rooms in &o.room_counts {
+        let o = Options { rooms, ..o.clone() };
+        run_servers(&o, &runtime, &mut rows)?;
+    }
+    drop(runtime);
+    print_table(&rows);
+    if !o.full {
+        smoke_checks(&o, &rows);
+    }
+    Ok(())
+}
+
+/// Runs every scenario against every server of `o`, one server at a time.
+fn run_servers(
+    o: &Options,
+    runtime: &tokio::runtime::Runtime,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
     for server in o.servers.clone() {
         match server.as_str() {
             "neulbi-inprocess" => {
-                let (app, fixture) = servers::InProcess::start(fixture_spec(&o))?;
+                let (app, fixture) = servers::InProcess::start(fixture_spec(o))?;
                 let (rooms, fanout, idle) =
                     plan_from_fixture(&fixture, "/topic/rooms.{room}", "/app/rooms.{room}.send");
                 let target = Target {
@@ -960,13 +997,13 @@ fn main() -> anyhow::Result<()> {
                     extra_subscribe: Creds::default(),
                     extra_send: Creds::default(),
                 };
-                let result = runtime.block_on(run_target(&o, &target, &mut rows));
+                let result = runtime.block_on(run_target(o, &target, rows));
                 drop(app);
                 result?;
             }
             "neulbi" => {
                 let binary = servers::neulbi_binary()?;
-                let (server, fixture) = servers::NeulbiProcess::start(&binary, fixture_spec(&o))?;
+                let (server, fixture) = servers::NeulbiProcess::start(&binary, fixture_spec(o))?;
                 let (rooms, fanout, idle) =
                     plan_from_fixture(&fixture, "/topic/rooms.{room}", "/app/rooms.{room}.send");
                 let target = Target {
@@ -979,7 +1016,7 @@ fn main() -> anyhow::Result<()> {
                     extra_subscribe: Creds::default(),
                     extra_send: Creds::default(),
                 };
-                let result = runtime.block_on(run_target(&o, &target, &mut rows));
+                let result = runtime.block_on(run_target(o, &target, rows));
                 if result.is_err() {
                     eprintln!("neulbi log tail:\n{}", server.log());
                 }
@@ -990,7 +1027,7 @@ fn main() -> anyhow::Result<()> {
                 let broker = servers::Rabbit::start()?;
                 let creds = login("guest", "guest", "/");
                 let (rooms, fanout, idle) =
-                    plan_with_login(&o, creds, "/topic/rooms.{room}", "/topic/rooms.{room}");
+                    plan_with_login(o, creds, "/topic/rooms.{room}", "/topic/rooms.{room}");
                 // The durable variant: each subscription gets a durable queue and every
                 // message is persistent, so a SEND's RECEIPT (a publisher confirm) follows the
                 // write to disk, as Neulbi's follows the durable append.
@@ -1016,7 +1053,7 @@ fn main() -> anyhow::Result<()> {
                         Creds::default()
                     },
                 };
-                let result = runtime.block_on(run_target(&o, &target, &mut rows));
+                let result = runtime.block_on(run_target(o, &target, rows));
                 drop(broker);
                 result?;
             }
@@ -1037,7 +1074,7 @@ fn main() -> anyhow::Result<()> {
                             c.passcode.as_deref().unwrap_or("guest"),
                             c.host.as_deref().unwrap_or("/"),
                         );
-                        plan_with_login(&o, creds, &subscribe, &send)
+                        plan_with_login(o, creds, &subscribe, &send)
                     }
                 };
                 let target = Target {
@@ -1050,36 +1087,33 @@ fn main() -> anyhow::Result<()> {
                     extra_subscribe: Creds::default(),
                     extra_send: Creds::default(),
                 };
-                runtime.block_on(run_target(&o, &target, &mut rows))?;
+                runtime.block_on(run_target(o, &target, rows))?;
             }
             other => bail!("unknown server {other}"),
         }
     }
-    drop(runtime);
-    print_table(&rows);
-    if !o.full {
-        // The smoke run guards that the bench still works: messages flow, receipts come back.
-        for r in &rows {
-            match r.scenario.as_str() {
-                "a" | "b" | "d" => assert!(
-                    r.deliveries_per_sec > 0.0
-                        && r.p99_ms.is_finite()
-                        && !r.notes.contains("errors"),
-                    "scenario {} delivered nothing or failed: {}",
-                    r.scenario,
-                    r.notes
-                ),
-                "c" => assert_eq!(r.conns, o.idle, "idle connections dropped: {}", r.notes),
-                _ => {}
-            }
-            if r.scenario == "d" {
-                assert!(
-                    r.receipt_p99_ms.is_some_and(f64::is_finite),
-                    "no RECEIPT came back: {}",
-                    r.notes
-                );
-            }
+    Ok(())
+}
+
+/// The smoke run guards that the bench still works: messages flow, receipts come back.
+fn smoke_checks(o: &Options, rows: &[Row]) {
+    for r in rows {
+        match r.scenario.as_str() {
+            "a" | "b" | "d" => assert!(
+                r.deliveries_per_sec > 0.0 && r.p99_ms.is_finite() && !r.notes.contains("errors"),
+                "scenario {} delivered nothing or failed: {}",
+                r.scenario,
+                r.notes
+            ),
+            "c" => assert_eq!(r.conns, o.idle, "idle connections dropped: {}", r.notes),
+            _ => {}
+        }
+        if r.scenario == "d" {
+            assert!(
+                r.receipt_p99_ms.is_some_and(f64::is_finite),
+                "no RECEIPT came back: {}",
+                r.notes
+            );
         }
     }
-    Ok(())
 }
