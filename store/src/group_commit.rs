@@ -608,6 +608,71 @@ mod tests {
         ));
     }
 
+    /// Records the thread each commit ran on; tells when it is dropped.
+    struct Probe {
+        threads: Arc<Mutex<Vec<String>>>,
+        dropped: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    #[async_trait]
+    impl Committer for Probe {
+        async fn commit(&mut self, batch: &[AppendRequest]) -> Result<Plan, StoreError> {
+            let name = std::thread::current().name().unwrap_or_default().to_owned();
+            self.threads.lock().expect("threads").push(name);
+            Ok(plan(batch, None, HashMap::new(), HashMap::new(), 0))
+        }
+    }
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            self.dropped
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_thread_commits_hands_on_what_it_committed_and_stops_with_its_queue() {
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let probe = Probe {
+            threads: threads.clone(),
+            dropped: dropped.clone(),
+        };
+        let committed = Committed {
+            head: watch::channel(None).0,
+            recent: Default::default(),
+        };
+        let mut head = committed.head.subscribe();
+        let writer =
+            GroupCommit::start_on_thread("probe", probe, StoreLimits::default(), committed.clone())
+                .expect("thread");
+        let stream = StreamName::new(StreamKind::Room, Uuid::from_u128(1));
+        let result = writer
+            .submit(req(stream, ExpectedVersion::NoStream, &[1, 2]))
+            .await
+            .expect("committed");
+        assert_eq!((result.first_position, result.last_position), (0, 1));
+        assert_eq!(*threads.lock().expect("threads"), ["probe-writer"]);
+        // The head is announced after the events are where readers of the tail look.
+        assert!(head.has_changed().expect("sender alive"));
+        assert_eq!(*head.borrow_and_update(), Some(1));
+        let tail = committed.recent.page(0, 10, Some(1)).expect("in memory");
+        assert_eq!(
+            tail.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+            [Uuid::from_u128(1), Uuid::from_u128(2)]
+        );
+        // Dropping the queue ends the thread, and the committer (its connection) with it.
+        drop(writer);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !dropped.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer thread kept running"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
