@@ -109,7 +109,7 @@ pub(crate) async fn index_names(
 /// it is written over.
 async fn truncate_wal(db: &ReadDb) -> Result<(), ProjectionError> {
     let truncated = neulbi_store::sqlite::truncate_wal(neulbi_store::sqlite::TRUNCATE_WAIT, || {
-        sqlx::query_scalar::<_, i64>("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(&db.pool)
+        sqlx::query_scalar::<_, i64>(neulbi_store::sqlite::TRUNCATE_CHECKPOINT).fetch_one(&db.pool)
     })
     .await?;
     if !truncated {
@@ -539,24 +539,17 @@ pub fn spawn_all(
                                 .projector_events
                                 .add(n as u64, &[label("projector", def.name)]);
                             failing.succeeded(&db, def.name).await;
+                            // A full batch: more may be waiting. A short one read up to the
+                            // head: caught up, so wait for the doorbell instead of reading
+                            // again at once (see COALESCE).
                             if n >= limit {
                                 continue;
-                            }
-                            // A short batch read up to the head: caught up. Wait for the
-                            // doorbell instead of reading again at once (see COALESCE).
-                            if first_catch_up {
-                                first_catch_up = false;
-                                caught_up.fetch_add(1, Ordering::AcqRel);
                             }
                         }
                         Ok(Batch::Raced) => continue,
                         Ok(Batch::CaughtUp) => {
                             failing.succeeded(&db, def.name).await;
                             failing.narrow_until = None;
-                            if first_catch_up {
-                                first_catch_up = false;
-                                caught_up.fetch_add(1, Ordering::AcqRel);
-                            }
                         }
                         Err(e) => {
                             let wait = failing.failed(&db, def.name, &e).await;
@@ -566,6 +559,10 @@ pub fn spawn_all(
                             }
                             continue;
                         }
+                    }
+                    if first_catch_up {
+                        first_catch_up = false;
+                        caught_up.fetch_add(1, Ordering::AcqRel);
                     }
                     tokio::select! {
                         rang = doorbell.changed() => {

@@ -57,7 +57,8 @@ pub(crate) async fn scrub_free_space(database: &Database) -> Result<(), crate::s
     if let Database::Sqlite(pool) = database {
         let truncated =
             crate::store::sqlite::truncate_wal(crate::store::sqlite::TRUNCATE_WAIT, || {
-                sqlx::query_scalar::<_, i64>("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(pool)
+                sqlx::query_scalar::<_, i64>(crate::store::sqlite::TRUNCATE_CHECKPOINT)
+                    .fetch_one(pool)
             })
             .await?;
         if !truncated {

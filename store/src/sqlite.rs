@@ -162,8 +162,11 @@ async fn checkpoint_loop(mut conn: SqliteConnection, restart_frames: i64) {
 /// may run one too).
 pub const TRUNCATE_WAIT: Duration = Duration::from_secs(5);
 
-/// Runs `attempt` — one `PRAGMA wal_checkpoint(TRUNCATE)`, answering the first column of its
-/// row — until it reports the WAL emptied (0), for at most `wait`. Returns false if it never
+/// The checkpoint that empties the WAL file; its first column is 0 once it did.
+pub const TRUNCATE_CHECKPOINT: &str = "PRAGMA wal_checkpoint(TRUNCATE)";
+
+/// Runs `attempt` — one [`TRUNCATE_CHECKPOINT`], answering the first column of its row —
+/// until it reports the WAL emptied (0), for at most `wait`. Returns false if it never
 /// did. SQLite does not wait for a checkpoint already running (not even with a busy
 /// timeout): it answers 1 at once, so a single try can leave the WAL, and the old page
 /// images in it, where they were.
