@@ -9,6 +9,7 @@ use crate::auth::AuthService;
 use crate::auth::epochs::Revocation;
 use crate::state::AppState;
 use crate::store::{Direction, Metadata};
+use futures::future::LocalBoxFuture;
 use neulbi_domain::chat_room::RoomCommand;
 use neulbi_domain::{
     Actor, Context, DomainError, MessageId, Role, RoomId, StreamKind, StreamName, UserId,
@@ -90,6 +91,8 @@ pub struct Connection {
     /// The protocol state machine.
     pub session: Session,
     identity: Option<Identity>,
+    /// Writes asked for while another was in flight, oldest first.
+    waiting: std::collections::VecDeque<Write>,
 }
 
 impl Connection {
@@ -98,6 +101,7 @@ impl Connection {
         Self {
             session,
             identity: None,
+            waiting: std::collections::VecDeque::new(),
         }
     }
 
@@ -106,16 +110,24 @@ impl Connection {
         self.identity
     }
 
-    /// Drains the session, answering each request with `backend` in order (so a RECEIPT is
-    /// never written before the append it confirms) and routing subscriptions with `router`,
-    /// and returns what the transport must do.
-    pub async fn settle<B: ChatBackend + ?Sized, R: Router + ?Sized>(
+    /// Drains the session, answering its questions with `backend` in order and routing
+    /// subscriptions with `router`, and returns what the transport must write now plus, at
+    /// most, one write (a post or read marker) to run *beside* the connection: its RECEIPT is
+    /// only made by [`Connection::finish`] once the append is durable, while deliveries keep
+    /// flowing meanwhile. With a write already in flight (`busy`), later writes wait here in
+    /// order and start, one at a time, from the settles after it finished.
+    pub async fn settle<'b, B: ChatBackend + ?Sized, R: Router + ?Sized>(
         &mut self,
-        backend: &B,
+        backend: &'b B,
         router: &R,
         now: impl Fn() -> Instant,
-    ) -> Vec<Effect> {
+        busy: bool,
+    ) -> (Vec<Effect>, Option<InFlight<'b>>) {
         let mut effects = Vec::new();
+        let mut started = None;
+        if !busy && let Some(write) = self.waiting.pop_front() {
+            started = Some(self.start(backend, write));
+        }
         while let Some(output) = self.session.poll_output() {
             match output {
                 Output::Frame(frame) => effects.push(Effect::Write(frame)),
@@ -157,40 +169,111 @@ impl Connection {
                     receipt,
                     confirm,
                     ..
-                } => {
-                    // Each SEND starts its own trace (a connection lives for hours), linked
-                    // to the connection's span.
-                    let span = tracing::info_span!(parent: None, "stomp.send", %room);
-                    span.follows_from(tracing::Span::current());
-                    let result = match self.identity {
-                        Some(who) => {
-                            backend
-                                .post(who, room, body, client_message_id)
-                                .instrument(span)
-                                .await
-                        }
-                        None => Err(Refusal("not connected".into())),
-                    };
-                    self.session.posted(receipt, confirm, result, now());
-                }
+                } => self.waiting.push_back(Write {
+                    kind: WriteKind::Post {
+                        room,
+                        body,
+                        client_message_id,
+                    },
+                    receipt,
+                    confirm,
+                }),
                 Output::MarkRead {
                     room,
                     up_to,
                     receipt,
                     confirm,
                     ..
-                } => {
-                    let span = tracing::debug_span!("stomp.mark_read", %room);
-                    let result = match self.identity {
-                        Some(who) => backend.mark_read(who, room, up_to).instrument(span).await,
-                        None => Err(Refusal("not connected".into())),
-                    };
-                    self.session.posted(receipt, confirm, result, now());
-                }
+                } => self.waiting.push_back(Write {
+                    kind: WriteKind::MarkRead { room, up_to },
+                    receipt,
+                    confirm,
+                }),
+            }
+            if !busy
+                && started.is_none()
+                && let Some(write) = self.waiting.pop_front()
+            {
+                started = Some(self.start(backend, write));
             }
         }
-        effects
+        (effects, started)
     }
+
+    /// Hands a finished write's outcome to the session (a RECEIPT, or an ERROR that closes).
+    pub fn finish(&mut self, write: InFlight<'_>, result: Result<(), Refusal>, now: Instant) {
+        self.session
+            .posted(write.receipt, write.confirm, result, now);
+    }
+
+    /// Starts one write; the future runs in the caller's loop.
+    fn start<'b, B: ChatBackend + ?Sized>(&self, backend: &'b B, write: Write) -> InFlight<'b> {
+        let identity = self.identity;
+        let future: LocalBoxFuture<'b, Result<(), Refusal>> = match write.kind {
+            WriteKind::Post {
+                room,
+                body,
+                client_message_id,
+            } => {
+                // Each SEND starts its own trace (a connection lives for hours), linked to the
+                // connection's span.
+                let span = tracing::info_span!(parent: None, "stomp.send", %room);
+                span.follows_from(tracing::Span::current());
+                Box::pin(
+                    async move {
+                        let who = identity.ok_or_else(|| Refusal("not connected".into()))?;
+                        backend.post(who, room, body, client_message_id).await
+                    }
+                    .instrument(span),
+                )
+            }
+            WriteKind::MarkRead { room, up_to } => {
+                let span = tracing::debug_span!("stomp.mark_read", %room);
+                Box::pin(
+                    async move {
+                        let who = identity.ok_or_else(|| Refusal("not connected".into()))?;
+                        backend.mark_read(who, room, up_to).await
+                    }
+                    .instrument(span),
+                )
+            }
+        };
+        InFlight {
+            future,
+            receipt: write.receipt,
+            confirm: write.confirm,
+        }
+    }
+}
+
+/// A write the session asked for, waiting for the one before it to finish.
+#[derive(Debug)]
+struct Write {
+    kind: WriteKind,
+    receipt: Option<String>,
+    confirm: bool,
+}
+
+#[derive(Debug)]
+enum WriteKind {
+    Post {
+        room: RoomId,
+        body: String,
+        client_message_id: Option<String>,
+    },
+    MarkRead {
+        room: RoomId,
+        up_to: MessageId,
+    },
+}
+
+/// A started write: the driver polls `future` beside deliveries and hands its result to
+/// [`Connection::finish`].
+pub struct InFlight<'b> {
+    /// Resolves once the append is durable (or refused).
+    pub future: LocalBoxFuture<'b, Result<(), Refusal>>,
+    receipt: Option<String>,
+    confirm: bool,
 }
 
 /// The production backend: JWTs from [`AuthService`], membership from the read model (or the
@@ -457,9 +540,21 @@ mod tests {
         }
     }
 
+    /// Handles `frame` and settles until no write is left, each write awaited as it starts.
     fn run(conn: &mut Connection, backend: &Fake, frame: Frame) -> Vec<Effect> {
         conn.session.handle_frame(frame, Instant::now());
-        futures::executor::block_on(conn.settle(backend, backend, Instant::now))
+        futures::executor::block_on(async {
+            let mut all = Vec::new();
+            loop {
+                let (effects, write) = conn.settle(backend, backend, Instant::now, false).await;
+                all.extend(effects);
+                let Some(mut write) = write else {
+                    return all;
+                };
+                let result = write.future.as_mut().await;
+                conn.finish(write, result, Instant::now());
+            }
+        })
     }
 
     fn commands(effects: &[Effect]) -> Vec<Command> {

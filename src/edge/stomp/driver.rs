@@ -5,11 +5,12 @@
 
 use super::broker::{Broker, ConnId};
 use super::codec::{self, Decoder};
-use super::connection::{ChatBackend, Connection, Effect, Router};
+use super::connection::{ChatBackend, Connection, Effect, InFlight, Router};
 use super::frame::{Command, Frame, Version};
 use super::session::{CloseReason, Session, Topic};
 use super::websocket::StompConfig;
 use crate::telemetry::metrics::{label, metrics};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
@@ -76,6 +77,10 @@ impl Drop for SessionGauge {
             .add(-1, &[label("transport", self.0)]);
     }
 }
+
+/// Client frames decoded and queued while a write is in flight before the driver stops
+/// reading; the socket's buffers then hold the rest (the client's own backpressure).
+const MAX_QUEUED_FRAMES: usize = 32;
 
 /// Most receipts one session times at once; beyond it a SEND is not timed (never refused).
 const TIMED_RECEIPTS: usize = 1024;
@@ -147,7 +152,13 @@ pub async fn drive<T: Transport, B: ChatBackend>(
     session_config.send_limiter = broker.send_limiter();
     let mut conn = Connection::new(Session::new(session_config, Instant::now()));
     let mut decoder = Decoder::new(config.limits);
-    let mut frames = Vec::new();
+    // Client frames decoded but not yet handled: one at a time, each settled (its write
+    // finished) before the next, so replies keep their order.
+    let mut frames = VecDeque::new();
+    let mut decode_error = None;
+    // The post (or read marker) this connection is waiting for; deliveries, heart-beats and
+    // timers go on meanwhile, and the client's next frames wait behind it.
+    let mut in_flight: Option<InFlight<'_>> = None;
     'run: loop {
         let deadline = conn.session.poll_timeout();
         let timer = async {
@@ -156,15 +167,31 @@ pub async fn drive<T: Transport, B: ChatBackend>(
                 None => std::future::pending().await,
             }
         };
-        let mut decoded = Ok(());
+        // Bytes are read while a write is in flight too (heart-beats count as activity), up to
+        // a few queued frames; then the client waits.
+        let reading = decode_error.is_none() && frames.len() < MAX_QUEUED_FRAMES;
         // A traced delivery's span: entered while the session takes it, instrumenting the
         // socket writes that follow (never held entered across an await).
         let mut delivering: Option<tracing::Span> = None;
         tokio::select! {
-            bytes = transport.recv() => {
+            bytes = transport.recv(), if reading => {
                 let Some(bytes) = bytes else { break 'run };
                 conn.session.handle_activity(Instant::now());
-                decoded = decoder.feed(&bytes, &mut frames);
+                let mut decoded = Vec::new();
+                if let Err(error) = decoder.feed(&bytes, &mut decoded) {
+                    decode_error = Some(error);
+                }
+                frames.extend(decoded);
+            }
+            result = async {
+                match in_flight.as_mut() {
+                    Some(write) => write.future.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            }, if in_flight.is_some() => {
+                if let Some(write) = in_flight.take() {
+                    conn.finish(write, result, Instant::now());
+                }
             }
             delivery = deliveries.recv() => match delivery {
                 Some(delivery) => {
@@ -207,10 +234,13 @@ pub async fn drive<T: Transport, B: ChatBackend>(
                 }
             }
         }
-        // One frame at a time, each settled before the next, so replies keep their order.
-        let mut pending = std::mem::take(&mut frames).into_iter();
         loop {
-            let effects = conn.settle(&backend, &router, Instant::now).await;
+            let (effects, started) = conn
+                .settle(&backend, &router, Instant::now, in_flight.is_some())
+                .await;
+            if started.is_some() {
+                in_flight = started;
+            }
             if revocation.is_none()
                 && conn.session.user().is_some()
                 && let Some(identity) = conn.identity()
@@ -253,7 +283,11 @@ pub async fn drive<T: Transport, B: ChatBackend>(
                     break 'run;
                 }
             }
-            match pending.next() {
+            if in_flight.is_some() {
+                // The next frame is handled once this write has finished.
+                break;
+            }
+            match frames.pop_front() {
                 Some(frame) => {
                     // The command only: headers and bodies may carry tokens and messages.
                     let _frame =
@@ -261,9 +295,9 @@ pub async fn drive<T: Transport, B: ChatBackend>(
                     receipts.sent(&frame);
                     conn.session.handle_frame(frame, Instant::now());
                 }
-                None => match std::mem::replace(&mut decoded, Ok(())) {
-                    Err(error) => conn.session.handle_decode_error(&error, Instant::now()),
-                    Ok(()) => break,
+                None => match decode_error.take() {
+                    Some(error) => conn.session.handle_decode_error(&error, Instant::now()),
+                    None => break,
                 },
             }
         }
@@ -272,4 +306,181 @@ pub async fn drive<T: Transport, B: ChatBackend>(
     metrics().stomp_subscriptions.add(-router.joined.get(), &[]);
     // The client is going away either way; one that does not read cannot hold the task.
     let _ = tokio::time::timeout(WRITE_TIMEOUT, transport.close()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::epochs::Revocation;
+    use crate::edge::stomp::connection::Identity;
+    use crate::edge::stomp::session::{CatchUp, Delivery, Destination, Refusal};
+    use neulbi_domain::{MessageId, Role, RoomId, UserId};
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use std::sync::Arc;
+    use tokio::sync::{Semaphore, mpsc};
+    use uuid::Uuid;
+
+    const ROOM: RoomId = RoomId::from_uuid(Uuid::from_u128(1));
+
+    /// A client at the end of two channels.
+    struct Pipe {
+        inbound: mpsc::UnboundedReceiver<Vec<u8>>,
+        outbound: mpsc::UnboundedSender<Vec<u8>>,
+    }
+
+    #[async_trait::async_trait(?Send)]
+    impl Transport for Pipe {
+        async fn recv(&mut self) -> Option<Vec<u8>> {
+            self.inbound.recv().await
+        }
+        async fn send(&mut self, bytes: Vec<u8>) -> Result<(), TransportClosed> {
+            self.outbound.send(bytes).map_err(|_| TransportClosed)
+        }
+        async fn close(&mut self) {}
+        fn label(&self) -> &'static str {
+            "test"
+        }
+    }
+
+    /// Lets anyone in and holds every post until the test hands out a permit: an append
+    /// waiting for its fsync.
+    #[derive(Clone)]
+    struct SlowLog {
+        durable: Arc<Semaphore>,
+        started: Rc<Cell<usize>>,
+    }
+
+    #[async_trait::async_trait(?Send)]
+    impl ChatBackend for SlowLog {
+        async fn verify(&self, _: &str) -> Result<Identity, Refusal> {
+            Ok(Identity {
+                user: UserId::from_uuid(Uuid::from_u128(2)),
+                role: Role::Client,
+                user_version: None,
+            })
+        }
+        async fn may_read(&self, _: UserId, _: RoomId) -> Result<(), Refusal> {
+            Ok(())
+        }
+        async fn post(
+            &self,
+            _: Identity,
+            _: RoomId,
+            _: String,
+            _: Option<String>,
+        ) -> Result<(), Refusal> {
+            self.started.set(self.started.get() + 1);
+            match self.durable.acquire().await {
+                Ok(permit) => permit.forget(),
+                Err(_) => return Err(Refusal("closed".into())),
+            }
+            Ok(())
+        }
+        async fn mark_read(&self, _: Identity, _: RoomId, _: MessageId) -> Result<(), Refusal> {
+            Ok(())
+        }
+        async fn history_after(
+            &self,
+            _: RoomId,
+            _: MessageId,
+            _: usize,
+        ) -> Result<CatchUp, Refusal> {
+            Err(Refusal("no history here".into()))
+        }
+        fn revocation(&self, _: Identity) -> Revocation {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    fn frame(command: &str, headers: &[(&str, &str)], body: &str) -> Vec<u8> {
+        let mut out = format!("{command}\n");
+        for (k, v) in headers {
+            out.push_str(&format!("{k}:{v}\n"));
+        }
+        out.push('\n');
+        out.push_str(body);
+        out.push('\0');
+        out.into_bytes()
+    }
+
+    async fn next_frame(out: &mut mpsc::UnboundedReceiver<Vec<u8>>) -> String {
+        let bytes = tokio::time::timeout(Duration::from_secs(5), out.recv())
+            .await
+            .expect("a frame within 5 s")
+            .expect("the driver is running");
+        String::from_utf8(bytes).expect("text frames")
+    }
+
+    #[tokio::test]
+    async fn deliveries_are_written_while_the_connections_own_send_awaits_the_append() {
+        let broker = Broker::default();
+        let backend = SlowLog {
+            durable: Arc::new(Semaphore::new(0)),
+            started: Rc::default(),
+        };
+        let durable = backend.durable.clone();
+        let (client, inbound) = mpsc::unbounded_channel();
+        let (outbound, mut out) = mpsc::unbounded_channel();
+        let pipe = Pipe { inbound, outbound };
+        let topic = Destination::RoomTopic(ROOM).to_wire();
+        let send_to = Destination::RoomSend(ROOM).to_wire();
+        let script = async {
+            client
+                .send(frame(
+                    "CONNECT",
+                    &[("accept-version", "1.2"), ("Authorization", "Bearer t")],
+                    "",
+                ))
+                .ok();
+            assert!(next_frame(&mut out).await.starts_with("CONNECTED\n"));
+            client
+                .send(frame(
+                    "SUBSCRIBE",
+                    &[("id", "0"), ("destination", &topic), ("receipt", "s")],
+                    "",
+                ))
+                .ok();
+            assert!(next_frame(&mut out).await.contains("receipt-id:s"));
+            // Two SENDs in one chunk: the second waits behind the first's append.
+            let mut both = frame(
+                "SEND",
+                &[("destination", &send_to), ("receipt", "p")],
+                "one",
+            );
+            both.extend(frame(
+                "SEND",
+                &[("destination", &send_to), ("receipt", "q")],
+                "two",
+            ));
+            client.send(both).ok();
+            while backend.started.get() == 0 {
+                tokio::task::yield_now().await;
+            }
+            broker.publish(Arc::new(Delivery {
+                topic: Topic::Room(ROOM),
+                message_id: "from-someone-else".into(),
+                position: 7,
+                body: b"{}".to_vec(),
+                content_type: "application/json",
+                traceparent: None,
+            }));
+            let message = next_frame(&mut out).await;
+            assert!(
+                message.starts_with("MESSAGE\n"),
+                "the delivery is written before the RECEIPT: {message}"
+            );
+            assert_eq!(backend.started.get(), 1, "one write at a time");
+            durable.add_permits(1);
+            assert!(next_frame(&mut out).await.contains("receipt-id:p"));
+            durable.add_permits(1);
+            assert!(next_frame(&mut out).await.contains("receipt-id:q"));
+            assert_eq!(backend.started.get(), 2);
+            drop(client);
+        };
+        tokio::join!(
+            drive(pipe, backend.clone(), &broker, StompConfig::default()),
+            script
+        );
+    }
 }
