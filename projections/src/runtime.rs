@@ -272,8 +272,60 @@ pub async fn step(
     key: &str,
     limit: usize,
 ) -> Result<Batch, ProjectionError> {
+    step_shared(&SharedBatch::default(), store, db, def, names, key, limit).await
+}
+
+/// The newest batch the live projectors read, decoded once for all of them: they wake on
+/// the same commits and stand at the same checkpoint, so one read of the log, one upcast
+/// and one decode serve every read model instead of one each.
+#[derive(Default)]
+pub struct SharedBatch {
+    /// Where the batch starts, and the batch. Held across the read, so projectors that
+    /// arrive meanwhile wait for it rather than read the same events again.
+    last: tokio::sync::Mutex<Option<(u64, Arc<Vec<Projected>>)>>,
+}
+
+impl SharedBatch {
+    /// Up to `limit` events from `from`: the shared batch when it starts there, else a new
+    /// read that becomes the shared one. A batch read while another projector was behind may
+    /// end before the head; a short batch only means "wait for the next commit".
+    pub async fn read(
+        &self,
+        store: &SharedStore,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Arc<Vec<Projected>>, usize), ProjectionError> {
+        let mut last = self.last.lock().await;
+        if let Some((at, batch)) = last.as_ref()
+            && *at == from
+            && !batch.is_empty()
+        {
+            return Ok((batch.clone(), batch.len().min(limit)));
+        }
+        let batch = Arc::new(read_batch(store, from, limit).await?);
+        if limit >= BATCH {
+            // A narrowed read (a projector pinning down a failing event) is not shared: the
+            // others would take its one event for a short batch.
+            *last = Some((from, batch.clone()));
+        }
+        let len = batch.len();
+        Ok((batch, len))
+    }
+}
+
+/// [`step`], reading through `shared` so projectors at the same checkpoint share one batch.
+pub async fn step_shared(
+    shared: &SharedBatch,
+    store: &SharedStore,
+    db: &ReadDb,
+    def: &ProjectorDef,
+    names: &Names,
+    key: &str,
+    limit: usize,
+) -> Result<Batch, ProjectionError> {
     let from = checkpoint(db, key).await?.map_or(0, |(p, _)| p);
-    let events = read_batch(store, from, limit).await?;
+    let (batch, len) = shared.read(store, from, limit).await?;
+    let events = &batch[..len];
     let live = key == def.name;
     if events.is_empty() {
         if live {
@@ -312,7 +364,7 @@ pub async fn step(
             tx.rollback().await?;
             return Ok(Batch::Raced);
         }
-        apply_all(&mut tx, projector.as_ref(), &events).await?;
+        apply_all(&mut tx, projector.as_ref(), events).await?;
         let next = events.last().map_or(from, |e| e.event.position + 1);
         set_checkpoint(&mut tx, key, next, def.version).await?;
         tx.commit().await?;
@@ -508,9 +560,11 @@ pub fn spawn_all(
     stop: watch::Receiver<bool>,
     caught_up: Arc<AtomicUsize>,
 ) -> Vec<JoinHandle<()>> {
+    let shared = Arc::new(SharedBatch::default());
     super::all()
         .into_iter()
         .map(|def| {
+            let shared = shared.clone();
             let store = store.clone();
             let db = db.clone();
             let mut stop = stop.clone();
@@ -533,7 +587,7 @@ pub fn spawn_all(
                     } else {
                         BATCH
                     };
-                    match step(&store, &db, def, &names, def.name, limit).await {
+                    match step_shared(&shared, &store, &db, def, &names, def.name, limit).await {
                         Ok(Batch::Applied(n)) => {
                             metrics()
                                 .projector_events

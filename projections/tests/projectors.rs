@@ -296,3 +296,47 @@ async fn a_rebuild_under_a_running_projector_equals_the_live_tables() {
     assert_eq!(counselor[0].message_count, 31);
     assert_eq!(counselor[0].unread_count, 31, "exact after the swaps");
 }
+
+#[tokio::test]
+async fn projectors_at_one_checkpoint_share_one_decoded_batch() {
+    let w = World::new().await;
+    let shared = runtime::SharedBatch::default();
+    let (first, n) = shared
+        .read(&w.store, 0, runtime::BATCH)
+        .await
+        .expect("read");
+    assert!(n > 0 && n == first.len(), "the seeded events: {n}");
+    // The next projector at the same checkpoint gets the same decoded events, not a copy.
+    let (again, m) = shared
+        .read(&w.store, 0, runtime::BATCH)
+        .await
+        .expect("read");
+    assert!(Arc::ptr_eq(&first, &again));
+    assert_eq!(m, n);
+    // A narrowed read takes its prefix of the shared batch...
+    let (one, k) = shared.read(&w.store, 0, 1).await.expect("read");
+    assert!(Arc::ptr_eq(&first, &one));
+    assert_eq!(k, 1);
+    // ...and a commit after the batch is read by the projector that gets there first.
+    w.post(w.client, Role::Client, "after the batch").await;
+    let (next, after) = shared
+        .read(&w.store, n as u64, runtime::BATCH)
+        .await
+        .expect("read");
+    assert!(!Arc::ptr_eq(&first, &next));
+    assert!(after > 0);
+    assert_eq!(next[0].event.position, n as u64);
+    // The log's events, in order, whichever reader decoded them.
+    let direct = runtime::read_batch(&w.store, 0, runtime::BATCH)
+        .await
+        .expect("read");
+    let positions =
+        |b: &[projections::Projected]| b.iter().map(|p| p.event.position).collect::<Vec<_>>();
+    assert_eq!(positions(&first), positions(&direct[..n]));
+    // A narrowed read that misses is not shared: the next full read starts over.
+    let fresh = runtime::SharedBatch::default();
+    let (narrow, _) = fresh.read(&w.store, 0, 1).await.expect("read");
+    let (full, len) = fresh.read(&w.store, 0, runtime::BATCH).await.expect("read");
+    assert!(!Arc::ptr_eq(&narrow, &full));
+    assert_eq!(len, direct.len());
+}
