@@ -2,8 +2,9 @@
 //! request (correlation id) and trace. Only ids, types and, for security events, a detail
 //! made of method, role and key names: no personal data.
 
-use super::db::{Sql, sql};
-use super::{Decoded, Names, ProjectionError, Projector, ProjectorDef, micros};
+use super::db::{Dialect, Sql, sql};
+use super::rows::{AnyQuery, insert_rows};
+use super::{Decoded, Names, Projected, ProjectionError, Projector, ProjectorDef, micros};
 use async_trait::async_trait;
 use neulbi_domain::user::UserEvent;
 use neulbi_store::RecordedEvent;
@@ -22,16 +23,42 @@ pub static DEF: ProjectorDef = ProjectorDef {
 
 struct Audit {
     insert: Sql,
+    /// The multi-row form: the statement up to `VALUES `.
+    into: String,
+    dialect: Dialect,
 }
+
+/// The audit row's columns, in the order both statements bind them.
+const COLUMNS: &str = "position, stream, version, event_type, actor_id, correlation_id, traceparent, recorded_at, detail";
+
+/// Replaying a batch after a crash between its rows and its checkpoint writes nothing twice.
+const ON_CONFLICT: &str = " ON CONFLICT (position) DO NOTHING";
 
 fn bind(n: &Names) -> Arc<dyn Projector> {
     Arc::new(Audit {
         insert: n.render(
-            "INSERT INTO {rm_audit} (position, stream, version, event_type, actor_id, correlation_id, traceparent, recorded_at, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (position) DO NOTHING",
+            &format!(
+                "INSERT INTO {{rm_audit}} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9){ON_CONFLICT}"
+            ),
             &["rm_audit"],
         ),
+        into: format!("INSERT INTO {} ({COLUMNS}) VALUES ", n.table("rm_audit")),
+        dialect: n.dialect(),
     })
+}
+
+/// One audit row, bound in [`COLUMNS`] order.
+fn row<'q>(query: AnyQuery<'q>, e: &RecordedEvent, decoded: &Decoded) -> AnyQuery<'q> {
+    query
+        .bind(i64::try_from(e.position).unwrap_or(i64::MAX))
+        .bind(e.stream.to_string())
+        .bind(i64::try_from(e.version).unwrap_or(i64::MAX))
+        .bind(e.event_type.clone())
+        .bind(e.metadata.user_id.map(|u| u.to_string()))
+        .bind(e.metadata.correlation_id.map(|u| u.to_string()))
+        .bind(e.metadata.traceparent.clone())
+        .bind(micros(e.recorded_at))
+        .bind(detail(decoded))
 }
 
 #[async_trait]
@@ -42,19 +69,29 @@ impl Projector for Audit {
         e: &RecordedEvent,
         decoded: &Decoded,
     ) -> Result<(), ProjectionError> {
-        sqlx::query(sql(&self.insert))
-            .bind(i64::try_from(e.position).unwrap_or(i64::MAX))
-            .bind(e.stream.to_string())
-            .bind(i64::try_from(e.version).unwrap_or(i64::MAX))
-            .bind(e.event_type.clone())
-            .bind(e.metadata.user_id.map(|u| u.to_string()))
-            .bind(e.metadata.correlation_id.map(|u| u.to_string()))
-            .bind(e.metadata.traceparent.clone())
-            .bind(micros(e.recorded_at))
-            .bind(detail(decoded))
+        row(sqlx::query(sql(&self.insert)), e, decoded)
             .execute(&mut *tx)
             .await?;
         Ok(())
+    }
+
+    /// Every event gets a row: a batch is written with a few multi-row statements rather
+    /// than one statement (one round trip) per event.
+    async fn apply_batch(
+        &self,
+        tx: &mut AnyConnection,
+        events: &[Projected],
+    ) -> Result<(), ProjectionError> {
+        insert_rows(
+            tx,
+            self.dialect,
+            &self.into,
+            9,
+            ON_CONFLICT,
+            events,
+            |query, p| row(query, &p.event, &p.decoded),
+        )
+        .await
     }
 }
 

@@ -16,6 +16,7 @@ pub mod queries;
 pub mod rebuild;
 pub mod rooms;
 mod rooms_batch;
+mod rows;
 pub mod runtime;
 pub mod schema;
 pub mod users;
