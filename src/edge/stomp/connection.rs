@@ -125,7 +125,7 @@ impl Connection {
     ) -> (Vec<Effect>, Option<InFlight<'b>>) {
         let mut effects = Vec::new();
         let mut started = None;
-        if !busy && let Some(write) = self.waiting.pop_front() {
+        if !busy && let Some(write) = self.next_write() {
             started = Some(self.start(backend, write));
         }
         while let Some(output) = self.session.poll_output() {
@@ -192,12 +192,22 @@ impl Connection {
             }
             if !busy
                 && started.is_none()
-                && let Some(write) = self.waiting.pop_front()
+                && let Some(write) = self.next_write()
             {
                 started = Some(self.start(backend, write));
             }
         }
         (effects, started)
+    }
+
+    /// The oldest waiting write, unless the session has closed meanwhile: then none of them
+    /// is performed (the rest of a COMMIT after a refused SEND is dropped, as the session
+    /// drops requests it had not handed out yet).
+    fn next_write(&mut self) -> Option<Write> {
+        if self.session.is_closed() {
+            self.waiting.clear();
+        }
+        self.waiting.pop_front()
     }
 
     /// Hands a finished write's outcome to the session (a RECEIPT, or an ERROR that closes).
@@ -497,6 +507,9 @@ mod tests {
             body: String,
             _: Option<String>,
         ) -> Result<(), Refusal> {
+            if body == "refused" {
+                return Err(Refusal("refused".into()));
+            }
             self.posts.borrow_mut().push((who.user, room, body));
             Ok(())
         }
@@ -649,6 +662,43 @@ mod tests {
                 Route::Join(Topic::Room(ROOM)),
                 Route::Leave(Topic::Room(ROOM))
             ]
+        );
+    }
+
+    #[test]
+    fn a_refused_send_drops_the_rest_of_its_commit() {
+        let backend = Fake::default();
+        let mut conn = Connection::new(Session::new(SessionConfig::default(), Instant::now()));
+        run(&mut conn, &backend, connect("alice"));
+        run(
+            &mut conn,
+            &backend,
+            Frame::new(Command::Begin).header("transaction", "t"),
+        );
+        for body in ["first", "refused", "third"] {
+            run(
+                &mut conn,
+                &backend,
+                Frame::new(Command::Send)
+                    .header("destination", Destination::RoomSend(ROOM).to_wire())
+                    .header("transaction", "t")
+                    .body(body),
+            );
+        }
+        assert!(backend.posts.borrow().is_empty(), "nothing before COMMIT");
+        let effects = run(
+            &mut conn,
+            &backend,
+            Frame::new(Command::Commit)
+                .header("transaction", "t")
+                .header("receipt", "c"),
+        );
+        assert_eq!(commands(&effects), [Command::Error]);
+        assert!(matches!(effects.last(), Some(Effect::Close(_))));
+        assert_eq!(
+            *backend.posts.borrow(),
+            [(ALICE, ROOM, "first".to_owned())],
+            "earlier posts stay, later ones are dropped"
         );
     }
 }
