@@ -252,6 +252,63 @@ mod tests {
         futures::executor::block_on(w.commit(batch))
     }
 
+    /// The real writer, then a crash before anyone hears of the commit: the process dying
+    /// between a durable batch and its acknowledgements.
+    struct CrashAfterCommit(SqliteCommitter);
+
+    #[async_trait]
+    impl Committer for CrashAfterCommit {
+        async fn commit(&mut self, batch: &[AppendRequest]) -> Result<Plan, StoreError> {
+            let _durable = self.0.commit(batch).await?;
+            panic!("crashed between the batch and its acks (expected by this test)");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_crash_between_a_durable_batch_and_its_acks_loses_nothing_and_a_retry_lands_once() {
+        let log = TempLog::new().await;
+        let limits = StoreLimits::default();
+        let ids = [Uuid::new_v4(), Uuid::new_v4()];
+        let append = || AppendRequest {
+            stream: room(1),
+            expected: ExpectedVersion::NoStream,
+            events: vec![
+                SerializedEvent::empty(ids[0], "A"),
+                SerializedEvent::empty(ids[1], "B"),
+            ],
+        };
+        let crashing = CrashAfterCommit(SqliteCommitter::open(&log.path(), &limits).expect("open"));
+        let committed = group_commit::Committed {
+            head: tokio::sync::watch::channel(None).0,
+            recent: Default::default(),
+        };
+        let writer =
+            group_commit::GroupCommit::start_on_thread("crashing", crashing, limits, committed)
+                .expect("thread");
+        let outcome = writer.submit(append()).await;
+        assert!(
+            matches!(outcome, Err(StoreError::Closed)),
+            "no acknowledgement: {outcome:?}"
+        );
+        // The batch is in the file all the same.
+        let types =
+            |rows: Vec<(i64, String, String)>| rows.into_iter().map(|r| r.2).collect::<Vec<_>>();
+        assert_eq!(types(log.rows()), ["A", "B"]);
+        // The client, unanswered, retries with the same ids against a restarted writer: it is
+        // answered as the append that landed, and nothing is written twice.
+        let mut restarted = SqliteCommitter::open(&log.path(), &limits).expect("open");
+        let plan = commit(&mut restarted, &[append()]).expect("commit");
+        assert!(matches!(
+            plan.results[0],
+            Ok(AppendResult {
+                first_position: 0,
+                last_position: 1,
+                next_expected_version: 1,
+            })
+        ));
+        assert_eq!(types(log.rows()), ["A", "B"]);
+    }
+
     #[tokio::test]
     async fn a_batch_writes_its_accepted_appends_in_one_transaction() {
         let log = TempLog::new().await;
