@@ -159,6 +159,8 @@ pub async fn drive<T: Transport, B: ChatBackend>(
     // The post (or read marker) this connection is waiting for; deliveries, heart-beats and
     // timers go on meanwhile, and the client's next frames wait behind it.
     let mut in_flight: Option<InFlight<'_>> = None;
+    // The client closed its side: no more reading; the loop ends once nothing is pending.
+    let mut client_gone = false;
     'run: loop {
         let deadline = conn.session.poll_timeout();
         let timer = async {
@@ -169,13 +171,21 @@ pub async fn drive<T: Transport, B: ChatBackend>(
         };
         // Bytes are read while a write is in flight too (heart-beats count as activity), up to
         // a few queued frames; then the client waits.
-        let reading = decode_error.is_none() && frames.len() < MAX_QUEUED_FRAMES;
+        let reading = !client_gone && decode_error.is_none() && frames.len() < MAX_QUEUED_FRAMES;
         // A traced delivery's span: entered while the session takes it, instrumenting the
         // socket writes that follow (never held entered across an await).
         let mut delivering: Option<tracing::Span> = None;
         tokio::select! {
             bytes = transport.recv(), if reading => {
-                let Some(bytes) = bytes else { break 'run };
+                let Some(bytes) = bytes else {
+                    // What the client sent before it left is still done (a SEND followed
+                    // by a hang-up gets posted), then the loop ends.
+                    client_gone = true;
+                    if in_flight.is_none() && frames.is_empty() {
+                        break 'run;
+                    }
+                    continue 'run;
+                };
                 conn.session.handle_activity(Instant::now());
                 let mut decoded = Vec::new();
                 if let Err(error) = decoder.feed(&bytes, &mut decoded) {
@@ -301,6 +311,9 @@ pub async fn drive<T: Transport, B: ChatBackend>(
                 },
             }
         }
+        if client_gone && in_flight.is_none() && frames.is_empty() {
+            break 'run;
+        }
     }
     broker.unregister(conn_id);
     metrics().stomp_subscriptions.add(-router.joined.get(), &[]);
@@ -349,6 +362,7 @@ mod tests {
     struct SlowLog {
         durable: Arc<Semaphore>,
         started: Rc<Cell<usize>>,
+        finished: Rc<Cell<usize>>,
     }
 
     #[async_trait::async_trait(?Send)]
@@ -375,6 +389,7 @@ mod tests {
                 Ok(permit) => permit.forget(),
                 Err(_) => return Err(Refusal("closed".into())),
             }
+            self.finished.set(self.finished.get() + 1);
             Ok(())
         }
         async fn mark_read(&self, _: Identity, _: RoomId, _: MessageId) -> Result<(), Refusal> {
@@ -418,6 +433,7 @@ mod tests {
         let backend = SlowLog {
             durable: Arc::new(Semaphore::new(0)),
             started: Rc::default(),
+            finished: Rc::default(),
         };
         let durable = backend.durable.clone();
         let (client, inbound) = mpsc::unbounded_channel();
@@ -482,5 +498,57 @@ mod tests {
             drive(pipe, backend.clone(), &broker, StompConfig::default()),
             script
         );
+    }
+
+    #[tokio::test]
+    async fn a_send_followed_by_a_hang_up_is_still_posted() {
+        let broker = Broker::default();
+        let backend = SlowLog {
+            durable: Arc::new(Semaphore::new(0)),
+            started: Rc::default(),
+            finished: Rc::default(),
+        };
+        let durable = backend.durable.clone();
+        let (client, inbound) = mpsc::unbounded_channel();
+        let (outbound, mut out) = mpsc::unbounded_channel();
+        let send_to = Destination::RoomSend(ROOM).to_wire();
+        let script = async {
+            client
+                .send(frame(
+                    "CONNECT",
+                    &[("accept-version", "1.2"), ("Authorization", "Bearer t")],
+                    "",
+                ))
+                .ok();
+            assert!(next_frame(&mut out).await.starts_with("CONNECTED\n"));
+            let mut bytes = frame("SEND", &[("destination", &send_to)], "bye");
+            bytes.extend(frame("DISCONNECT", &[], ""));
+            client.send(bytes).ok();
+            // The client hangs up while its SEND waits for the log.
+            drop(client);
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while backend.started.get() == 0 {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("the post was started");
+            durable.add_permits(1);
+        };
+        let driven = async {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                drive(
+                    Pipe { inbound, outbound },
+                    backend.clone(),
+                    &broker,
+                    StompConfig::default(),
+                ),
+            )
+            .await
+            .expect("the driver ends once the post is done");
+        };
+        tokio::join!(driven, script);
+        assert_eq!(backend.finished.get(), 1, "the SEND was posted");
     }
 }
