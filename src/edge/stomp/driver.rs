@@ -365,6 +365,17 @@ mod tests {
         finished: Rc<Cell<usize>>,
     }
 
+    impl Default for SlowLog {
+        /// No permits: every post waits until the test adds one.
+        fn default() -> Self {
+            Self {
+                durable: Arc::new(Semaphore::new(0)),
+                started: Rc::default(),
+                finished: Rc::default(),
+            }
+        }
+    }
+
     #[async_trait::async_trait(?Send)]
     impl ChatBackend for SlowLog {
         async fn verify(&self, _: &str) -> Result<Identity, Refusal> {
@@ -419,6 +430,21 @@ mod tests {
         out.into_bytes()
     }
 
+    /// CONNECTs and waits for CONNECTED.
+    async fn connect(
+        client: &mpsc::UnboundedSender<Vec<u8>>,
+        out: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+    ) {
+        client
+            .send(frame(
+                "CONNECT",
+                &[("accept-version", "1.2"), ("Authorization", "Bearer t")],
+                "",
+            ))
+            .ok();
+        assert!(next_frame(out).await.starts_with("CONNECTED\n"));
+    }
+
     async fn next_frame(out: &mut mpsc::UnboundedReceiver<Vec<u8>>) -> String {
         let bytes = tokio::time::timeout(Duration::from_secs(5), out.recv())
             .await
@@ -430,11 +456,7 @@ mod tests {
     #[tokio::test]
     async fn deliveries_are_written_while_the_connections_own_send_awaits_the_append() {
         let broker = Broker::default();
-        let backend = SlowLog {
-            durable: Arc::new(Semaphore::new(0)),
-            started: Rc::default(),
-            finished: Rc::default(),
-        };
+        let backend = SlowLog::default();
         let durable = backend.durable.clone();
         let (client, inbound) = mpsc::unbounded_channel();
         let (outbound, mut out) = mpsc::unbounded_channel();
@@ -442,14 +464,7 @@ mod tests {
         let topic = Destination::RoomTopic(ROOM).to_wire();
         let send_to = Destination::RoomSend(ROOM).to_wire();
         let script = async {
-            client
-                .send(frame(
-                    "CONNECT",
-                    &[("accept-version", "1.2"), ("Authorization", "Bearer t")],
-                    "",
-                ))
-                .ok();
-            assert!(next_frame(&mut out).await.starts_with("CONNECTED\n"));
+            connect(&client, &mut out).await;
             client
                 .send(frame(
                     "SUBSCRIBE",
@@ -503,24 +518,13 @@ mod tests {
     #[tokio::test]
     async fn a_send_followed_by_a_hang_up_is_still_posted() {
         let broker = Broker::default();
-        let backend = SlowLog {
-            durable: Arc::new(Semaphore::new(0)),
-            started: Rc::default(),
-            finished: Rc::default(),
-        };
+        let backend = SlowLog::default();
         let durable = backend.durable.clone();
         let (client, inbound) = mpsc::unbounded_channel();
         let (outbound, mut out) = mpsc::unbounded_channel();
         let send_to = Destination::RoomSend(ROOM).to_wire();
         let script = async {
-            client
-                .send(frame(
-                    "CONNECT",
-                    &[("accept-version", "1.2"), ("Authorization", "Bearer t")],
-                    "",
-                ))
-                .ok();
-            assert!(next_frame(&mut out).await.starts_with("CONNECTED\n"));
+            connect(&client, &mut out).await;
             let mut bytes = frame("SEND", &[("destination", &send_to)], "bye");
             bytes.extend(frame("DISCONNECT", &[], ""));
             client.send(bytes).ok();
