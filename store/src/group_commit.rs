@@ -92,6 +92,23 @@ pub(crate) struct Plan {
     pub recorded_at: i64,
 }
 
+/// [`plan`] for a batch being committed now: every backend stamps its rows with the time of
+/// the commit, taken here once.
+pub(crate) fn plan_now(
+    batch: &[AppendRequest],
+    head: Option<u64>,
+    versions: HashMap<String, u64>,
+    existing: HashMap<Uuid, StoredId>,
+) -> Plan {
+    plan(
+        batch,
+        head,
+        versions,
+        existing,
+        chrono::Utc::now().timestamp_micros(),
+    )
+}
+
 /// Checks every request of a batch against the stored state and assigns positions and
 /// versions. Pure: the backends fetch `head`, `versions` (last version per stream of the
 /// batch, absent = no stream) and `existing` (stored locations of the batch's event ids).

@@ -16,7 +16,6 @@ use super::{
     StoreLimits,
 };
 use async_trait::async_trait;
-use chrono::Utc;
 use futures::stream::BoxStream;
 use neulbi_domain::StreamName;
 use sqlx::Row;
@@ -275,13 +274,7 @@ impl Committer for PgCommitter {
             }
         }
 
-        let plan = group_commit::plan(
-            batch,
-            head,
-            versions,
-            existing,
-            Utc::now().timestamp_micros(),
-        );
+        let plan = group_commit::plan_now(batch, head, versions, existing);
         if plan.rows.is_empty() {
             tx.rollback().await?;
             return Ok(plan);

@@ -8,7 +8,6 @@ use super::group_commit::{self, AppendRequest, Committer, Plan, StoredId};
 use super::sql_read::clamp;
 use super::{StoreError, StoreLimits};
 use async_trait::async_trait;
-use chrono::Utc;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -41,6 +40,12 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// The log's last position on `conn`.
+fn read_head(conn: &Connection) -> Result<Option<u64>, StoreError> {
+    let head: Option<i64> = conn.prepare_cached(HEAD)?.query_row([], |r| r.get(0))?;
+    Ok(head.and_then(|h| u64::try_from(h).ok()))
+}
+
 impl SqliteCommitter {
     /// Opens the writer on the (migrated, WAL-mode) database at `path`: every commit is
     /// durable (`synchronous=FULL`), erased rows leave no plaintext in free pages, and it
@@ -69,11 +74,7 @@ impl SqliteCommitter {
 
     /// The log's last position, as a new store announces it.
     pub(crate) fn head(&mut self) -> Result<Option<u64>, StoreError> {
-        let head: Option<i64> = self
-            .conn
-            .prepare_cached(HEAD)?
-            .query_row([], |r| r.get(0))?;
-        Ok(head.and_then(|h| u64::try_from(h).ok()))
+        read_head(&self.conn)
     }
 
     /// One transaction for the batch; on failure the cached head is forgotten.
@@ -88,14 +89,15 @@ impl SqliteCommitter {
     }
 
     fn write(&mut self, batch: &[AppendRequest]) -> Result<Plan, StoreError> {
-        let head = match self.head {
-            Some(head) => head,
-            None => self.head()?,
-        };
         // Rolled back when dropped: any error below leaves nothing written.
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Read under the write lock, so no other process can append between it and ours.
+        let head = match self.head {
+            Some(head) => head,
+            None => read_head(&tx)?,
+        };
         let mut versions = HashMap::new();
         let mut asked = HashSet::new();
         let mut existing = HashMap::new();
@@ -128,13 +130,7 @@ impl SqliteCommitter {
                 }
             }
         }
-        let plan = group_commit::plan(
-            batch,
-            head,
-            versions,
-            existing,
-            Utc::now().timestamp_micros(),
-        );
+        let plan = group_commit::plan_now(batch, head, versions, existing);
         if plan.rows.is_empty() {
             // Nothing to write (all rejected or retried): the drop rolls back.
             return Ok(plan);
