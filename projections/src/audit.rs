@@ -2,7 +2,7 @@
 //! request (correlation id) and trace. Only ids, types and, for security events, a detail
 //! made of method, role and key names: no personal data.
 
-use super::db::{Dialect, Sql, sql};
+use super::db::Dialect;
 use super::rows::{AnyQuery, insert_rows};
 use super::{Decoded, Names, Projected, ProjectionError, Projector, ProjectorDef, micros};
 use async_trait::async_trait;
@@ -22,13 +22,12 @@ pub static DEF: ProjectorDef = ProjectorDef {
 };
 
 struct Audit {
-    insert: Sql,
-    /// The multi-row form: the statement up to `VALUES `.
+    /// The insert up to `VALUES ` (rows are added by [`insert_rows`]).
     into: String,
     dialect: Dialect,
 }
 
-/// The audit row's columns, in the order both statements bind them.
+/// The audit row's columns, in the order [`row`] binds them.
 const COLUMNS: &str = "position, stream, version, event_type, actor_id, correlation_id, traceparent, recorded_at, detail";
 
 /// Replaying a batch after a crash between its rows and its checkpoint writes nothing twice.
@@ -36,15 +35,29 @@ const ON_CONFLICT: &str = " ON CONFLICT (position) DO NOTHING";
 
 fn bind(n: &Names) -> Arc<dyn Projector> {
     Arc::new(Audit {
-        insert: n.render(
-            &format!(
-                "INSERT INTO {{rm_audit}} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9){ON_CONFLICT}"
-            ),
-            &["rm_audit"],
-        ),
         into: format!("INSERT INTO {} ({COLUMNS}) VALUES ", n.table("rm_audit")),
         dialect: n.dialect(),
     })
+}
+
+impl Audit {
+    /// One row per event, in multi-row statements.
+    async fn write(
+        &self,
+        tx: &mut AnyConnection,
+        rows: &[(&RecordedEvent, &Decoded)],
+    ) -> Result<(), ProjectionError> {
+        insert_rows(
+            tx,
+            self.dialect,
+            &self.into,
+            9,
+            ON_CONFLICT,
+            rows,
+            |query, (e, d)| row(query, e, d),
+        )
+        .await
+    }
 }
 
 /// One audit row, bound in [`COLUMNS`] order.
@@ -69,10 +82,7 @@ impl Projector for Audit {
         e: &RecordedEvent,
         decoded: &Decoded,
     ) -> Result<(), ProjectionError> {
-        row(sqlx::query(sql(&self.insert)), e, decoded)
-            .execute(&mut *tx)
-            .await?;
-        Ok(())
+        self.write(tx, &[(e, decoded)]).await
     }
 
     /// Every event gets a row: a batch is written with a few multi-row statements rather
@@ -82,16 +92,8 @@ impl Projector for Audit {
         tx: &mut AnyConnection,
         events: &[Projected],
     ) -> Result<(), ProjectionError> {
-        insert_rows(
-            tx,
-            self.dialect,
-            &self.into,
-            9,
-            ON_CONFLICT,
-            events,
-            |query, p| row(query, &p.event, &p.decoded),
-        )
-        .await
+        let rows: Vec<_> = events.iter().map(|p| (&p.event, &p.decoded)).collect();
+        self.write(tx, &rows).await
     }
 }
 
