@@ -6,7 +6,7 @@
 use super::SockJs;
 use super::app::{self, AppContext, AppKind};
 use super::framing::{self, Frame, PayloadError, Wrap};
-use super::session::{Attach, Channel, INBOUND_BATCHES, Session};
+use super::session::{Attach, Channel, INBOUND_BATCHES, Inbound, RECEIVER_GRACE, Session};
 use crate::auth::AuthService;
 use crate::edge::stomp::broker::Broker;
 use crate::edge::stomp::connection::AppBackend;
@@ -419,13 +419,19 @@ async fn send(ctx: Ctx, body: &[u8], jsonp: bool) -> HttpResponse {
         return not_found();
     };
     if !messages.is_empty() {
+        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+        let (batch, taken) = Inbound::tracked(messages);
         // A full queue holds this request (back-pressure) up to the write timeout.
         if !matches!(
-            tokio::time::timeout(WRITE_TIMEOUT, inbound.send(messages)).await,
+            tokio::time::timeout_at(deadline, inbound.send(batch)).await,
             Ok(Ok(()))
         ) {
             return HttpResponse::ServiceUnavailable().finish();
         }
+        // Answer once the application has handled the batch (an echo is then queued for the
+        // next poll); the messages are accepted either way, so a busy application only delays
+        // the answer, up to the same deadline.
+        let _ = tokio::time::timeout_at(deadline, taken).await;
     }
     let mut res = if jsonp {
         HttpResponse::Ok()
@@ -504,7 +510,7 @@ async fn receive(ctx: Ctx, wrap: Wrap, streaming: bool, callback: String) -> Htt
             Wrap::Jsonp => String::new(),
         });
     }
-    let attach = session.lifecycle().attach();
+    let attach = session.attach(RECEIVER_GRACE).await;
     let mut receiver = Receiver {
         session: session.clone(),
         sockjs: ctx.sockjs.clone(),
@@ -521,6 +527,11 @@ async fn receive(ctx: Ctx, wrap: Wrap, streaming: bool, callback: String) -> Htt
     match attach {
         Attach::Refuse(frame) => {
             receiver.push(&frame);
+            receiver.done = true;
+        }
+        // `Session::attach` has already waited and refused.
+        Attach::Busy => {
+            receiver.push(&Frame::another_connection());
             receiver.done = true;
         }
         Attach::Open | Attach::Receive => {
@@ -620,7 +631,7 @@ impl Drop for Receiver {
         // Release the queue before another receiver may attach.
         self.rx = None;
         let interrupted = !self.finished;
-        if self.session.lifecycle().detach(Instant::now(), interrupted) {
+        if self.session.detach(Instant::now(), interrupted) {
             tracing::debug!("SockJS receiver vanished; session interrupted");
             self.session.end_application();
         }
@@ -709,7 +720,7 @@ async fn send_text(ws: &mut actix_ws::Session, text: String) -> bool {
 async fn serve_websocket(
     mut ws: actix_ws::Session,
     mut stream: actix_ws::AggregatedMessageStream,
-    inbound: mpsc::Sender<Vec<String>>,
+    inbound: mpsc::Sender<Inbound>,
     mut outbound: mpsc::Receiver<String>,
     heartbeat: Duration,
     raw: bool,
@@ -724,7 +735,7 @@ async fn serve_websocket(
         tokio::select! {
             permit = inbound.reserve(), if pending.is_some() => {
                 let Ok(permit) = permit else { break };
-                permit.send(pending.take().unwrap_or_default());
+                permit.send(Inbound::new(pending.take().unwrap_or_default()));
             }
             message = stream.recv(), if pending.is_none() => {
                 let text = match message {

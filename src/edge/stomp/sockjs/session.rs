@@ -9,11 +9,45 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Batches of client messages an application has not read yet, per session; a client that
 /// sends faster than the application reads waits (and then fails) instead of growing memory.
 pub const INBOUND_BATCHES: usize = 4;
+
+/// One batch of client messages for the application. `taken`, when present, is signalled
+/// (dropped) once the application has handled every message of the batch and asks for more,
+/// so `xhr_send` can answer after the application acted on what it sent (the protocol's test
+/// services echo before the next poll, as sockjs-node does synchronously).
+#[derive(Debug, Default)]
+pub struct Inbound {
+    /// The messages, in the order the client sent them.
+    pub messages: Vec<String>,
+    /// Dropped when the batch has been handled.
+    pub taken: Option<oneshot::Sender<()>>,
+}
+
+impl Inbound {
+    /// A batch nobody waits on (the WebSocket transport reads the next one anyway).
+    pub fn new(messages: Vec<String>) -> Self {
+        Self {
+            messages,
+            taken: None,
+        }
+    }
+
+    /// A batch and the receiver that resolves once the application has handled it.
+    pub fn tracked(messages: Vec<String>) -> (Self, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            Self {
+                messages,
+                taken: Some(tx),
+            },
+            rx,
+        )
+    }
+}
 
 /// What a receiving request does on a session, decided by [`Lifecycle::attach`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,9 +56,16 @@ pub enum Attach {
     Open,
     /// Receive messages.
     Receive,
+    /// Another receiver is attached; [`Session::attach`] waits briefly for it to go (a client
+    /// that just dropped its request may not have been noticed yet), then refuses.
+    Busy,
     /// Answer with this close frame and end (closed session, or a receiver is attached).
     Refuse(Frame),
 }
+
+/// How long a receiving request waits for the previous receiver's disconnect to be noticed
+/// before it is refused with "Another connection still open".
+pub const RECEIVER_GRACE: Duration = Duration::from_millis(500);
 
 /// The lifecycle of one session, free of I/O and clocks.
 #[derive(Debug, Clone)]
@@ -57,7 +98,7 @@ impl Lifecycle {
             return Attach::Refuse(frame.clone());
         }
         if self.attached {
-            return Attach::Refuse(Frame::another_connection());
+            return Attach::Busy;
         }
         self.attached = true;
         Attach::Receive
@@ -100,9 +141,11 @@ impl Lifecycle {
 /// One HTTP-transport session: its lifecycle and both ends of the application's channel.
 pub struct Session {
     lifecycle: Mutex<Lifecycle>,
-    inbound: Mutex<Option<mpsc::Sender<Vec<String>>>>,
+    inbound: Mutex<Option<mpsc::Sender<Inbound>>>,
     /// The application's outbound messages; holding the lock is being the one receiver.
     pub outbound: Arc<tokio::sync::Mutex<mpsc::Receiver<String>>>,
+    /// Woken when a receiver detaches, for a request waiting in [`Attach::Busy`].
+    detached: tokio::sync::Notify,
 }
 
 impl Session {
@@ -115,6 +158,7 @@ impl Session {
             lifecycle: Mutex::new(Lifecycle::new(now)),
             inbound: Mutex::new(Some(in_tx)),
             outbound: Arc::new(tokio::sync::Mutex::new(out_rx)),
+            detached: tokio::sync::Notify::new(),
         });
         (session, Channel::new(in_rx, out_tx))
     }
@@ -124,8 +168,36 @@ impl Session {
         self.lifecycle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Attaches a receiving request: while another receiver is attached, waits up to `grace`
+    /// for it to detach, then refuses with "Another connection still open". Never
+    /// [`Attach::Busy`].
+    pub async fn attach(&self, grace: Duration) -> Attach {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let detached = self.detached.notified();
+            tokio::pin!(detached);
+            // Registered before the check, so a detach in between is not missed.
+            detached.as_mut().enable();
+            let attach = self.lifecycle().attach();
+            if attach != Attach::Busy {
+                return attach;
+            }
+            if tokio::time::timeout_at(deadline, detached).await.is_err() {
+                return Attach::Refuse(Frame::another_connection());
+            }
+        }
+    }
+
+    /// The attached receiver is gone at `now` (see [`Lifecycle::detach`]); wakes a request
+    /// waiting to attach. Returns whether the session was interrupted.
+    pub fn detach(&self, now: Instant, interrupted: bool) -> bool {
+        let closed = self.lifecycle().detach(now, interrupted);
+        self.detached.notify_waiters();
+        closed
+    }
+
     /// The sender of client messages, while the session and its application are live.
-    pub fn inbound(&self) -> Option<mpsc::Sender<Vec<String>>> {
+    pub fn inbound(&self) -> Option<mpsc::Sender<Inbound>> {
         self.inbound
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -253,18 +325,21 @@ impl Registry {
 /// The application's side of a session: each client message in, each outbound message out.
 /// Implements [`Transport`] so the STOMP driver runs over any SockJS transport unchanged.
 pub struct Channel {
-    inbound: mpsc::Receiver<Vec<String>>,
+    inbound: mpsc::Receiver<Inbound>,
     pending: VecDeque<String>,
+    /// The signal of the batch `pending` came from; dropped when the app asks past it.
+    taken: Option<oneshot::Sender<()>>,
     outbound: Option<mpsc::Sender<String>>,
     label: &'static str,
 }
 
 impl Channel {
     /// A channel over the two queues.
-    pub fn new(inbound: mpsc::Receiver<Vec<String>>, outbound: mpsc::Sender<String>) -> Self {
+    pub fn new(inbound: mpsc::Receiver<Inbound>, outbound: mpsc::Sender<String>) -> Self {
         Self {
             inbound,
             pending: VecDeque::new(),
+            taken: None,
             outbound: Some(outbound),
             label: "sockjs-http",
         }
@@ -284,9 +359,12 @@ impl Transport for Channel {
             if let Some(message) = self.pending.pop_front() {
                 return Some(message.into_bytes());
             }
+            // Asking past the last message means the batch has been handled.
+            self.taken = None;
             // Cancel-safe: a batch is either left in the queue or already in `pending`.
             let batch = self.inbound.recv().await?;
-            self.pending.extend(batch);
+            self.pending.extend(batch.messages);
+            self.taken = batch.taken;
         }
     }
 
@@ -302,6 +380,7 @@ impl Transport for Channel {
     async fn close(&mut self) {
         // Receivers see the end of the queue and answer with the close frame.
         self.outbound = None;
+        self.taken = None;
         self.inbound.close();
     }
 
@@ -319,7 +398,7 @@ mod tests {
         let t0 = Instant::now();
         let mut l = Lifecycle::new(t0);
         assert_eq!(l.attach(), Attach::Open);
-        assert_eq!(l.attach(), Attach::Refuse(Frame::another_connection()));
+        assert_eq!(l.attach(), Attach::Busy);
         assert!(!l.detach(t0, false));
         assert_eq!(l.attach(), Attach::Receive);
         l.detach(t0, false);
@@ -382,7 +461,9 @@ mod tests {
     async fn the_channel_carries_messages_and_closes() {
         let (session, mut channel) = Session::new(Instant::now(), 1);
         let tx = session.inbound().expect("live");
-        tx.send(vec!["a".into(), "b".into()]).await.expect("send");
+        tx.send(Inbound::new(vec!["a".into(), "b".into()]))
+            .await
+            .expect("send");
         assert_eq!(channel.recv().await, Some(b"a".to_vec()));
         assert_eq!(channel.recv().await, Some(b"b".to_vec()));
         channel.send(b"x".to_vec()).await.expect("queued");
@@ -397,5 +478,49 @@ mod tests {
         drop(tx);
         session.end_application();
         assert_eq!(channel.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_tracked_batch_is_signalled_once_the_application_asks_past_it() {
+        let (session, mut channel) = Session::new(Instant::now(), 4);
+        let tx = session.inbound().expect("live");
+        let (batch, mut taken) = Inbound::tracked(vec!["a".into(), "b".into()]);
+        tx.send(batch).await.expect("send");
+        assert_eq!(channel.recv().await, Some(b"a".to_vec()));
+        assert_eq!(channel.recv().await, Some(b"b".to_vec()));
+        // The last message is read but not yet handled: no signal.
+        assert!(matches!(
+            taken.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+        // Handling it (an echo) and asking for more signals the sender.
+        channel.send(b"b".to_vec()).await.expect("queued");
+        let next = tokio::time::timeout(Duration::from_millis(50), channel.recv());
+        assert!(next.await.is_err(), "nothing more to read");
+        assert!(matches!(
+            taken.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_second_receiver_waits_for_the_first_to_go_then_is_refused() {
+        let (session, _channel) = Session::new(Instant::now(), 1);
+        assert_eq!(session.attach(Duration::ZERO).await, Attach::Open);
+        // Nobody leaves: refused after the grace.
+        let grace = Duration::from_millis(30);
+        assert_eq!(
+            session.attach(grace).await,
+            Attach::Refuse(Frame::another_connection())
+        );
+        // The first receiver leaves while the second waits: the second attaches.
+        let waiting = {
+            let session = session.clone();
+            tokio::spawn(async move { session.attach(Duration::from_secs(10)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "waits while the first is attached");
+        assert!(!session.detach(Instant::now(), false));
+        assert_eq!(waiting.await.expect("joined"), Attach::Receive);
     }
 }
