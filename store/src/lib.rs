@@ -28,6 +28,7 @@ mod recent;
 pub mod sealed;
 mod sql_read;
 pub mod sqlite;
+mod sqlite_read;
 mod sqlite_writer;
 pub mod subscription;
 pub mod trace;

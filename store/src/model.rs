@@ -157,19 +157,19 @@ pub enum Direction {
 /// A row as the backends read it, before validation. Decoding turns a corrupted row into a
 /// typed [`StoreError::Corrupt`] instead of a panic.
 #[derive(Debug)]
-pub(crate) struct RawRow {
+pub(crate) struct RawRow<'a> {
     pub position: i64,
-    pub event_id: String,
-    pub stream: String,
+    pub event_id: &'a str,
+    pub stream: &'a str,
     pub version: i64,
-    pub event_type: String,
+    pub event_type: &'a str,
     pub schema_version: i64,
-    pub data: String,
-    pub metadata: String,
+    pub data: &'a str,
+    pub metadata: &'a str,
     pub recorded_at: i64,
 }
 
-impl RawRow {
+impl RawRow<'_> {
     pub fn decode(self) -> Result<RecordedEvent, super::StoreError> {
         let position = self.position;
         let corrupt = |reason: String| super::StoreError::Corrupt { position, reason };
@@ -181,13 +181,13 @@ impl RawRow {
             .parse()
             .map_err(|e| corrupt(format!("stream name: {e}")))?;
         let event_id =
-            Uuid::parse_str(&self.event_id).map_err(|e| corrupt(format!("event id: {e}")))?;
+            Uuid::parse_str(self.event_id).map_err(|e| corrupt(format!("event id: {e}")))?;
         let schema_version = u32::try_from(self.schema_version)
             .map_err(|_| corrupt("schema version out of range".into()))?;
-        let data = serde_json::from_str(&self.data)
+        let data = serde_json::from_str(self.data)
             .map_err(|e| corrupt(format!("data is not JSON: {e}")))?;
         let metadata =
-            serde_json::from_str(&self.metadata).map_err(|e| corrupt(format!("metadata: {e}")))?;
+            serde_json::from_str(self.metadata).map_err(|e| corrupt(format!("metadata: {e}")))?;
         let recorded_at = DateTime::<Utc>::from_timestamp_micros(self.recorded_at)
             .ok_or_else(|| corrupt("recorded_at out of range".into()))?;
         Ok(RecordedEvent {
@@ -195,7 +195,7 @@ impl RawRow {
             stream,
             version,
             event_id,
-            event_type: self.event_type,
+            event_type: self.event_type.to_owned(),
             schema_version,
             data,
             metadata,

@@ -51,7 +51,7 @@ impl SqlBackend for sqlx::Postgres {
     // Commits are announced with NOTIFY; polling covers a lost LISTEN connection.
     const POLL: Duration = Duration::from_secs(1);
 
-    fn raw(row: &PgRow) -> Result<RawRow, StoreError> {
+    fn raw(row: &PgRow) -> Result<RawRow<'_>, StoreError> {
         let schema_version: i32 = row.try_get(5)?;
         Ok(RawRow {
             position: row.try_get(0)?,
@@ -79,7 +79,7 @@ pub struct PostgresStore {
 
 struct Inner {
     /// The pool and the head announcements.
-    reader: SqlReader<sqlx::Postgres>,
+    reader: SqlReader<PgPool>,
     writer: GroupCommit,
     listener: JoinHandle<()>,
 }
@@ -132,7 +132,7 @@ impl PostgresStore {
 
     /// The connection pool, for read models that live in the same database.
     pub fn pool(&self) -> &PgPool {
-        self.inner.reader.pool()
+        self.inner.reader.rows()
     }
 }
 

@@ -4,8 +4,8 @@
 //! alongside the writer.
 
 use super::group_commit::{Committed, GroupCommit};
-use super::model::RawRow;
-use super::sql_read::{SqlBackend, SqlReader, select_events};
+use super::sql_read::SqlReader;
+use super::sqlite_read::{ReaderSettings, SqliteRows};
 use super::sqlite_writer::SqliteCommitter;
 use super::{
     AppendResult, Direction, EventData, EventStore, ExpectedVersion, RecordedEvent, StoreError,
@@ -14,11 +14,11 @@ use super::{
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use neulbi_domain::StreamName;
+use sqlx::Connection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{Connection, Row};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,39 +28,6 @@ use tracing::Instrument;
 /// Embedded migrations for SQLite.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
-impl SqlBackend for sqlx::Sqlite {
-    const READ_ALL: &'static str =
-        select_events!("event_id", "WHERE position >= ? ORDER BY position LIMIT ?");
-    const READ_FORWARD: &'static str = select_events!(
-        "event_id",
-        "WHERE stream = ? AND version >= ? ORDER BY version LIMIT ?"
-    );
-    const READ_BACKWARD: &'static str = select_events!(
-        "event_id",
-        "WHERE stream = ? AND version <= ? ORDER BY version DESC LIMIT ?"
-    );
-    // Another process (a CLI, a second server) may write the same file; poll to see it.
-    const POLL: Duration = Duration::from_millis(500);
-
-    fn raw(row: &sqlx::sqlite::SqliteRow) -> Result<RawRow, StoreError> {
-        Ok(RawRow {
-            position: row.try_get(0)?,
-            event_id: row.try_get(1)?,
-            stream: row.try_get(2)?,
-            version: row.try_get(3)?,
-            event_type: row.try_get(4)?,
-            schema_version: row.try_get(5)?,
-            data: row.try_get(6)?,
-            metadata: row.try_get(7)?,
-            recorded_at: row.try_get(8)?,
-        })
-    }
-
-    fn head(row: &sqlx::sqlite::SqliteRow) -> Result<Option<i64>, StoreError> {
-        Ok(row.try_get(0)?)
-    }
-}
-
 /// The SQLite event store. Cheap to clone; all clones share one writer.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -68,8 +35,10 @@ pub struct SqliteStore {
 }
 
 struct Inner {
-    /// The reader pool and the head announcements.
-    readers: SqlReader<sqlx::Sqlite>,
+    /// The log's readers and the head announcements.
+    readers: SqlReader<SqliteRows>,
+    /// sqlx connections for the read models and tools that share the file (and migrations).
+    pool: SqlitePool,
     writer: GroupCommit,
     checkpointer: tokio::task::JoinHandle<()>,
 }
@@ -192,6 +161,9 @@ where
 /// this for every build from the repository.
 pub const READER_MMAP_BYTES: u64 = 1 << 40;
 
+/// Pages a reader keeps (`PRAGMA cache_size`; negative: KiB): 32 MiB.
+const READER_CACHE_SIZE: i64 = -32768;
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `url` (`sqlite://PATH`).
     pub async fn open(url: &str, limits: StoreLimits, migrate: bool) -> Result<Self, StoreError> {
@@ -218,17 +190,24 @@ impl SqliteStore {
         // page (rebuilds, catch-ups) then copies no page through `pread`, which at 10M
         // events (7 GB) cost a rebuild a quarter of its rate. The writer keeps the default,
         // so a failing disk still reports errors, not SIGBUS.
-        let reader_options = options
+        let pool_options = options
             .clone()
             .pragma("mmap_size", READER_MMAP_BYTES.to_string())
-            .pragma("cache_size", "-32768");
-        let readers = SqlitePoolOptions::new()
+            .pragma("cache_size", READER_CACHE_SIZE.to_string());
+        let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(reader_options)
+            .connect_with(pool_options)
             .await?;
         if migrate {
-            MIGRATOR.run(&readers).await?;
+            MIGRATOR.run(&pool).await?;
         }
+        let rows = SqliteRows::open(ReaderSettings {
+            path: path.to_owned(),
+            busy_timeout: Duration::from_secs(10),
+            mmap_bytes: READER_MMAP_BYTES,
+            cache_size: READER_CACHE_SIZE,
+            connections: 4,
+        })?;
         let checkpointer = spawn_checkpointer(&options, limits.wal_restart_bytes).await?;
         // The writer never checkpoints inline: a checkpoint syncs the database file and would
         // stall the commit that triggers it. A background task checkpoints instead.
@@ -244,16 +223,17 @@ impl SqliteStore {
         })?;
         Ok(Self {
             inner: Arc::new(Inner {
-                readers: SqlReader::new(readers, &committed),
+                readers: SqlReader::new(rows, &committed),
+                pool,
                 writer,
                 checkpointer,
             }),
         })
     }
 
-    /// The reader pool, for read models and tools that share the database file.
+    /// The sqlx pool, for read models and tools that share the database file.
     pub fn pool(&self) -> &SqlitePool {
-        self.inner.readers.pool()
+        &self.inner.pool
     }
 }
 
