@@ -159,7 +159,7 @@ pub enum Direction {
 #[derive(Debug)]
 pub(crate) struct RawRow<'a> {
     pub position: i64,
-    pub event_id: &'a str,
+    pub event_id: Uuid,
     pub stream: &'a str,
     pub version: i64,
     pub event_type: &'a str,
@@ -180,8 +180,6 @@ impl RawRow<'_> {
             .stream
             .parse()
             .map_err(|e| corrupt(format!("stream name: {e}")))?;
-        let event_id =
-            Uuid::parse_str(self.event_id).map_err(|e| corrupt(format!("event id: {e}")))?;
         let schema_version = u32::try_from(self.schema_version)
             .map_err(|_| corrupt("schema version out of range".into()))?;
         let data = serde_json::from_str(self.data)
@@ -194,7 +192,7 @@ impl RawRow<'_> {
             position: pos,
             stream,
             version,
-            event_id,
+            event_id: self.event_id,
             event_type: self.event_type.to_owned(),
             schema_version,
             data,

@@ -19,14 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Builds a static `SELECT` of every event column (`$id`: the event id as text); sqlx only
-/// accepts audited static SQL.
+/// Builds a static `SELECT` of every event column, in [`RawRow`]'s order; sqlx only accepts
+/// audited static SQL.
 macro_rules! select_events {
-    ($id:literal, $tail:literal) => {
+    ($tail:literal) => {
         concat!(
-            "SELECT position, ",
-            $id,
-            ", stream, version, event_type, schema_version, data, metadata, recorded_at FROM events ",
+            "SELECT position, event_id, stream, version, event_type, schema_version, data, metadata, recorded_at FROM events ",
             $tail
         )
     };

@@ -15,18 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
-const READ_ALL: &str = select_events!(
-    "event_id",
-    "WHERE position >= ?1 ORDER BY position LIMIT ?2"
-);
-const READ_FORWARD: &str = select_events!(
-    "event_id",
-    "WHERE stream = ?1 AND version >= ?2 ORDER BY version LIMIT ?3"
-);
-const READ_BACKWARD: &str = select_events!(
-    "event_id",
-    "WHERE stream = ?1 AND version <= ?2 ORDER BY version DESC LIMIT ?3"
-);
+const READ_ALL: &str = select_events!("WHERE position >= ?1 ORDER BY position LIMIT ?2");
+const READ_FORWARD: &str =
+    select_events!("WHERE stream = ?1 AND version >= ?2 ORDER BY version LIMIT ?3");
+const READ_BACKWARD: &str =
+    select_events!("WHERE stream = ?1 AND version <= ?2 ORDER BY version DESC LIMIT ?3");
 
 /// What a reader connection is set up with: read-only use of the WAL-mode log, the busy
 /// timeout, and the page mapping of the store's options (see `SqliteStore::open`).
@@ -144,7 +137,10 @@ fn decode(row: &Row<'_>) -> Result<RecordedEvent, StoreError> {
     };
     RawRow {
         position,
-        event_id: text(1, "event_id")?,
+        event_id: uuid::Uuid::parse_str(text(1, "event_id")?).map_err(|e| StoreError::Corrupt {
+            position,
+            reason: format!("event id: {e}"),
+        })?,
         stream: text(2, "stream")?,
         version: integer(3, "version")?,
         event_type: text(4, "event_type")?,
