@@ -245,6 +245,77 @@ mod cases {
         }
     }
 
+    /// A writer that remembers where the log and its streams stood (SQLite's head cache,
+    /// PostgreSQL's planning from the callers' expectations) still answers exactly as one
+    /// that looks every time: after another instance wrote, when a caller is wrong about its
+    /// stream, and when a new stream's append reuses a stored id.
+    pub async fn a_writer_that_remembers_is_never_wrong(b: &Backend) {
+        if !b.gap_free() {
+            return;
+        }
+        let (s, t) = (room(), room());
+        let first = ev(0);
+        let at = |r: neulbi::store::AppendResult| r.first_position;
+        let p0 = at(b
+            .store
+            .append(&s, ExpectedVersion::NoStream, vec![first.clone()])
+            .await
+            .expect("first"));
+        let p1 = at(b
+            .store
+            .append(&s, ExpectedVersion::Exact(0), vec![ev(1)])
+            .await
+            .expect("on what it remembers"));
+        assert_eq!(p1, p0 + 1);
+        // Another instance moves the head.
+        let other = b.open_again().await;
+        let p2 = at(other
+            .append(&t, ExpectedVersion::NoStream, vec![ev(2)])
+            .await
+            .expect("other"));
+        assert_eq!(p2, p1 + 1);
+        let p3 = at(b
+            .store
+            .append(&s, ExpectedVersion::Exact(1), vec![ev(3)])
+            .await
+            .expect("after another instance wrote"));
+        assert_eq!(p3, p2 + 1, "placed after the other instance's event");
+        // A caller wrong about its stream.
+        let err = b
+            .store
+            .append(&s, ExpectedVersion::Exact(0), vec![ev(4)])
+            .await
+            .expect_err("stale expectation");
+        assert!(
+            matches!(err, StoreError::WrongExpectedVersion { actual: Some(2), .. }),
+            "{err}"
+        );
+        // A new stream's append that reuses a stored id.
+        let err = b
+            .store
+            .append(&room(), ExpectedVersion::NoStream, vec![ev(5), first])
+            .await
+            .expect_err("reused id");
+        assert!(matches!(err, StoreError::DuplicateEventId { .. }), "{err}");
+        let p4 = at(b
+            .store
+            .append(&s, ExpectedVersion::Exact(2), vec![ev(6)])
+            .await
+            .expect("carries on"));
+        assert_eq!(p4, p3 + 1, "nothing of the refused appends was written");
+        let log: Vec<u64> = b
+            .store
+            .read_all(p0, 100)
+            .await
+            .expect("read")
+            .iter()
+            .filter(|e| e.stream == s || e.stream == t)
+            .map(|e| e.position)
+            .collect();
+        assert_eq!(log, vec![p0, p1, p2, p3, p4]);
+        other.close().await;
+    }
+
     pub async fn retried_appends_are_idempotent(b: &Backend) {
         let s = room();
         let events = vec![ev(0), ev(1)];
@@ -872,6 +943,7 @@ contract!(
     append_and_read_back,
     expected_version_is_enforced,
     retried_appends_are_idempotent,
+    a_writer_that_remembers_is_never_wrong,
     batches_are_atomic_and_bounded,
     global_order_is_gap_free,
     concurrent_writers_and_a_live_subscriber,

@@ -113,7 +113,7 @@ impl PostgresStore {
         let listener = tokio::spawn(listen(listener, committed.head.clone()));
         let writer = GroupCommit::start(
             "postgres",
-            PgCommitter { pool: pool.clone() },
+            PgCommitter::new(pool.clone()),
             limits,
             committed.clone(),
         );
@@ -211,113 +211,239 @@ impl EventStore for PostgresStore {
 
 struct PgCommitter {
     pool: PgPool,
+    /// The head after this node's last commit, while no error has put it in doubt: with it a
+    /// batch can be planned from its callers' expectations and checked by the insert itself.
+    head: Option<Option<u64>>,
+}
+
+/// What a batch is planned on when it skips the look at the log: the cached head and, per
+/// stream, the version its first caller expects. The insert checks both under the lock.
+struct Prediction {
+    head: Option<u64>,
+    streams: Vec<String>,
+    versions: Vec<Option<i64>>,
+}
+
+impl PgCommitter {
+    fn new(pool: PgPool) -> Self {
+        Self { pool, head: None }
+    }
+
+    /// A prediction when every caller names the version it expects (actors do); `Any` needs
+    /// the look at the log.
+    fn predict(&self, batch: &[AppendRequest]) -> Option<Prediction> {
+        let head = self.head?;
+        let mut seen = HashMap::new();
+        let (mut streams, mut versions) = (Vec::new(), Vec::new());
+        for req in batch {
+            let expected = match req.expected {
+                ExpectedVersion::Exact(v) => Some(clamp(v)),
+                ExpectedVersion::NoStream => None,
+                ExpectedVersion::Any => return None,
+            };
+            let name = req.stream.to_string();
+            if seen.insert(name.clone(), ()).is_none() {
+                streams.push(name);
+                versions.push(expected);
+            }
+        }
+        Some(Prediction {
+            head,
+            streams,
+            versions,
+        })
+    }
+
+    /// Begins a log transaction holding the append lock. The lock is its own statement: the
+    /// statements after it then read a snapshot taken once the previous batch has committed.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        Ok(self
+            .pool
+            .begin_with(sqlx::AssertSqlSafe(format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK})"
+            )))
+            .await?)
+    }
+
+    /// Three round trips when the prediction holds (begin with the lock, the checked insert
+    /// with its notification, commit); a stale one costs the look at the log in the same
+    /// transaction, a retried event id a new transaction.
+    async fn commit_batch(&mut self, batch: &[AppendRequest]) -> Result<Plan, StoreError> {
+        let mut tx = self.begin().await?;
+        if let Some(prediction) = self.predict(batch) {
+            let versions = prediction
+                .streams
+                .iter()
+                .zip(&prediction.versions)
+                .filter_map(|(s, v)| Some((s.clone(), u64::try_from((*v)?).ok()?)))
+                .collect();
+            let plan = group_commit::plan_now(batch, prediction.head, versions, HashMap::new());
+            if !plan.rows.is_empty() {
+                match insert(&mut tx, batch, &plan, Some(&prediction)).await {
+                    Ok(true) => {
+                        tx.commit().await?;
+                        return Ok(plan);
+                    }
+                    // Another node wrote, or a stream is not where its caller thinks: look.
+                    Ok(false) => {}
+                    // An event id already stored (a retried append): the look finds it.
+                    Err(StoreError::Database(sqlx::Error::Database(e)))
+                        if e.is_unique_violation() =>
+                    {
+                        tx.rollback().await?;
+                        tx = self.begin().await?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let plan = look_and_plan(&mut tx, batch).await?;
+        if plan.rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(plan);
+        }
+        insert(&mut tx, batch, &plan, None).await?;
+        tx.commit().await?;
+        Ok(plan)
+    }
+}
+
+/// Reads the head, the batch's streams' last versions and where its event ids are stored,
+/// and plans the batch on them.
+async fn look_and_plan(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    batch: &[AppendRequest],
+) -> Result<Plan, StoreError> {
+    let mut names: Vec<String> = batch.iter().map(|r| r.stream.to_string()).collect();
+    names.sort();
+    names.dedup();
+    let ids: Vec<Uuid> = batch
+        .iter()
+        .flat_map(|r| r.events.iter().map(|e| e.event_id))
+        .collect();
+    // Kind 0: the head; 1: a stream's last version (one index probe per stream: `GROUP
+    // BY` over `= ANY` read every version of every stream); 2: where an event id is stored.
+    let rows = sqlx::query(
+        "SELECT 0 AS k, NULL::text, NULL::uuid, MAX(position), NULL::bigint FROM events \
+         UNION ALL \
+         SELECT 1, s, NULL, (SELECT MAX(version) FROM events WHERE stream = s), NULL FROM UNNEST($1::text[]) AS s \
+         UNION ALL \
+         SELECT 2, stream, event_id, version, position FROM events WHERE event_id = ANY($2)",
+    )
+    .bind(&names)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut head = None;
+    let mut versions = HashMap::new();
+    let mut existing = HashMap::new();
+    let count = |v: i64| u64::try_from(v).unwrap_or(0);
+    for r in rows {
+        match r.try_get::<i32, _>(0)? {
+            0 => head = r.try_get::<Option<i64>, _>(3)?.map(count),
+            1 => {
+                if let Some(v) = r.try_get::<Option<i64>, _>(3)? {
+                    versions.insert(r.try_get(1)?, count(v));
+                }
+            }
+            _ => {
+                existing.insert(
+                    r.try_get(2)?,
+                    StoredId {
+                        stream: r.try_get(1)?,
+                        version: count(r.try_get(3)?),
+                        position: count(r.try_get(4)?),
+                    },
+                );
+            }
+        }
+    }
+    Ok(group_commit::plan_now(batch, head, versions, existing))
+}
+
+/// Inserts the plan's rows and announces the new head. With a prediction, only if the head
+/// and every stream's version are still what it says (one statement, under the lock); the
+/// answer is whether the rows went in.
+async fn insert(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    batch: &[AppendRequest],
+    plan: &Plan,
+    check: Option<&Prediction>,
+) -> Result<bool, StoreError> {
+    let n = plan.rows.len();
+    let mut positions = Vec::with_capacity(n);
+    let mut event_ids = Vec::with_capacity(n);
+    let mut streams = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    let mut schemas = Vec::with_capacity(n);
+    let mut datas = Vec::with_capacity(n);
+    let mut metas = Vec::with_capacity(n);
+    let mut times = Vec::with_capacity(n);
+    for row in &plan.rows {
+        let req = &batch[row.req];
+        let e = &req.events[row.ev];
+        positions.push(clamp(row.position));
+        event_ids.push(e.event_id);
+        streams.push(req.stream.to_string());
+        versions.push(clamp(row.version));
+        types.push(e.event_type.as_str());
+        schemas.push(i32::try_from(e.schema_version).unwrap_or(i32::MAX));
+        datas.push(e.data.as_str());
+        metas.push(e.metadata.as_str());
+        times.push(e.recorded_at.unwrap_or(plan.recorded_at));
+    }
+    let (checked, head, check_streams, check_versions) = match check {
+        Some(p) => (
+            true,
+            p.head.map(clamp),
+            p.streams.clone(),
+            p.versions.clone(),
+        ),
+        None => (false, None, Vec::new(), Vec::new()),
+    };
+    // `ok` is true without a check; with one, the head and each stream's last version must be
+    // the predicted ones (NULL: no events).
+    let row = sqlx::query(
+        "WITH ok AS (SELECT NOT $12::bool OR ( \
+             (SELECT MAX(position) FROM events) IS NOT DISTINCT FROM $13::bigint \
+             AND NOT EXISTS (SELECT 1 FROM UNNEST($14::text[], $15::bigint[]) AS c(s, v) \
+                 WHERE (SELECT MAX(version) FROM events WHERE stream = c.s) IS DISTINCT FROM c.v)) AS ok), \
+         ins AS (INSERT INTO events (position, event_id, stream, version, event_type, schema_version, data, metadata, recorded_at) \
+             SELECT p, i, s, v, t, sv, d, m, r FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::text[], $8::text[], $9::bigint[]) \
+             AS x(p, i, s, v, t, sv, d, m, r) WHERE (SELECT ok FROM ok)) \
+         SELECT ok, CASE WHEN ok THEN pg_notify($10, $11) END FROM ok",
+    )
+    .bind(&positions)
+    .bind(&event_ids)
+    .bind(&streams)
+    .bind(&versions)
+    .bind(&types)
+    .bind(&schemas)
+    .bind(&datas)
+    .bind(&metas)
+    .bind(&times)
+    .bind(CHANNEL)
+    .bind(plan.head.map_or_else(String::new, |h| h.to_string()))
+    .bind(checked)
+    .bind(head)
+    .bind(&check_streams)
+    .bind(&check_versions)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(row.try_get::<bool, _>(0)?)
 }
 
 #[async_trait]
 impl Committer for PgCommitter {
     async fn commit(&mut self, batch: &[AppendRequest]) -> Result<Plan, StoreError> {
-        // Four round trips: begin with the lock, one look at the log, the insert with its
-        // notification, commit. The lock is its own statement: the look after it then reads
-        // a snapshot taken once the previous batch has committed.
-        let mut tx = self
-            .pool
-            .begin_with(sqlx::AssertSqlSafe(format!(
-                "BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK})"
-            )))
-            .await?;
-        let mut names: Vec<String> = batch.iter().map(|r| r.stream.to_string()).collect();
-        names.sort();
-        names.dedup();
-        let ids: Vec<Uuid> = batch
-            .iter()
-            .flat_map(|r| r.events.iter().map(|e| e.event_id))
-            .collect();
-        // Kind 0: the head; 1: a stream's last version (one index probe per stream: `GROUP
-        // BY` over `= ANY` read every version of every stream); 2: where an event id is stored.
-        let rows = sqlx::query(
-            "SELECT 0 AS k, NULL::text, NULL::uuid, MAX(position), NULL::bigint FROM events \
-             UNION ALL \
-             SELECT 1, s, NULL, (SELECT MAX(version) FROM events WHERE stream = s), NULL FROM UNNEST($1::text[]) AS s \
-             UNION ALL \
-             SELECT 2, stream, event_id, version, position FROM events WHERE event_id = ANY($2)",
-        )
-        .bind(&names)
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut head = None;
-        let mut versions = HashMap::new();
-        let mut existing = HashMap::new();
-        let count = |v: i64| u64::try_from(v).unwrap_or(0);
-        for r in rows {
-            match r.try_get::<i32, _>(0)? {
-                0 => head = r.try_get::<Option<i64>, _>(3)?.map(count),
-                1 => {
-                    if let Some(v) = r.try_get::<Option<i64>, _>(3)? {
-                        versions.insert(r.try_get(1)?, count(v));
-                    }
-                }
-                _ => {
-                    existing.insert(
-                        r.try_get(2)?,
-                        StoredId {
-                            stream: r.try_get(1)?,
-                            version: count(r.try_get(3)?),
-                            position: count(r.try_get(4)?),
-                        },
-                    );
-                }
-            }
+        let outcome = self.commit_batch(batch).await;
+        match &outcome {
+            Ok(plan) if !plan.rows.is_empty() => self.head = Some(plan.head),
+            Ok(_) => {}
+            // The commit may or may not have landed: look next time.
+            Err(_) => self.head = None,
         }
-
-        let plan = group_commit::plan_now(batch, head, versions, existing);
-        if plan.rows.is_empty() {
-            tx.rollback().await?;
-            return Ok(plan);
-        }
-        let n = plan.rows.len();
-        let mut positions = Vec::with_capacity(n);
-        let mut event_ids = Vec::with_capacity(n);
-        let mut streams = Vec::with_capacity(n);
-        let mut versions = Vec::with_capacity(n);
-        let mut types = Vec::with_capacity(n);
-        let mut schemas = Vec::with_capacity(n);
-        let mut datas = Vec::with_capacity(n);
-        let mut metas = Vec::with_capacity(n);
-        let mut times = Vec::with_capacity(n);
-        for row in &plan.rows {
-            let req = &batch[row.req];
-            let e = &req.events[row.ev];
-            positions.push(clamp(row.position));
-            event_ids.push(e.event_id);
-            streams.push(req.stream.to_string());
-            versions.push(clamp(row.version));
-            types.push(e.event_type.as_str());
-            schemas.push(i32::try_from(e.schema_version).unwrap_or(i32::MAX));
-            datas.push(e.data.as_str());
-            metas.push(e.metadata.as_str());
-            times.push(e.recorded_at.unwrap_or(plan.recorded_at));
-        }
-        sqlx::query(
-            "WITH ins AS (INSERT INTO events (position, event_id, stream, version, event_type, schema_version, data, metadata, recorded_at) \
-             SELECT p, i, s, v, t, sv, d, m, r FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::text[], $8::text[], $9::bigint[]) \
-             AS x(p, i, s, v, t, sv, d, m, r)) \
-             SELECT pg_notify($10, $11)",
-        )
-        .bind(&positions)
-        .bind(&event_ids)
-        .bind(&streams)
-        .bind(&versions)
-        .bind(&types)
-        .bind(&schemas)
-        .bind(&datas)
-        .bind(&metas)
-        .bind(&times)
-        .bind(CHANNEL)
-        .bind(plan.head.map_or_else(String::new, |h| h.to_string()))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(plan)
+        outcome
     }
 }
