@@ -287,7 +287,13 @@ mod cases {
             .await
             .expect_err("stale expectation");
         assert!(
-            matches!(err, StoreError::WrongExpectedVersion { actual: Some(2), .. }),
+            matches!(
+                err,
+                StoreError::WrongExpectedVersion {
+                    actual: Some(2),
+                    ..
+                }
+            ),
             "{err}"
         );
         // A new stream's append that reuses a stored id.

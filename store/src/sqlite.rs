@@ -1,7 +1,8 @@
 //! The embedded default backend: one SQLite file in WAL mode with `synchronous=FULL`, so an
 //! acknowledged append survives a power cut. One writer connection on a thread of its own
-//! (fed by group commit, see `sqlite_writer`) and a small pool of readers, which WAL lets run
-//! alongside the writer.
+//! (fed by group commit, see `sqlite_writer`) and a few log readers (`sqlite_read`), which WAL
+//! lets run alongside the writer; an sqlx pool on the same file serves migrations, read models
+//! and tools.
 
 use super::group_commit::{Committed, GroupCommit};
 use super::sql_read::SqlReader;
