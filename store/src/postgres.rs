@@ -20,7 +20,7 @@ use futures::stream::BoxStream;
 use neulbi_domain::StreamName;
 use sqlx::Row;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -233,7 +233,7 @@ impl PgCommitter {
     /// the look at the log.
     fn predict(&self, batch: &[AppendRequest]) -> Option<Prediction> {
         let head = self.head?;
-        let mut seen = HashMap::new();
+        let mut seen = HashSet::new();
         let (mut streams, mut versions) = (Vec::new(), Vec::new());
         for req in batch {
             let expected = match req.expected {
@@ -242,7 +242,7 @@ impl PgCommitter {
                 ExpectedVersion::Any => return None,
             };
             let name = req.stream.to_string();
-            if seen.insert(name.clone(), ()).is_none() {
+            if seen.insert(name.clone()) {
                 streams.push(name);
                 versions.push(expected);
             }
