@@ -162,6 +162,9 @@ pub async fn drive<T: Transport, B: ChatBackend>(
     // The client closed its side: no more reading; the loop ends once nothing is pending.
     let mut client_gone = false;
     'run: loop {
+        if client_gone && in_flight.is_none() && frames.is_empty() {
+            break 'run;
+        }
         let deadline = conn.session.poll_timeout();
         let timer = async {
             match deadline {
@@ -181,9 +184,6 @@ pub async fn drive<T: Transport, B: ChatBackend>(
                     // What the client sent before it left is still done (a SEND followed
                     // by a hang-up gets posted), then the loop ends.
                     client_gone = true;
-                    if in_flight.is_none() && frames.is_empty() {
-                        break 'run;
-                    }
                     continue 'run;
                 };
                 conn.session.handle_activity(Instant::now());
@@ -310,9 +310,6 @@ pub async fn drive<T: Transport, B: ChatBackend>(
                     None => break,
                 },
             }
-        }
-        if client_gone && in_flight.is_none() && frames.is_empty() {
-            break 'run;
         }
     }
     broker.unregister(conn_id);
