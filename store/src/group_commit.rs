@@ -92,6 +92,28 @@ pub(crate) struct Plan {
     pub recorded_at: i64,
 }
 
+/// The head a committer's last commit left, while no error has put it in doubt: a batch
+/// planned on it need not ask for the head. `None`: unknown (ask).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct KnownHead(Option<Option<u64>>);
+
+impl KnownHead {
+    /// The remembered head (`Some(None)`: the log was empty), if any.
+    pub fn get(self) -> Option<Option<u64>> {
+        self.0
+    }
+
+    /// Remembers the head a batch that wrote rows left; forgets it after an error, since
+    /// the commit may or may not have landed.
+    pub fn after(&mut self, outcome: &Result<Plan, StoreError>) {
+        match outcome {
+            Ok(plan) if !plan.rows.is_empty() => self.0 = Some(plan.head),
+            Ok(_) => {}
+            Err(_) => self.0 = None,
+        }
+    }
+}
+
 /// [`plan`] for a batch being committed now: every backend stamps its rows with the time of
 /// the commit, taken here once.
 pub(crate) fn plan_now(

@@ -8,7 +8,9 @@
 //! folds all its concurrent appends into a single transaction. Commits are announced with
 //! `NOTIFY`, so other nodes' subscribers wake without waiting for their poll.
 
-use super::group_commit::{self, AppendRequest, Committed, Committer, GroupCommit, Plan, StoredId};
+use super::group_commit::{
+    self, AppendRequest, Committed, Committer, GroupCommit, KnownHead, Plan, StoredId,
+};
 use super::model::RawRow;
 use super::sql_read::{SqlBackend, SqlReader, clamp, select_events};
 use super::{
@@ -211,9 +213,9 @@ impl EventStore for PostgresStore {
 
 struct PgCommitter {
     pool: PgPool,
-    /// The head after this node's last commit, while no error has put it in doubt: with it a
-    /// batch can be planned from its callers' expectations and checked by the insert itself.
-    head: Option<Option<u64>>,
+    /// The head after this node's last commit: with it a batch can be planned from its
+    /// callers' expectations and checked by the insert itself.
+    head: KnownHead,
 }
 
 /// What a batch is planned on when it skips the look at the log: the cached head and, per
@@ -226,13 +228,16 @@ struct Prediction {
 
 impl PgCommitter {
     fn new(pool: PgPool) -> Self {
-        Self { pool, head: None }
+        Self {
+            pool,
+            head: KnownHead::default(),
+        }
     }
 
     /// A prediction when every caller names the version it expects (actors do); `Any` needs
     /// the look at the log.
     fn predict(&self, batch: &[AppendRequest]) -> Option<Prediction> {
-        let head = self.head?;
+        let head = self.head.get()?;
         let mut seen = HashSet::new();
         let (mut streams, mut versions) = (Vec::new(), Vec::new());
         for req in batch {
@@ -438,12 +443,7 @@ async fn insert(
 impl Committer for PgCommitter {
     async fn commit(&mut self, batch: &[AppendRequest]) -> Result<Plan, StoreError> {
         let outcome = self.commit_batch(batch).await;
-        match &outcome {
-            Ok(plan) if !plan.rows.is_empty() => self.head = Some(plan.head),
-            Ok(_) => {}
-            // The commit may or may not have landed: look next time.
-            Err(_) => self.head = None,
-        }
+        self.head.after(&outcome);
         outcome
     }
 }

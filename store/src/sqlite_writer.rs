@@ -4,7 +4,7 @@
 //! cores cost more than the fsync at one writer. Here a batch is a run of cached prepared
 //! statements on the writer's own thread.
 
-use super::group_commit::{self, AppendRequest, Committer, Plan, StoredId};
+use super::group_commit::{self, AppendRequest, Committer, KnownHead, Plan, StoredId};
 use super::sql_read::clamp;
 use super::{StoreError, StoreLimits};
 use async_trait::async_trait;
@@ -31,7 +31,7 @@ pub(crate) struct SqliteCommitter {
     /// append to the same file meanwhile: then our first insert collides with its position
     /// (primary key), the batch fails as a whole, the cache is dropped, and the retry reads
     /// the real head. A stale cache can cost a retry, never a wrong position.
-    head: Option<Option<u64>>,
+    head: KnownHead,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -69,7 +69,10 @@ impl SqliteCommitter {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(None, "journal_size_limit", clamp(limits.wal_restart_bytes))?;
         conn.set_prepared_statement_cache_capacity(8);
-        Ok(Self { conn, head: None })
+        Ok(Self {
+            conn,
+            head: KnownHead::default(),
+        })
     }
 
     /// The log's last position, as a new store announces it.
@@ -80,11 +83,7 @@ impl SqliteCommitter {
     /// One transaction for the batch; on failure the cached head is forgotten.
     fn commit_once(&mut self, batch: &[AppendRequest]) -> Result<Plan, StoreError> {
         let outcome = self.write(batch);
-        match &outcome {
-            Ok(plan) if !plan.rows.is_empty() => self.head = Some(plan.head),
-            Ok(_) => {}
-            Err(_) => self.head = None,
-        }
+        self.head.after(&outcome);
         outcome
     }
 
@@ -94,7 +93,7 @@ impl SqliteCommitter {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Read under the write lock, so no other process can append between it and ours.
-        let head = match self.head {
+        let head = match self.head.get() {
             Some(head) => head,
             None => read_head(&tx)?,
         };
@@ -169,7 +168,7 @@ impl SqliteCommitter {
 #[async_trait]
 impl Committer for SqliteCommitter {
     async fn commit(&mut self, batch: &[AppendRequest]) -> Result<Plan, StoreError> {
-        let cached = self.head.is_some();
+        let cached = self.head.get().is_some();
         match self.commit_once(batch) {
             // Another process moved the head under our cache: try again with the real one.
             Err(StoreError::Sqlite(e)) if cached && is_unique_violation(&e) => {
