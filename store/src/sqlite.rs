@@ -162,6 +162,10 @@ where
 /// this for every build from the repository.
 pub const READER_MMAP_BYTES: u64 = 1 << 40;
 
+/// How long any connection to the log (writer, log readers, the sqlx pool) waits for a lock
+/// another holds (a checkpoint, another process's commit) before it reports busy.
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Pages a reader keeps (`PRAGMA cache_size`; negative: KiB): 32 MiB.
 const READER_CACHE_SIZE: i64 = -32768;
 
@@ -175,7 +179,7 @@ impl SqliteStore {
             // Erased data (keys, read-model rows) must not survive in free pages.
             .pragma("secure_delete", "ON")
             .pragma("journal_size_limit", limits.wal_restart_bytes.to_string())
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(BUSY_TIMEOUT);
         let path = options.get_filename();
         if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {
             return Err(StoreError::Config(
@@ -204,7 +208,7 @@ impl SqliteStore {
         }
         let rows = SqliteRows::open(ReaderSettings {
             path: path.to_owned(),
-            busy_timeout: Duration::from_secs(10),
+            busy_timeout: BUSY_TIMEOUT,
             mmap_bytes: READER_MMAP_BYTES,
             cache_size: READER_CACHE_SIZE,
             connections: 4,

@@ -6,15 +6,12 @@
 
 use super::group_commit::{self, AppendRequest, Committer, KnownHead, Plan, StoredId};
 use super::sql_read::clamp;
+use super::sqlite::BUSY_TIMEOUT;
 use super::{StoreError, StoreLimits};
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::time::Duration;
-
-/// How long the writer waits for another process's write lock (as the readers do).
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The statements a commit runs, prepared once per connection.
 const HEAD: &str = "SELECT MAX(position) FROM events";
