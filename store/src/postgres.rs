@@ -398,15 +398,11 @@ async fn insert(
         metas.push(e.metadata.as_str());
         times.push(e.recorded_at.unwrap_or(plan.recorded_at));
     }
-    let (checked, head, check_streams, check_versions) = match check {
-        Some(p) => (
-            true,
-            p.head.map(clamp),
-            p.streams.clone(),
-            p.versions.clone(),
-        ),
-        None => (false, None, Vec::new(), Vec::new()),
-    };
+    let (checked, head, check_streams, check_versions): (_, _, &[String], &[Option<i64>]) =
+        match check {
+            Some(p) => (true, p.head.map(clamp), &p.streams, &p.versions),
+            None => (false, None, &[], &[]),
+        };
     // `ok` is true without a check; with one, the head and each stream's last version must be
     // the predicted ones (NULL: no events).
     let row = sqlx::query(
@@ -432,8 +428,8 @@ async fn insert(
     .bind(plan.head.map_or_else(String::new, |h| h.to_string()))
     .bind(checked)
     .bind(head)
-    .bind(&check_streams)
-    .bind(&check_versions)
+    .bind(check_streams)
+    .bind(check_versions)
     .fetch_one(&mut **tx)
     .await?;
     Ok(row.try_get::<bool, _>(0)?)
