@@ -2,8 +2,7 @@
 //! commands append nothing, full mailboxes say "busy", idle actors passivate and rehydrate,
 //! and two nodes writing the same room end with a consistent stream.
 
-mod support;
-
+use crate::support::Backend;
 use chrono::Utc;
 use neulbi::actors::{ActorError, Registry, RegistryConfig};
 use neulbi::store::{Direction, Metadata, SharedStore};
@@ -13,7 +12,6 @@ use neulbi_domain::{
 };
 use std::collections::HashSet;
 use std::time::Duration;
-use support::Backend;
 use uuid::Uuid;
 
 const CLIENT: UserId = UserId(Uuid::from_u128(1));

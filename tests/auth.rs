@@ -1,8 +1,9 @@
 //! Sign-in, black-box: real servers on loopback ports (SQLite, and PostgreSQL where
 //! concurrency matters), driven over HTTP. Every bad input of the issue gets a test here.
 
-mod support;
+use crate::support;
 
+use crate::support::http::{get, post_form, post_json, request};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use neulbi::auth::jwt::TokenIssuer;
@@ -15,7 +16,6 @@ use neulbi::startup::Application;
 use neulbi::state::AppState;
 use neulbi_domain::Role;
 use serde_json::{Value, json};
-use support::http::{get, post_form, post_json, request};
 
 struct App {
     addr: std::net::SocketAddr,

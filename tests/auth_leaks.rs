@@ -3,15 +3,13 @@
 //! out, sign out everywhere (and be refused with the revoked token) — with every log level and
 //! span event captured — then search the capture.
 
-mod support;
-
+use crate::support::capture::Capture;
+use crate::support::http::{post_form, post_json, request};
 use neulbi::auth::service::{ClientInfo, NewUser};
 use neulbi::config::Config;
 use neulbi::startup::Application;
 use neulbi_domain::Role;
 use serde_json::json;
-use support::capture::Capture;
-use support::http::{post_form, post_json, request};
 
 const EMAIL: &str = "leaky.person@example.kr";
 const PASSWORD: &str = "correct-horse-battery";

@@ -1,13 +1,13 @@
 //! One contract for every `BlobStore` backend: the local filesystem and S3 (against a real
 //! S3-compatible server, moto, started by the test).
 
-mod support;
+use crate::support;
 
+use crate::support::moto::Moto;
 use neulbi::blob::fs::FsBlobStore;
 use neulbi::blob::s3::S3BlobStore;
 use neulbi::blob::{BlobError, BlobStore};
 use std::time::{Duration, SystemTime};
-use support::moto::Moto;
 
 async fn contract(store: &dyn BlobStore) {
     assert!(store.list().await.expect("list").is_empty());

@@ -5,7 +5,7 @@
 //! incoming-call dialog, both remote videos decoding, a reaction each way, in-call chat, mute,
 //! and hang-up with the call's entry in the room.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

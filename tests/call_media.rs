@@ -5,17 +5,17 @@
 //! grace period on the same tracks, hang-up records the duration, and media goes through the
 //! embedded TURN server and through a real coturn when ICE is relay-only.
 
-mod support;
+use crate::support;
 
+use crate::support::app::{Person, TestApp};
+use crate::support::http::post_json;
+use crate::support::peer::{Browser, eventually};
 use neulbi::store::Metadata;
 use neulbi_domain::call_session::{CallCommand, CallPolicy};
 use neulbi_domain::{Actor, CallId, Context, Role, RoomId};
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use support::app::{Person, TestApp};
-use support::http::post_json;
-use support::peer::{Browser, eventually};
 
 async fn accept(app: &TestApp, call: &str, who: &Person) {
     let r = post_json(

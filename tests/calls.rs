@@ -4,15 +4,15 @@
 //! call with its duration in the stream; the ring times out; and bad signaling input gets
 //! typed errors while the call goes on.
 
-mod support;
+use crate::support;
 
+use crate::support::app::{Person, TestApp};
+use crate::support::http::{post_json, request};
+use crate::support::rtc::Rtc;
+use crate::support::stomp::Client;
 use neulbi::edge::stomp::frame::Command;
 use serde_json::json;
 use std::time::Duration;
-use support::app::{Person, TestApp};
-use support::http::{post_json, request};
-use support::rtc::Rtc;
-use support::stomp::Client;
 
 async fn post(app: &TestApp, path: &str, who: &Person) -> support::http::Response {
     post_json(

@@ -1,12 +1,12 @@
 //! The `neulbi` binary as an operator uses it: serve, SIGTERM, and the log tools.
 
-mod support;
+use crate::support;
 
+use crate::support::binary::{neulbi, serve, sigterm};
 use neulbi::store::{self, EventData, ExpectedVersion, StoreLimits};
 use neulbi_domain::{StreamKind, StreamName};
 use std::process::Stdio;
 use std::time::Duration;
-use support::binary::{neulbi, serve, sigterm};
 use uuid::Uuid;
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! ends with read models equal to a fresh rebuild — exact unread counts, no duplicate or
 //! missing rows.
 
-mod support;
+use crate::support;
 
 use neulbi::projections::{ReadDb, runtime};
 use neulbi::store::{self, StoreLimits};

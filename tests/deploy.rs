@@ -3,11 +3,11 @@
 //! profile and refuses to start without the secrets; the Dockerfile's runtime stage is
 //! inspected; `neulbi healthcheck` answers for a running node and fails clearly otherwise.
 
-mod support;
+use crate::support;
 
+use crate::support::binary::{neulbi, serve, sigterm};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use support::binary::{neulbi, serve, sigterm};
 
 fn docker_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("docker")

@@ -2,8 +2,10 @@
 //! erase them; then scan the database for their personal data (none may remain), replay the
 //! streams (they still fold), and check that the other participant's data is intact.
 
-mod support;
+use crate::support;
 
+use crate::support::Backend;
+use crate::support::scenario::{COUNSELOR_TEXT, EMAIL, IP, NICKNAME, SECRETS, as_user, seed};
 use chrono::Utc;
 use neulbi::actors::{ActorError, Registry, RegistryConfig, codec};
 use neulbi::privacy::erasure::erase_user;
@@ -13,8 +15,6 @@ use neulbi::store::{Direction, Metadata, Storage};
 use neulbi_domain::chat_room::{ChatRoomDecider, RoomEvent};
 use neulbi_domain::user::{UserCommand, UserDecider};
 use neulbi_domain::{Actor, Context, Decider, DomainError, Role, StreamKind, StreamName};
-use support::Backend;
-use support::scenario::{COUNSELOR_TEXT, EMAIL, IP, NICKNAME, SECRETS, as_user, seed};
 
 /// Every byte of the database as text: files for SQLite, table contents for PostgreSQL
 /// (the raw files of a whole PostgreSQL server are scanned by
@@ -297,9 +297,9 @@ async fn projected(app: &support::app::TestApp) {
 /// sealed under the owner's key, so destroying the key is enough everywhere; the API still
 /// shows them, opened, while the person exists.
 async fn sealed_read_models_leave_no_plaintext_on_disk(pg: Option<support::pg::TempPostgres>) {
+    use crate::support::http::{post_json, request};
     use neulbi_domain::chat_room::RoomCommand;
     use neulbi_domain::{MessageId, UserId};
-    use support::http::{post_json, request};
 
     const C_EMAIL: &str = "eunji.sealed.counselor@example.kr";
     const C_NICK: &str = "은지-봉인된-닉네임";

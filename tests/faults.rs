@@ -2,14 +2,14 @@
 //! stalls visibly instead of spinning and resumes by itself after the fix; a full disk under
 //! the log gives clients clear errors, corrupts nothing, and heals when space returns.
 
-mod support;
+use crate::support;
 
+use crate::support::app::TestApp;
 use neulbi::projections::runtime;
 use neulbi::store::Metadata;
 use neulbi_domain::chat_room::RoomCommand;
 use neulbi_domain::{Actor, Context, MessageId, Role, RoomId, UserId};
 use std::time::{Duration, Instant};
-use support::app::TestApp;
 
 /// Posts `body` as `author` through the room's actor (what a STOMP SEND does).
 async fn post(app: &TestApp, room: RoomId, author: UserId, role: Role, body: &str) {

@@ -1,10 +1,10 @@
 //! The HTTP edge, black-box: a real server on a loopback port, talked to over TCP.
 
-mod support;
+use crate::support;
 
+use crate::support::http::get;
 use neulbi::config::Config;
 use neulbi::startup::Application;
-use support::http::get;
 
 async fn spawn_app() -> (
     std::net::SocketAddr,

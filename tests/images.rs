@@ -4,8 +4,12 @@
 //! with the `images` projector run by hand: it follows the read model (and reads no
 //! events), and never trusts a read model that trails the log.
 
-mod support;
+use crate::support;
 
+use crate::support::Backend;
+use crate::support::http::{post_json, request};
+use crate::support::raw::{self, RawResponse, multipart};
+use crate::support::scenario::{as_user, system};
 use futures::stream::BoxStream;
 use neulbi::actors::{Registry, RegistryConfig};
 use neulbi::blob::fs::FsBlobStore;
@@ -27,10 +31,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
-use support::Backend;
-use support::http::{post_json, request};
-use support::raw::{self, RawResponse, multipart};
-use support::scenario::{as_user, system};
 use uuid::Uuid;
 
 struct App {

@@ -4,8 +4,10 @@
 //! plaintext keys of older versions are wrapped on start; a KEK rotation rewraps everything
 //! while nodes holding both KEKs keep working; a missing KEK is refused at start.
 
-mod support;
+use crate::support;
 
+use crate::support::moto::Moto;
+use crate::support::pg::TempPostgres;
 use base64::Engine;
 use neulbi::auth::identities::stored_secret;
 use neulbi::auth::keys::KeyRing;
@@ -15,8 +17,6 @@ use neulbi::store::{Database, Direction, EventData, ExpectedVersion, Storage, St
 use neulbi_domain::{StreamKind, StreamName};
 use serde_json::json;
 use std::path::PathBuf;
-use support::moto::Moto;
-use support::pg::TempPostgres;
 use uuid::Uuid;
 
 /// A database under test with a directory for its key files.

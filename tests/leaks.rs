@@ -2,8 +2,11 @@
 //! messages, HTTP requests with secrets in the query string, erasure) with every log level
 //! and span event captured, then search the capture for the scenario's personal data.
 
-mod support;
+use crate::support;
 
+use crate::support::Backend;
+use crate::support::capture::Capture;
+use crate::support::scenario::{COUNSELOR_TEXT, EMAIL, IP, NICKNAME, SECRETS, as_user, seed};
 use neulbi::actors::{Registry, RegistryConfig};
 use neulbi::config::Config;
 use neulbi::privacy::erasure::erase_user;
@@ -12,9 +15,6 @@ use neulbi::store::{Metadata, Storage};
 use neulbi_domain::Role;
 use neulbi_domain::chat_room::ChatRoomDecider;
 use neulbi_domain::user::UserDecider;
-use support::Backend;
-use support::capture::Capture;
-use support::scenario::{COUNSELOR_TEXT, EMAIL, IP, NICKNAME, SECRETS, as_user, seed};
 
 #[actix_rt::test]
 async fn a_full_scenario_logs_no_personal_data() {

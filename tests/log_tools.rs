@@ -1,8 +1,7 @@
 //! The tools over the log: export → import round-trips exactly and refuses to overwrite,
 //! an old log version upcasts on read, replay shows past state, and the CLI wires it all.
 
-mod support;
-
+use crate::support::Backend;
 use neulbi::actors::codec;
 use neulbi::store::Direction;
 use neulbi::tools::replay::{At, replay};
@@ -12,7 +11,6 @@ use neulbi_domain::chat_room::{ChatRoomDecider, RoomEvent};
 use neulbi_domain::{Decider, StreamName};
 use std::io::Cursor;
 use std::process::Command;
-use support::Backend;
 
 const FIXTURE: &str = include_str!("fixtures/v1-room-log.ndjson");
 
@@ -211,7 +209,7 @@ async fn a_v1_log_upcasts_and_replays() {
     assert!("yesterday".parse::<At>().is_err());
 }
 
-use support::binary::neulbi;
+use crate::support::binary::neulbi;
 
 fn run_ok(c: &mut Command) -> String {
     let out = c.output().expect("run");

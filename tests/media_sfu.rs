@@ -5,21 +5,19 @@
 //! what it receives per remote track. Every wait is on a condition with a generous bound, so
 //! a loaded machine makes the tests slower, not flaky.
 
-mod support;
-
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::peer::{local_track, negotiated_codec, packet, payload_type, rand_u32};
 use neulbi::media::{ConnectionState, MediaEvent, MediaKind, MediaSettings, Participant, Sfu};
 use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::sansio::Protocol;
-use support::peer::{local_track, negotiated_codec, packet, payload_type, rand_u32};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use uuid::Uuid;

@@ -3,15 +3,15 @@
 //! expression of the shipped dashboards and alert rules (`observability/`) with data, so no
 //! panel is silently empty because a metric was renamed.
 
-mod support;
+use crate::support;
 
+use crate::support::app::TestApp;
+use crate::support::http::{get, post_json, request};
+use crate::support::prometheus::promtool;
 use neulbi_domain::RoomId;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use support::app::TestApp;
-use support::http::{get, post_json, request};
-use support::prometheus::promtool;
 
 fn observability() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("observability")

@@ -4,15 +4,15 @@
 //! WebSocket and over SockJS xhr-streaming work through the proxy, and an OAuth redirect URI
 //! carries the public host.
 
-mod support;
+use crate::support;
 
+use crate::support::app::TestApp;
+use crate::support::certs::{connect, connector, get, issue};
 use futures::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use support::app::TestApp;
-use support::certs::{connect, connector, get, issue};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 

@@ -1,12 +1,10 @@
 //! Crypto-shredding over real backends: personal fields never reach the database in plain
 //! text, and destroying one user's key erases exactly that user's fields.
 
-mod support;
-
+use crate::support::Backend;
 use neulbi::store::{self, Direction, EventData, ExpectedVersion};
 use neulbi_domain::{StreamKind, StreamName};
 use serde_json::json;
-use support::Backend;
 use uuid::Uuid;
 
 fn personal(owner: Uuid, value: &str) -> serde_json::Value {

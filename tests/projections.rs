@@ -2,8 +2,8 @@
 //! erasure scrubs the read models, a rebuild equals the live tables, and concurrent
 //! projectors (two nodes) still apply every event exactly once.
 
-mod support;
-
+use crate::support::Backend;
+use crate::support::scenario::{COUNSELOR_TEXT, SECRETS, Seeded, as_user, seed};
 use neulbi::actors::{Registry, RegistryConfig};
 use neulbi::projections::db::read_model_url;
 use neulbi::projections::queries;
@@ -12,8 +12,6 @@ use neulbi::store::{Metadata, SharedStore};
 use neulbi_domain::chat_room::{ChatRoomDecider, RoomCommand};
 use neulbi_domain::user::{UserCommand, UserDecider};
 use neulbi_domain::{MessageId, Role};
-use support::Backend;
-use support::scenario::{COUNSELOR_TEXT, SECRETS, Seeded, as_user, seed};
 use uuid::Uuid;
 
 struct World {

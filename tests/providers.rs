@@ -4,8 +4,9 @@
 //! their documented shapes. Every bad input of the list that concerns providers is
 //! here: state, PKCE, replays, `error=` callbacks, timeouts and 5xx, open redirects.
 
-mod support;
-
+use crate::support::free_port;
+use crate::support::http::{Response, post_form, request};
+use crate::support::oidc::OidcProvider;
 use actix_web::{App as ActixApp, HttpResponse, HttpServer, web};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -18,9 +19,6 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use support::free_port;
-use support::http::{Response, post_form, request};
-use support::oidc::OidcProvider;
 
 struct Node {
     addr: SocketAddr,

@@ -2,15 +2,15 @@
 //! counts, a room's history (members only), my calls, and the export of my own data —
 //! which after erasure no longer holds what I wrote.
 
-mod support;
+use crate::support;
 
+use crate::support::app::TestApp;
+use crate::support::http::{get, request};
 use neulbi::store::Metadata;
 use neulbi_domain::chat_room::RoomCommand;
 use neulbi_domain::{Actor, Context, MessageId, Role, UserId};
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::app::TestApp;
-use support::http::{get, request};
 use uuid::Uuid;
 
 async fn authed(

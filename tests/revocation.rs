@@ -4,8 +4,12 @@
 //! while tokens issued afterwards keep working. Real nodes on loopback (SQLite, and two nodes
 //! on one throwaway PostgreSQL).
 
-mod support;
+use crate::support;
 
+use crate::support::app::TestApp;
+use crate::support::http::{post_form, post_json, request};
+use crate::support::rtc::Rtc;
+use crate::support::stomp::Client;
 use neulbi::edge::stomp::frame::{Command, Frame};
 use neulbi::store::Metadata;
 use neulbi_domain::user::UserCommand;
@@ -13,10 +17,6 @@ use neulbi_domain::{Actor, Context, Role, UserId};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::Duration;
-use support::app::TestApp;
-use support::http::{post_form, post_json, request};
-use support::rtc::Rtc;
-use support::stomp::Client;
 use tokio::time::Instant;
 
 /// The bound the issue sets: revoked everywhere within a second.

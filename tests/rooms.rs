@@ -2,14 +2,14 @@
 //! when asked twice), members mark messages read and close the room, and everyone else gets
 //! the protocol's own errors with nothing appended.
 
-mod support;
+use crate::support;
 
+use crate::support::app::{Person, TestApp};
+use crate::support::http::{post_json, request};
 use neulbi::store::Direction;
 use neulbi_domain::{StreamKind, StreamName};
 use serde_json::json;
 use std::time::Duration;
-use support::app::{Person, TestApp};
-use support::http::{post_json, request};
 use uuid::Uuid;
 
 async fn post(

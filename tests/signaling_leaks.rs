@@ -3,13 +3,11 @@
 //! every level and span event of the server captured, then the capture is searched. Its own
 //! binary, because the subscriber is global.
 
-mod support;
-
+use crate::support::app::TestApp;
+use crate::support::capture::Capture;
+use crate::support::http::post_json;
+use crate::support::rtc::Rtc;
 use serde_json::json;
-use support::app::TestApp;
-use support::capture::Capture;
-use support::http::post_json;
-use support::rtc::Rtc;
 
 const SECRET_TEXT: &str = "in-call-secret-words";
 const EMAIL: &str = "leaky.caller@example.com";

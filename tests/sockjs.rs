@@ -2,17 +2,15 @@
 //! transport, two members chatting (one on the SockJS websocket, one on xhr_streaming +
 //! xhr_send), xhr polling, bad origins refused, and the session reuse rules.
 
-mod support;
-
+use crate::support::app::TestApp;
+use crate::support::http::{Response, request};
+use crate::support::stomp::signup;
 use futures::{SinkExt, StreamExt};
 use neulbi::edge::stomp::codec::{Decoder, Limits, encode};
 use neulbi::edge::stomp::frame::{Command, Frame, Version};
 use neulbi_domain::RoomId;
 use std::net::SocketAddr;
 use std::time::Duration;
-use support::app::TestApp;
-use support::http::{Response, request};
-use support::stomp::signup;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;

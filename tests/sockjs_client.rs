@@ -2,13 +2,11 @@
 //! over the websocket, xhr-streaming and xhr-polling transports: STOMP CONNECT/CONNECTED and
 //! DISCONNECT/RECEIPT, then the server's close. A missing Node or package fails, never skips.
 
-mod support;
-
+use crate::support::app::TestApp;
+use crate::support::stomp::signup;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
-use support::app::TestApp;
-use support::stomp::signup;
 
 #[actix_rt::test]
 async fn sockjs_client_connects_over_websocket_xhr_streaming_and_xhr_polling() {

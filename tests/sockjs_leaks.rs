@@ -2,12 +2,10 @@
 //! `xhr_send`, not the session id (it works like a bearer secret), at trace level. Its own
 //! binary, because the capture is the process-wide subscriber.
 
-mod support;
-
-use support::app::TestApp;
-use support::capture::Capture;
-use support::http::request;
-use support::stomp::signup;
+use crate::support::app::TestApp;
+use crate::support::capture::Capture;
+use crate::support::http::request;
+use crate::support::stomp::signup;
 
 #[actix_rt::test]
 async fn a_sockjs_session_logs_no_token_or_session_id() {

@@ -4,8 +4,10 @@
 //! `since-message-id`; `/user/queue/rooms` pushes; one send rate per user across sessions;
 //! stopping the server closes open connections.
 
-mod support;
+use crate::support;
 
+use crate::support::app::TestApp;
+use crate::support::stomp::{Client, signup};
 use futures::SinkExt;
 use neulbi::edge::stomp::frame::{Command, Frame};
 use neulbi::edge::stomp::settings::ChatSettings;
@@ -13,8 +15,6 @@ use neulbi::store::Metadata;
 use neulbi_domain::chat_room::RoomCommand;
 use neulbi_domain::{Actor, Context, Role, RoomId};
 use std::time::Duration;
-use support::app::TestApp;
-use support::stomp::{Client, signup};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 

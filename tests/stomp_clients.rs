@@ -5,13 +5,11 @@
 //! missed and then live messages, and each RECEIPT arrives only once its `MessagePosted` is in
 //! the log: the script stops at every RECEIPT until this test has found the event.
 
-mod support;
-
+use crate::support::app::TestApp;
 use neulbi::store::Direction;
 use neulbi_domain::{StreamKind, StreamName};
 use std::process::Stdio;
 use std::time::Duration;
-use support::app::TestApp;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// Client-message ids of the room's `MessagePosted` events, in log order.

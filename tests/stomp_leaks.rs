@@ -3,14 +3,12 @@
 //! level and span event captured, then the capture is searched. Its own binary, because the
 //! subscriber is global (the server's worker threads must log into it too).
 
-mod support;
-
+use crate::support::app::TestApp;
+use crate::support::stomp::{Client, signup};
 use neulbi::edge::stomp::frame::{Command, Frame};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::app::TestApp;
-use support::stomp::{Client, signup};
 use tracing_subscriber::fmt::format::FmtSpan;
 
 #[derive(Clone, Default)]

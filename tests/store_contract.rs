@@ -10,15 +10,13 @@
 //! The KurrentDB cases are built with the `kurrentdb` feature and run only when asked for
 //! (`--run-ignored only`), against the server `NEULBI_KURRENTDB_URL` names.
 
-mod support;
-
+use crate::support::Backend;
 use futures::StreamExt;
 use neulbi::store::{Direction, EventData, ExpectedVersion, Metadata, RecordedEvent, StoreError};
 use neulbi_domain::{StreamKind, StreamName};
 use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
-use support::Backend;
 use uuid::Uuid;
 
 fn room() -> StreamName {
@@ -916,7 +914,7 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     let b = crate::support::Backend::sqlite().await;
-                    crate::cases::$case(&b).await;
+                    crate::store_contract::cases::$case(&b).await;
                 }
             )*
         }
@@ -925,7 +923,7 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     let b = crate::support::Backend::postgres().await;
-                    crate::cases::$case(&b).await;
+                    crate::store_contract::cases::$case(&b).await;
                 }
             )*
         }
@@ -938,7 +936,7 @@ macro_rules! contract {
                 #[ignore = "needs a KurrentDB server: set NEULBI_KURRENTDB_URL"]
                 async fn $case() {
                     let b = crate::support::Backend::kurrentdb().await;
-                    crate::cases::$case(&b).await;
+                    crate::store_contract::cases::$case(&b).await;
                 }
             )*
         }

@@ -3,13 +3,13 @@
 //! old connection keeps working; plain HTTP redirects; a broken renewal keeps the old
 //! certificate; a broken certificate stops the start with a message naming the file.
 
-mod support;
+use crate::support;
 
+use crate::support::app::TestApp;
+use crate::support::certs::{connect, connector, get, install, issue, shown};
 use neulbi::config::Config;
 use neulbi::startup::Application;
 use std::time::Duration;
-use support::app::TestApp;
-use support::certs::{connect, connector, get, install, issue, shown};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::ServerName;

@@ -3,8 +3,10 @@
 //! which decodes the real OTLP protobuf (`opentelemetry-proto`). Then `neulbi trace` finds the
 //! same trace's events in the log.
 
-mod support;
+use crate::support;
 
+use crate::support::binary::{neulbi, serve, sigterm};
+use crate::support::http::post_json;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use neulbi_domain::RoomId;
 use opentelemetry_proto::tonic::collector::trace::v1::{
@@ -15,8 +17,6 @@ use prost::Message;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::binary::{neulbi, serve, sigterm};
-use support::http::post_json;
 
 /// One exported span with what the assertions need.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@
 //! webrtc 0.21 skips `?transport=tcp` TURN URLs ("Skipping unsupported non-UDP TURN url"), so
 //! TURN over TCP is driven with the `turn` crate's client over a framed TCP stream instead.
 
-mod support;
+use crate::support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;

@@ -4,17 +4,17 @@
 //! media is redirected to the node that has it, and a node SIGKILLed under chat load loses no
 //! acknowledged message: its clients resume on the other node with catch-up.
 
-mod support;
+use crate::support;
 
+use crate::support::app::{TestApp, shared_kek, shared_node};
+use crate::support::scenario::as_user;
+use crate::support::stomp::Client;
 use neulbi::actors::ActorError;
 use neulbi::store::{Direction, Metadata};
 use neulbi_domain::chat_room::RoomCommand;
 use neulbi_domain::{MessageId, Role, RoomId, StreamKind, StreamName};
 use std::collections::HashSet;
 use std::time::Duration;
-use support::app::{TestApp, shared_kek, shared_node};
-use support::scenario::as_user;
-use support::stomp::Client;
 
 #[actix_rt::test]
 async fn a_message_posted_on_one_node_reaches_subscribers_on_the_other() {
@@ -261,8 +261,8 @@ async fn post_until_gone(client: &mut Client, room: RoomId, body: &str) -> bool 
 
 #[tokio::test]
 async fn a_node_killed_under_chat_load_loses_no_acknowledged_message() {
+    use crate::support::binary::{neulbi, serve_at};
     use neulbi::edge::stomp::frame::{Command, Frame};
-    use support::binary::{neulbi, serve_at};
     let pg = support::pg::TempPostgres::start();
     let keys = tempfile::tempdir().expect("dir");
     let kek = shared_kek(keys.path());

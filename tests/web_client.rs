@@ -5,10 +5,10 @@
 //! axe-core on every page, at a desktop and at a 360 × 740 phone viewport; and STOMP over
 //! every SockJS transport a browser can use, with the vendored clients.
 
-mod support;
+use crate::support;
 
+use crate::support::app::TestApp;
 use std::time::Duration;
-use support::app::TestApp;
 
 /// One journey at `viewport`. The script starts its own `neulbi serve` of this build in a
 /// private network namespace and bounds itself at 170 s; the limit here is a backstop.
