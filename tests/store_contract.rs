@@ -481,6 +481,84 @@ mod cases {
         }
     }
 
+    /// Pages of thousands of events (PostgreSQL reads one in parts side by side) are the
+    /// log in order: whole up to the page's size, and cut only where the log ends.
+    pub async fn large_pages_are_the_log_in_order(b: &Backend) {
+        let start = start_position(b).await;
+        let s = room();
+        for chunk in 0..3u64 {
+            let events = (0..500).map(|i| ev(chunk * 500 + i)).collect();
+            b.store
+                .append(&s, ExpectedVersion::Any, events)
+                .await
+                .expect("append");
+        }
+        // Another instance holds no recent commits: every page comes from the database.
+        let other = b.open_again().await;
+        for (from, limit, want) in [
+            (0, 4096, 1500),
+            (0, 1024, 1024),
+            (0, 2048, 1500),
+            (700, 2048, 800),
+            (1000, 1024, 500),
+            (1499, 4096, 1),
+        ] {
+            let at = if b.gap_free() {
+                start + from
+            } else {
+                // Positions are not consecutive: find the event of version `from`.
+                let page = other.read_stream(&s, from, Direction::Forward, 1).await;
+                page.expect("stream page")[0].position
+            };
+            let page = other.read_all(at, limit).await.expect("page");
+            let versions: Vec<u64> = page
+                .iter()
+                .filter(|e| e.stream == s)
+                .map(|e| e.version)
+                .collect();
+            if b.gap_free() {
+                assert_eq!(
+                    versions,
+                    (from..from + want).collect::<Vec<_>>(),
+                    "read_all({from}, {limit})"
+                );
+                let positions: Vec<u64> = page.iter().map(|e| e.position).collect();
+                assert_eq!(positions, (at..at + want).collect::<Vec<_>>());
+            } else {
+                // A shared server's other streams may fill part of the page.
+                let n = versions.len() as u64;
+                assert!(n > 0 && n <= want, "read_all({from}, {limit}): {n}");
+                assert_eq!(versions, (from..from + n).collect::<Vec<_>>());
+            }
+        }
+        if !b.gap_free() {
+            return;
+        }
+        // Pages across the tail while another instance appends: a part read after commits
+        // the page's first part did not see must not leave a hole in the page.
+        let store = b.store.clone();
+        let writer = tokio::spawn(async move {
+            for chunk in 0..40u64 {
+                let events = (0..100).map(|i| ev(chunk * 100 + i)).collect();
+                store
+                    .append(&s, ExpectedVersion::Any, events)
+                    .await
+                    .expect("append");
+            }
+        });
+        let mut tail = start + 1500;
+        let mut pages = 0;
+        while !writer.is_finished() || pages == 0 {
+            let at = tail.saturating_sub(600).max(start);
+            let page = other.read_all(at, 2048).await.expect("page");
+            let positions: Vec<u64> = page.iter().map(|e| e.position).collect();
+            assert_eq!(positions, (at..at + page.len() as u64).collect::<Vec<_>>());
+            tail = tail.max(at + page.len() as u64);
+            pages += 1;
+        }
+        writer.await.expect("writer");
+    }
+
     pub async fn concurrent_writers_and_a_live_subscriber(b: &Backend) {
         const WRITERS: u64 = 8;
         const APPENDS: u64 = 40;
@@ -950,6 +1028,7 @@ contract!(
     a_writer_that_remembers_is_never_wrong,
     batches_are_atomic_and_bounded,
     global_order_is_gap_free,
+    large_pages_are_the_log_in_order,
     concurrent_writers_and_a_live_subscriber,
     a_slow_subscriber_falls_back_to_the_database,
     concurrent_conflicting_appends_admit_one,

@@ -40,6 +40,8 @@ const CHANNEL: &str = "neulbi_events";
 impl SqlBackend for sqlx::Postgres {
     const READ_ALL: &'static str =
         select_events!("WHERE position >= $1 ORDER BY position LIMIT $2");
+    const READ_RANGE: &'static str =
+        select_events!("WHERE position >= $1 AND position < $2 ORDER BY position");
     const READ_FORWARD: &'static str =
         select_events!("WHERE stream = $1 AND version >= $2 ORDER BY version LIMIT $3");
     const READ_BACKWARD: &'static str =

@@ -11,13 +11,14 @@ use super::recent::Recent;
 use super::subscription::{self, ReadPage};
 use super::{Direction, RecordedEvent, StoreError};
 use async_trait::async_trait;
-use futures::FutureExt;
 use futures::stream::BoxStream;
+use futures::{FutureExt, TryStreamExt};
 use neulbi_domain::StreamName;
 use sqlx::{Database, Executor, Pool};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// Builds a static `SELECT` of every event column, in [`RawRow`]'s order; sqlx only accepts
 /// audited static SQL.
@@ -36,6 +37,8 @@ pub(super) use select_events;
 pub(super) trait SqlBackend: Database {
     /// Events from a position on, in log order: binds `from`, `limit`.
     const READ_ALL: &'static str;
+    /// Events at positions `from..to`, in log order: binds `from`, `to`.
+    const READ_RANGE: &'static str;
     /// A stream's events from a version on: binds `stream`, `from`, `limit`.
     const READ_FORWARD: &'static str;
     /// A stream's events up to a version, newest first: binds `stream`, `from`, `limit`.
@@ -87,13 +90,53 @@ where
 {
     const POLL: Duration = DB::POLL;
 
+    /// A page of [`PAGE_PARTS`] sub-ranges read side by side, each on its own connection and
+    /// decoded as its rows arrive: one query at a time left the server and this process
+    /// waiting on each other (half of both cores idle in a `read_all` pass). The first part
+    /// is the plain query; the others are position ranges, which the log's gap-free positions
+    /// make exact, kept only while they continue it (a part read a moment later may see
+    /// commits the first did not, so the page stops where a part falls short).
     async fn read_all(&self, from: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query::<DB>(DB::READ_ALL)
+        let parts = (limit / MIN_PART).clamp(1, PAGE_PARTS);
+        let size = limit.div_ceil(parts);
+        let span = tracing::Span::current();
+        let rest: Vec<_> = (1..parts)
+            .map(|i| {
+                let start = from.saturating_add((i * size) as u64);
+                let end = start.saturating_add(size.min(limit - i * size) as u64);
+                let range = sqlx::query::<DB>(DB::READ_RANGE)
+                    .bind(clamp(start))
+                    .bind(clamp(end));
+                let pool = self.clone();
+                tokio::spawn(
+                    async move { decode_rows::<DB>(range.fetch(&pool), end - start).await }
+                        .instrument(span.clone()),
+                )
+            })
+            .collect();
+        let first = sqlx::query::<DB>(DB::READ_ALL)
             .bind(clamp(from))
-            .bind(clamp(limit as u64))
-            .fetch_all(self)
-            .await?;
-        rows.iter().map(|r| DB::raw(r)?.decode()).collect()
+            .bind(clamp(size as u64));
+        let mut page = decode_rows::<DB>(first.fetch(self), size as u64).await;
+        let mut rest = rest.into_iter();
+        for part in rest.by_ref() {
+            let Ok(events) = &mut page else { break };
+            let next = from.saturating_add(events.len() as u64);
+            if events.last().is_none_or(|e| e.position + 1 != next) || events.len() % size != 0 {
+                // Short (the log's end) or not gap-free (never on PostgreSQL): the page ends.
+                part.abort();
+                break;
+            }
+            let mut more = part
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("a log read stopped: {e}")))??;
+            if more.first().is_none_or(|e| e.position != next) {
+                break;
+            }
+            events.append(&mut more);
+        }
+        rest.for_each(|part| part.abort());
+        page
     }
 
     async fn read_stream(
@@ -127,6 +170,26 @@ where
         sqlx::query::<DB>("SELECT 1").execute(self).await?;
         Ok(())
     }
+}
+
+/// Sub-ranges a page of the log is read in side by side (see `EventRows::read_all` for
+/// `Pool`): two keep both cores busy on a two-core machine, the server on one part while this
+/// process decodes the other.
+const PAGE_PARTS: usize = 2;
+/// Parts smaller than this are not worth a second connection.
+const MIN_PART: usize = 512;
+
+/// Decodes a query's rows as they arrive (a whole page collected first would leave this
+/// process idle while the server sends it).
+async fn decode_rows<DB: SqlBackend>(
+    mut rows: BoxStream<'_, Result<DB::Row, sqlx::Error>>,
+    expected: u64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut events = Vec::with_capacity(usize::try_from(expected).unwrap_or(0).min(1 << 16));
+    while let Some(row) = rows.try_next().await? {
+        events.push(DB::raw(&row)?.decode()?);
+    }
+    Ok(events)
 }
 
 /// The read half of a SQL event store: where its rows come from, the head announcements,
