@@ -60,10 +60,12 @@ const RESTART_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Starts [`checkpoint_loop`] on a connection of its own to the database `options` open
 /// (already in WAL mode): commits on connections with `wal_autocheckpoint=0` then never
-/// copy the WAL back themselves. It runs until the handle is aborted.
+/// copy the WAL back themselves. It runs until the handle is aborted, checkpointing `every`
+/// so often (the log: [`CHECKPOINT_EVERY`]).
 pub async fn spawn_checkpointer(
     options: &SqliteConnectOptions,
     restart_bytes: u64,
+    every: Duration,
 ) -> Result<tokio::task::JoinHandle<()>, sqlx::Error> {
     // Waits at most RESTART_WAIT for a lock.
     let mut conn =
@@ -73,10 +75,13 @@ pub async fn spawn_checkpointer(
         .await?;
     let page_size = u64::try_from(page_size).unwrap_or(4096).max(512);
     let restart_frames = i64::try_from(restart_bytes / page_size).unwrap_or(i64::MAX);
-    Ok(tokio::spawn(checkpoint_loop(conn, restart_frames)))
+    Ok(tokio::spawn(checkpoint_loop(conn, restart_frames, every)))
 }
 
-/// Copies the WAL back into the database file twice a second, off the commit path. PASSIVE
+/// How often the log's WAL is copied back into its file.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Copies the WAL back into the database file every `every`, off the commit path. PASSIVE
 /// never blocks the writer or readers; it does what it can and tries again next time.
 ///
 /// PASSIVE alone never lets the WAL start over under appends that never pause: SQLite
@@ -87,8 +92,8 @@ pub async fn spawn_checkpointer(
 /// [`RESTART_WAIT`], plus copying what the last PASSIVE left) until every reader is past
 /// the WAL, and the next append writes it from the start; `journal_size_limit` cuts the
 /// file back.
-async fn checkpoint_loop(mut conn: SqliteConnection, restart_frames: i64) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+async fn checkpoint_loop(mut conn: SqliteConnection, restart_frames: i64, every: Duration) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // After a RESTART that readers kept from finishing, the next waits a while: each attempt
     // holds appends back.
@@ -213,7 +218,8 @@ impl SqliteStore {
             cache_size: READER_CACHE_SIZE,
             connections: 4,
         })?;
-        let checkpointer = spawn_checkpointer(&options, limits.wal_restart_bytes).await?;
+        let checkpointer =
+            spawn_checkpointer(&options, limits.wal_restart_bytes, CHECKPOINT_EVERY).await?;
         // The writer never checkpoints inline: a checkpoint syncs the database file and would
         // stall the commit that triggers it. A background task checkpoints instead.
         let mut committer = SqliteCommitter::open(path, &limits)?;
