@@ -36,6 +36,18 @@ fn arg(args: &[String], flag: &str) -> Option<String> {
         .cloned()
 }
 
+/// Removes a SQLite database named by `url` and its WAL and shared-memory files, if any.
+fn remove_sqlite_files(url: &str) {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .and_then(|p| p.split('?').next())
+    {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{path}{suffix}"));
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let full = args.iter().any(|a| a == "--bench");
@@ -139,17 +151,13 @@ fn main() {
                     .count() as u64;
             }
             read_rates.push(decoded as f64 / t.elapsed().as_secs_f64().max(1e-9));
-            let read_url = read_model_url(&url);
             let mut reports = Vec::new();
             for run in 1..=repeat {
-                if let Some(path) = read_url
-                    .strip_prefix("sqlite://")
-                    .and_then(|p| p.split('?').next())
-                {
-                    for suffix in ["", "-wal", "-shm"] {
-                        let _ = std::fs::remove_file(format!("{path}{suffix}"));
-                    }
-                }
+                // A read model of its own per run: the last run's connections may still be
+                // closing, and SQLite deletes a closing database's WAL by its path.
+                let read_url =
+                    read_model_url(&url).replacen("-read.db", &format!("-read-{run}.db"), 1);
+                remove_sqlite_files(&read_url);
                 let db = ReadDb::connect(&read_url).await.expect("read db");
                 let (started, mut lap, mut millions) = (Instant::now(), Instant::now(), 0u64);
                 let report = rebuild::rebuild_with(
@@ -173,6 +181,9 @@ fn main() {
                 .expect("rebuild");
                 eprintln!("{backend} {events} run {run}: {:.2} s", report.secs);
                 db.pool.close().await;
+                drop(db);
+                // Each run's read model goes once measured (at 10M events it is ~3 GB).
+                remove_sqlite_files(&read_url);
                 reports.push(report);
             }
             // The median run (runs of one binary vary by about ±10% on a 2-core machine).
