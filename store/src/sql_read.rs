@@ -150,13 +150,11 @@ where
             Direction::Forward => DB::READ_FORWARD,
             Direction::Backward => DB::READ_BACKWARD,
         };
-        let rows = sqlx::query::<DB>(sql)
+        let query = sqlx::query::<DB>(sql)
             .bind(stream.to_string())
             .bind(clamp(from))
-            .bind(clamp(limit as u64))
-            .fetch_all(self)
-            .await?;
-        rows.iter().map(|r| DB::raw(r)?.decode()).collect()
+            .bind(clamp(limit as u64));
+        decode_rows::<DB>(query.fetch(self), limit as u64).await
     }
 
     async fn head_position(&self) -> Result<Option<u64>, StoreError> {

@@ -122,25 +122,21 @@ fn open_reader(settings: &ReaderSettings) -> Result<Connection, StoreError> {
 /// (SQLite keeps whatever was written) is a [`StoreError::Corrupt`] at the row's position.
 fn decode(row: &Row<'_>) -> Result<RecordedEvent, StoreError> {
     let position: i64 = row.get(0)?;
-    let corrupt = |column: &str| StoreError::Corrupt {
-        position,
-        reason: format!("{column} is not text"),
-    };
+    let corrupt = |reason: String| StoreError::Corrupt { position, reason };
     let text = |i: usize, column: &str| -> Result<&str, StoreError> {
-        row.get_ref(i)?.as_str().map_err(|_| corrupt(column))
+        row.get_ref(i)?
+            .as_str()
+            .map_err(|_| corrupt(format!("{column} is not text")))
     };
     let integer = |i: usize, column: &str| -> Result<i64, StoreError> {
-        row.get_ref(i)?.as_i64().map_err(|_| StoreError::Corrupt {
-            position,
-            reason: format!("{column} is not an integer"),
-        })
+        row.get_ref(i)?
+            .as_i64()
+            .map_err(|_| corrupt(format!("{column} is not an integer")))
     };
     RawRow {
         position,
-        event_id: uuid::Uuid::parse_str(text(1, "event_id")?).map_err(|e| StoreError::Corrupt {
-            position,
-            reason: format!("event id: {e}"),
-        })?,
+        event_id: uuid::Uuid::parse_str(text(1, "event_id")?)
+            .map_err(|e| corrupt(format!("event id: {e}")))?,
         stream: text(2, "stream")?,
         version: integer(3, "version")?,
         event_type: text(4, "event_type")?,
