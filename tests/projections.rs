@@ -638,6 +638,122 @@ async fn batch_boundaries_do_not_change_the_read_models() {
     }
 }
 
+/// Projects `key` of `def` into `db` until it is caught up, `batch` events at a time.
+async fn project_all(
+    store: &SharedStore,
+    db: &ReadDb,
+    def: &'static projections::ProjectorDef,
+    key: &str,
+    batch: usize,
+) {
+    let names = projections::Names::new("", db.dialect);
+    runtime::ensure_schema(db, def, &names)
+        .await
+        .expect("schema");
+    while runtime::step(store, db, def, &names, key, batch)
+        .await
+        .expect("step")
+        != runtime::Batch::CaughtUp
+    {}
+}
+
+/// A live batch touching more rooms than one read of the tables holds (a batch's rooms are
+/// read a few dozen per statement) folds them as batches of one event do: rooms first seen
+/// in the batch, and rooms the tables already hold.
+#[actix_rt::test]
+async fn a_batch_of_many_rooms_folds_as_single_events_do() {
+    use neulbi::tools::seed::{SeedSpec, seed};
+    use neulbi_domain::UserId;
+    let b = Backend::sqlite().await;
+    let spec = SeedSpec {
+        counselors: 3,
+        clients: 30,
+        rooms: 75,
+        messages: 300,
+        calls: 0,
+        seed: 5,
+    };
+    seed(&b.store, spec, |_, _| {}).await.expect("seed");
+    let def = projections::by_name("rooms").expect("rooms");
+    let dir = tempfile::tempdir().expect("dir");
+    let connect = |name: &str| {
+        let url = format!("sqlite://{}/{name}.db?mode=rwc", dir.path().display());
+        async move { ReadDb::connect(&url).await.expect("db") }
+    };
+    let (single, batched) = (connect("single").await, connect("batched").await);
+    project_all(&b.store, &single, def, "rooms", 1).await;
+    project_all(&b.store, &batched, def, "rooms", 5000).await;
+    // One more message in every room: the next batch finds all 75 in the tables.
+    let rooms: Registry<ChatRoomDecider> =
+        Registry::new(b.store.clone(), RegistryConfig::default());
+    let opened: Vec<(Uuid, UserId)> = b
+        .store
+        .read_all(0, 10_000)
+        .await
+        .expect("log")
+        .into_iter()
+        .filter(|e| e.event_type == "Opened")
+        .filter_map(|e| {
+            let counselor = e.data["counselor"].as_str()?.parse().ok()?;
+            Some((e.stream.id(), UserId(counselor)))
+        })
+        .collect();
+    assert_eq!(opened.len(), 75);
+    for (room, counselor) in &opened {
+        post_as_counselor(&rooms, *room, *counselor, "again", 1).await;
+    }
+    project_all(&b.store, &single, def, "rooms", 1).await;
+    project_all(&b.store, &batched, def, "rooms", 5000).await;
+    let expected = rooms_dump(&single).await;
+    assert_eq!(expected.0.len(), 75, "{:?}", expected.0);
+    assert_eq!(expected.2.len(), 375, "every message once");
+    assert_eq!(rooms_dump(&batched).await, expected);
+}
+
+/// A projector loop that knows its checkpoint skips reading it, and one that is wrong about
+/// it (another node or a swap moved it) loses the race and reads it again.
+#[actix_rt::test]
+async fn a_step_from_a_stale_checkpoint_is_raced_and_the_next_reads_it() {
+    let w = world(Backend::sqlite().await).await;
+    let def = projections::by_name("rooms").expect("rooms");
+    let names = projections::Names::new("", w.db.dialect);
+    let shared = runtime::SharedBatch::default();
+    runtime::ensure_schema(&w.db, def, &names)
+        .await
+        .expect("schema");
+    let mut at = runtime::Step::from_database(2);
+    let first = runtime::step_shared(&shared, &w.b.store, &w.db, def, &names, "rooms", &mut at)
+        .await
+        .expect("step");
+    assert_eq!(first, runtime::Batch::Applied(2));
+    assert_eq!(
+        at.from,
+        Some(2),
+        "the step knows where it left the checkpoint"
+    );
+    // Wrong about it: nothing is applied, and the step forgets what it thought.
+    let mut stale = runtime::Step {
+        limit: 2,
+        from: Some(1),
+    };
+    let raced = runtime::step_shared(&shared, &w.b.store, &w.db, def, &names, "rooms", &mut stale)
+        .await
+        .expect("step");
+    assert_eq!(raced, runtime::Batch::Raced);
+    assert_eq!(stale.from, None);
+    let (position, _) = runtime::checkpoint(&w.db, "rooms")
+        .await
+        .expect("checkpoint")
+        .expect("a row");
+    assert_eq!(position, 2, "the raced step moved nothing");
+    // Read again from the database, it goes on where the checkpoint is.
+    let next = runtime::step_shared(&shared, &w.b.store, &w.db, def, &names, "rooms", &mut stale)
+        .await
+        .expect("step");
+    assert_eq!(next, runtime::Batch::Applied(2));
+    assert_eq!(stale.from, Some(4));
+}
+
 /// A log written before message bodies were personal (schema v1, plain text in the log)
 /// still projects every body — sealed with its author's key on the way in, never copied in
 /// the clear.

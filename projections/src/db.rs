@@ -45,6 +45,9 @@ const WAL_RESTART_BYTES: u64 = 64 << 20;
 /// unchanged; docs/benchmarks.md). Nothing waits for it: readers see commits in the WAL.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
+/// A PostgreSQL read-model connection idle at least this long is pinged before use.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(30);
+
 /// Aborts the checkpointer task when dropped.
 struct Checkpointer(tokio::task::JoinHandle<()>);
 
@@ -123,6 +126,19 @@ impl ReadDb {
         let pool = AnyPoolOptions::new()
             .max_connections(if dialect == Dialect::Sqlite { 4 } else { 8 })
             .acquire_timeout(Duration::from_secs(10))
+            // sqlx pings every connection it hands out: on SQLite one more trip to its worker
+            // thread and back per projector transaction, for a file that cannot go away.
+            // PostgreSQL connections idle a while are pinged, so one the server or a proxy
+            // dropped is replaced instead of failing its query.
+            .test_before_acquire(false)
+            .before_acquire(move |conn, meta| {
+                Box::pin(async move {
+                    if dialect == Dialect::Postgres && meta.idle_for >= PING_AFTER_IDLE {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {

@@ -130,6 +130,11 @@ impl Rooms {
         rebuilding: bool,
     ) -> Result<(), ProjectionError> {
         let dialect = self.names.dialect();
+        let rooms = events.iter().filter_map(|p| match p.decoded {
+            Decoded::Room(_) => Some(p.event.stream.id()),
+            _ => None,
+        });
+        fold.preload(tx, &self.batch, rooms).await?;
         for Projected { event: e, decoded } in events {
             match decoded {
                 Decoded::Room(event) => {

@@ -76,10 +76,19 @@ struct MessageRow {
     at: i64,
 }
 
+/// Rooms a batch reads with one statement per table ([`Fold::preload`]): a statement per room
+/// and table was a round trip to the database each, two per room a live batch touches (at
+/// 2,000 messages/s, ~3,800 statements/s and most of the read model's worker switches).
+const LOAD_CHUNK: usize = 32;
+
 /// Statements of the batch path, bound to table names.
 pub(super) struct BatchSql {
     room: Sql,
     members: Sql,
+    /// `room` for [`LOAD_CHUNK`] rooms at once, with the room id first.
+    rooms_in: Sql,
+    /// `members` for [`LOAD_CHUNK`] rooms at once.
+    members_in: Sql,
     rooms_table: String,
     members_table: String,
     messages_table: String,
@@ -88,7 +97,25 @@ pub(super) struct BatchSql {
 impl BatchSql {
     pub(super) fn new(n: &Names) -> Self {
         let t = &["rm_rooms", "rm_room_members", "rm_messages"];
+        let ids = (1..=LOAD_CHUNK)
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         Self {
+            rooms_in: n.render(
+                &format!(
+                    "SELECT room_id, client_id, counselor_id, opened_at, closed_at, message_count, last_message_id, \
+                     last_message_author, last_message_preview, last_message_at FROM {{rm_rooms}} WHERE room_id IN ({ids})"
+                ),
+                t,
+            ),
+            members_in: n.render(
+                &format!(
+                    "SELECT room_id, user_id, unread_count, last_read_seq, left_at FROM {{rm_room_members}} \
+                     WHERE room_id IN ({ids})"
+                ),
+                t,
+            ),
             room: n.render(
                 "SELECT client_id, counselor_id, opened_at, closed_at, message_count, last_message_id, last_message_author, \
                  last_message_preview, last_message_at FROM {rm_rooms} WHERE room_id = $1",
@@ -128,6 +155,33 @@ impl Fold {
         };
         state.touched = self.tick;
         Ok(state)
+    }
+
+    /// Reads the rooms of `rooms` the fold does not hold yet, [`LOAD_CHUNK`] per statement
+    /// and table, as [`Fold::load`] would one by one: a batch's rooms then cost two
+    /// statements per chunk instead of two per room.
+    pub(super) async fn preload(
+        &mut self,
+        tx: &mut AnyConnection,
+        q: &BatchSql,
+        rooms: impl IntoIterator<Item = Uuid>,
+    ) -> Result<(), ProjectionError> {
+        let mut missing: Vec<Uuid> = rooms
+            .into_iter()
+            .filter(|r| !self.rooms.contains_key(r))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.len() < 2 {
+            // One room: `load` reads it with the single-room statements when it is touched.
+            return Ok(());
+        }
+        for chunk in missing.chunks(LOAD_CHUNK) {
+            for (room, state) in read_rooms(tx, q, chunk).await? {
+                self.rooms.insert(room, state);
+            }
+        }
+        Ok(())
     }
 
     /// Starts a new batch of a carried fold (the eviction order).
@@ -381,6 +435,66 @@ async fn read_room(
         members,
         ..RoomState::default()
     })
+}
+
+/// The rows of up to [`LOAD_CHUNK`] rooms, every one of `rooms` in the answer (a room the
+/// tables do not hold has no row and no members, as [`read_room`] answers).
+async fn read_rooms(
+    tx: &mut AnyConnection,
+    q: &BatchSql,
+    rooms: &[Uuid],
+) -> Result<HashMap<Uuid, RoomState>, ProjectionError> {
+    let Some(last) = rooms.last() else {
+        return Ok(HashMap::new());
+    };
+    // Always LOAD_CHUNK ids (the last repeated), so each statement is prepared once.
+    let ids: Vec<String> = rooms
+        .iter()
+        .chain(std::iter::repeat(last))
+        .take(LOAD_CHUNK)
+        .map(Uuid::to_string)
+        .collect();
+    let mut states: HashMap<Uuid, RoomState> =
+        rooms.iter().map(|r| (*r, RoomState::default())).collect();
+    let mut query = sqlx::query(sql(&q.rooms_in));
+    for id in &ids {
+        query = query.bind(id);
+    }
+    for r in query.fetch_all(&mut *tx).await? {
+        let room = id_in(&r, 0)?;
+        let row = RoomRow {
+            client: UserId(id_in(&r, 1)?),
+            counselor: UserId(id_in(&r, 2)?),
+            opened_at: r.try_get(3)?,
+            closed_at: r.try_get(4)?,
+            message_count: r.try_get(5)?,
+            last_id: optional_id_in(&r, 6)?.map(MessageId),
+            last_author: optional_id_in(&r, 7)?.map(UserId),
+            preview: r.try_get(8)?,
+            last_at: r.try_get(9)?,
+        };
+        if let Some(state) = states.get_mut(&room) {
+            state.row = Some(row);
+        }
+    }
+    let mut query = sqlx::query(sql(&q.members_in));
+    for id in &ids {
+        query = query.bind(id);
+    }
+    for r in query.fetch_all(&mut *tx).await? {
+        let room = id_in(&r, 0)?;
+        if let Some(state) = states.get_mut(&room) {
+            state.members.insert(
+                UserId(id_in(&r, 1)?),
+                MemberRow {
+                    unread: r.try_get(2)?,
+                    last_read_seq: r.try_get(3)?,
+                    left_at: r.try_get(4)?,
+                },
+            );
+        }
+    }
+    Ok(states)
 }
 
 /// The id in column `i` (text in the tables).

@@ -272,7 +272,28 @@ pub async fn step(
     key: &str,
     limit: usize,
 ) -> Result<Batch, ProjectionError> {
-    step_shared(&SharedBatch::default(), store, db, def, names, key, limit).await
+    let mut at = Step::from_database(limit);
+    step_shared(&SharedBatch::default(), store, db, def, names, key, &mut at).await
+}
+
+/// What one step of a projector is given: how many events it may apply, and where its
+/// checkpoint stands if its loop knows (it wrote it itself a moment ago).
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    /// At most this many events.
+    pub limit: usize,
+    /// The checkpoint as this loop last left it; `None` reads it from the database. A step
+    /// that knows skips that read (a round trip to the database per projector and batch);
+    /// the batch's transaction still checks it (`claim`), so a checkpoint moved meanwhile by
+    /// another node or a rebuild's swap ends in [`Batch::Raced`] and the next step reads it.
+    pub from: Option<u64>,
+}
+
+impl Step {
+    /// A step that reads the checkpoint first.
+    pub fn from_database(limit: usize) -> Self {
+        Self { limit, from: None }
+    }
 }
 
 /// The newest batch the live projectors read, decoded once for all of them: they wake on
@@ -321,16 +342,20 @@ pub async fn step_shared(
     def: &ProjectorDef,
     names: &Names,
     key: &str,
-    limit: usize,
+    at: &mut Step,
 ) -> Result<Batch, ProjectionError> {
-    let from = checkpoint(db, key).await?.map_or(0, |(p, _)| p);
-    let (batch, len) = shared.read(store, from, limit).await?;
+    let from = match at.from.take() {
+        Some(from) => from,
+        None => checkpoint(db, key).await?.map_or(0, |(p, _)| p),
+    };
+    let (batch, len) = shared.read(store, from, at.limit).await?;
     let events = &batch[..len];
     let live = key == def.name;
     if events.is_empty() {
         if live {
             observe(store, def.name, from, None);
         }
+        at.from = Some(from);
         return Ok(Batch::CaughtUp);
     }
     let projector = (def.bind)(names);
@@ -380,6 +405,7 @@ pub async fn step_shared(
             // The scrubbed rows' old page images must not linger in the WAL file.
             truncate_wal(db).await?;
         }
+        at.from = Some(next);
         Ok(Batch::Applied(events.len()))
     }
     .instrument(span)
@@ -575,6 +601,8 @@ pub fn spawn_all(
                 // Only a wake-up: each step reads its own batch, so the doorbell carries no events.
                 let mut doorbell = store.head_changes();
                 let mut failing = Failing::default();
+                // Where this loop left its checkpoint (see `Step::from`).
+                let mut known = None;
                 let stalled = [label("projector", def.name)];
                 metrics().projector_stalled.record(0, &stalled);
                 metrics().projector_events.add(0, &stalled);
@@ -587,7 +615,11 @@ pub fn spawn_all(
                     } else {
                         BATCH
                     };
-                    match step_shared(&shared, &store, &db, def, &names, def.name, limit).await {
+                    let mut at = Step { limit, from: known };
+                    let stepped =
+                        step_shared(&shared, &store, &db, def, &names, def.name, &mut at).await;
+                    known = at.from;
+                    match stepped {
                         Ok(Batch::Applied(n)) => {
                             metrics()
                                 .projector_events
@@ -630,7 +662,9 @@ pub fn spawn_all(
                                 }
                             }
                         }
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        // Quiet for a second: read the checkpoint again, so one moved by
+                        // another node or a rebuild's swap is seen even with no new commits.
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => known = None,
                         _ = stop.changed() => {}
                     }
                 }
