@@ -158,7 +158,9 @@ fn main() {
                 let read_url =
                     read_model_url(&url).replacen("-read.db", &format!("-read-{run}.db"), 1);
                 remove_sqlite_files(&read_url);
-                let db = ReadDb::connect(&read_url).await.expect("read db");
+                let db = ReadDb::connect_for_batch(&read_url)
+                    .await
+                    .expect("read db");
                 let (started, mut lap, mut millions) = (Instant::now(), Instant::now(), 0u64);
                 let report = rebuild::rebuild_with(
                     &s,

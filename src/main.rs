@@ -94,7 +94,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Projections(cmd) => {
             let s = config.open_storage(true).await?.events;
-            let db = ReadDb::connect(&projections::db::read_model_url(&config.state_url())).await?;
+            let db =
+                ReadDb::connect_for_batch(&projections::db::read_model_url(&config.state_url()))
+                    .await?;
             let mut out = std::io::stdout().lock();
             let result = match cmd {
                 ProjectionsCommand::Status { json } => {

@@ -38,12 +38,17 @@ pub struct ReadDb {
 /// Past this much WAL the read model's checkpointer makes it start over (as the log's does).
 const WAL_RESTART_BYTES: u64 = 64 << 20;
 
-/// How often the read model's WAL is copied back into its file: ten times less often than the
-/// log's. Every checkpoint rewrites the pages every transaction since the last one touched
-/// (a rebuild's newest message pages, the B-trees' upper levels) and syncs the file; at
-/// twice a second a 10M-event rebuild took 73.3–73.6 s, at every 5 s 69.1–69.9 s (1M
-/// unchanged; docs/benchmarks.md). Nothing waits for it: readers see commits in the WAL.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+/// How often a serving node's read-model WAL is copied back into its file: as often as the
+/// log's. Each checkpoint syncs what the projectors wrote since the last, and the log's
+/// appends wait behind that sync on the same disk: every 5 s, deliveries stalled 100–180 ms
+/// once per checkpoint (p99 at 4,000 deliveries/s 98–112 ms, against 18 ms at 500 ms;
+/// docs/benchmarks.md). Nothing else waits for it: readers see commits in the WAL.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// How often a command-line rebuild's read-model WAL is copied back: no deliveries wait on
+/// the disk there, and fewer, larger checkpoints rewrite each page less often (a 10M-event
+/// rebuild took 73.3–73.6 s at twice a second, 69.1–69.9 s at every 5 s).
+pub const BATCH_CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
 /// A PostgreSQL read-model connection idle at least this long is pinged before use.
 const PING_AFTER_IDLE: Duration = Duration::from_secs(30);
@@ -106,8 +111,19 @@ pub fn read_model_url(store_url: &str) -> String {
 }
 
 impl ReadDb {
-    /// Connects to `url` (as produced by [`read_model_url`]).
+    /// Connects to `url` (as produced by [`read_model_url`]) for a serving node.
     pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
+        Self::connect_checkpointing(url, CHECKPOINT_EVERY).await
+    }
+
+    /// Connects to `url` for batch work with nobody waiting on deliveries (the `projections`
+    /// commands: a rebuild), checkpointing SQLite's WAL every [`BATCH_CHECKPOINT_EVERY`].
+    pub async fn connect_for_batch(url: &str) -> Result<Self, sqlx::Error> {
+        Self::connect_checkpointing(url, BATCH_CHECKPOINT_EVERY).await
+    }
+
+    /// Connects to `url`, copying SQLite's WAL back into the file every `every`.
+    async fn connect_checkpointing(url: &str, every: Duration) -> Result<Self, sqlx::Error> {
         install_default_drivers();
         let dialect = if url.starts_with("sqlite:") {
             Dialect::Sqlite
@@ -169,12 +185,9 @@ impl ReadDb {
         let checkpointer = match dialect {
             Dialect::Sqlite => {
                 let options = std::str::FromStr::from_str(url)?;
-                let task = neulbi_store::sqlite::spawn_checkpointer(
-                    &options,
-                    WAL_RESTART_BYTES,
-                    CHECKPOINT_EVERY,
-                )
-                .await?;
+                let task =
+                    neulbi_store::sqlite::spawn_checkpointer(&options, WAL_RESTART_BYTES, every)
+                        .await?;
                 Some(Arc::new(Checkpointer(task)))
             }
             Dialect::Postgres => None,
