@@ -567,15 +567,7 @@ async fn batch_boundaries_do_not_change_the_read_models() {
         ))
         .await
         .expect("db");
-        let names = projections::Names::new("", db.dialect);
-        runtime::ensure_schema(&db, def, &names)
-            .await
-            .expect("schema");
-        while runtime::step(&b.store, &db, def, &names, "rooms", batch)
-            .await
-            .expect("step")
-            != runtime::Batch::CaughtUp
-        {}
+        project_all(&b.store, &db, def, "rooms", batch).await;
         dumps.push((format!("live batches of {batch}"), rooms_dump(&db).await));
     }
     for (i, (batch, keep, readers)) in [

@@ -117,12 +117,12 @@ impl BatchSql {
                 t,
             ),
             room: n.render(
-                "SELECT client_id, counselor_id, opened_at, closed_at, message_count, last_message_id, last_message_author, \
-                 last_message_preview, last_message_at FROM {rm_rooms} WHERE room_id = $1",
+                "SELECT room_id, client_id, counselor_id, opened_at, closed_at, message_count, last_message_id, \
+                 last_message_author, last_message_preview, last_message_at FROM {rm_rooms} WHERE room_id = $1",
                 t,
             ),
             members: n.render(
-                "SELECT user_id, unread_count, last_read_seq, left_at FROM {rm_room_members} WHERE room_id = $1",
+                "SELECT room_id, user_id, unread_count, last_read_seq, left_at FROM {rm_room_members} WHERE room_id = $1",
                 t,
             ),
             rooms_table: n.table("rm_rooms"),
@@ -401,34 +401,15 @@ async fn read_room(
         .bind(&room)
         .fetch_optional(&mut *tx)
         .await?;
-    let row = match row {
-        Some(r) => Some(RoomRow {
-            client: UserId(id_in(&r, 0)?),
-            counselor: UserId(id_in(&r, 1)?),
-            opened_at: r.try_get(2)?,
-            closed_at: r.try_get(3)?,
-            message_count: r.try_get(4)?,
-            last_id: optional_id_in(&r, 5)?.map(MessageId),
-            last_author: optional_id_in(&r, 6)?.map(UserId),
-            preview: r.try_get(7)?,
-            last_at: r.try_get(8)?,
-        }),
-        None => None,
-    };
+    let row = row.map(|r| room_row(&r)).transpose()?.map(|(_, row)| row);
     let mut members = HashMap::new();
     for r in sqlx::query(sql(&q.members))
         .bind(&room)
         .fetch_all(&mut *tx)
         .await?
     {
-        members.insert(
-            UserId(id_in(&r, 0)?),
-            MemberRow {
-                unread: r.try_get(1)?,
-                last_read_seq: r.try_get(2)?,
-                left_at: r.try_get(3)?,
-            },
-        );
+        let (_, user, member) = member_row(&r)?;
+        members.insert(user, member);
     }
     Ok(RoomState {
         row,
@@ -461,18 +442,7 @@ async fn read_rooms(
         query = query.bind(id);
     }
     for r in query.fetch_all(&mut *tx).await? {
-        let room = id_in(&r, 0)?;
-        let row = RoomRow {
-            client: UserId(id_in(&r, 1)?),
-            counselor: UserId(id_in(&r, 2)?),
-            opened_at: r.try_get(3)?,
-            closed_at: r.try_get(4)?,
-            message_count: r.try_get(5)?,
-            last_id: optional_id_in(&r, 6)?.map(MessageId),
-            last_author: optional_id_in(&r, 7)?.map(UserId),
-            preview: r.try_get(8)?,
-            last_at: r.try_get(9)?,
-        };
+        let (room, row) = room_row(&r)?;
         if let Some(state) = states.get_mut(&room) {
             state.row = Some(row);
         }
@@ -482,19 +452,38 @@ async fn read_rooms(
         query = query.bind(id);
     }
     for r in query.fetch_all(&mut *tx).await? {
-        let room = id_in(&r, 0)?;
+        let (room, user, member) = member_row(&r)?;
         if let Some(state) = states.get_mut(&room) {
-            state.members.insert(
-                UserId(id_in(&r, 1)?),
-                MemberRow {
-                    unread: r.try_get(2)?,
-                    last_read_seq: r.try_get(3)?,
-                    left_at: r.try_get(4)?,
-                },
-            );
+            state.members.insert(user, member);
         }
     }
     Ok(states)
+}
+
+/// A room's row as the room statements select it (`room_id` first).
+fn room_row(r: &sqlx::any::AnyRow) -> Result<(Uuid, RoomRow), ProjectionError> {
+    let row = RoomRow {
+        client: UserId(id_in(r, 1)?),
+        counselor: UserId(id_in(r, 2)?),
+        opened_at: r.try_get(3)?,
+        closed_at: r.try_get(4)?,
+        message_count: r.try_get(5)?,
+        last_id: optional_id_in(r, 6)?.map(MessageId),
+        last_author: optional_id_in(r, 7)?.map(UserId),
+        preview: r.try_get(8)?,
+        last_at: r.try_get(9)?,
+    };
+    Ok((id_in(r, 0)?, row))
+}
+
+/// A member's row as the member statements select it (`room_id`, `user_id` first).
+fn member_row(r: &sqlx::any::AnyRow) -> Result<(Uuid, UserId, MemberRow), ProjectionError> {
+    let member = MemberRow {
+        unread: r.try_get(2)?,
+        last_read_seq: r.try_get(3)?,
+        left_at: r.try_get(4)?,
+    };
+    Ok((id_in(r, 0)?, UserId(id_in(r, 1)?), member))
 }
 
 /// The id in column `i` (text in the tables).
