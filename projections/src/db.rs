@@ -39,11 +39,11 @@ pub struct ReadDb {
 const WAL_RESTART_BYTES: u64 = 64 << 20;
 
 /// How often a serving node's read-model WAL is copied back into its file: as often as the
-/// log's. Each checkpoint syncs what the projectors wrote since the last, and the log's
+/// log's ([`neulbi_store::sqlite::CHECKPOINT_EVERY`]). Each checkpoint syncs what the projectors wrote since the last, and the log's
 /// appends wait behind that sync on the same disk: every 5 s, deliveries stalled 100–180 ms
 /// once per checkpoint (p99 at 4,000 deliveries/s 98–112 ms, against 18 ms at 500 ms;
 /// docs/benchmarks.md). Nothing else waits for it: readers see commits in the WAL.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+pub const CHECKPOINT_EVERY: Duration = neulbi_store::sqlite::CHECKPOINT_EVERY;
 
 /// How often a command-line rebuild's read-model WAL is copied back: no deliveries wait on
 /// the disk there, and fewer, larger checkpoints rewrite each page less often (a 10M-event

@@ -604,8 +604,8 @@ pub fn spawn_all(
                 // Only a wake-up: each step reads its own batch, so the doorbell carries no events.
                 let mut doorbell = store.head_changes();
                 let mut failing = Failing::default();
-                // Where this loop left its checkpoint (see `Step::from`).
-                let mut known = None;
+                // Where this loop left its checkpoint, carried from step to step (`Step::from`).
+                let mut at = Step::from_database(BATCH);
                 let stalled = [label("projector", def.name)];
                 metrics().projector_stalled.record(0, &stalled);
                 metrics().projector_events.add(0, &stalled);
@@ -613,16 +613,12 @@ pub fn spawn_all(
                     if *stop.borrow() {
                         return;
                     }
-                    let limit = if failing.narrow_until.is_some() {
+                    at.limit = if failing.narrow_until.is_some() {
                         1
                     } else {
                         BATCH
                     };
-                    let mut at = Step { limit, from: known };
-                    let stepped =
-                        step_shared(&shared, &store, &db, def, &names, def.name, &mut at).await;
-                    known = at.from;
-                    match stepped {
+                    match step_shared(&shared, &store, &db, def, &names, def.name, &mut at).await {
                         Ok(Batch::Applied(n)) => {
                             metrics()
                                 .projector_events
@@ -631,7 +627,7 @@ pub fn spawn_all(
                             // A full batch: more may be waiting. A short one read up to the
                             // head: caught up, so wait for the doorbell instead of reading
                             // again at once (see COALESCE).
-                            if n >= limit {
+                            if n >= at.limit {
                                 continue;
                             }
                         }
@@ -667,7 +663,7 @@ pub fn spawn_all(
                         }
                         // Quiet for a second: read the checkpoint again, so one moved by
                         // another node or a rebuild's swap is seen even with no new commits.
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => known = None,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => at.from = None,
                         _ = stop.changed() => {}
                     }
                 }
